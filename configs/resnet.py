@@ -1,0 +1,56 @@
+"""The seed's deep residual network and recipe, without the seed's faults.
+
+Run from the repository root:
+
+  python -m facekp_jax.main --config=configs/resnet.py
+  python -m facekp_jax.main --config=configs/resnet.py \
+      --config.data.train_csv=training.csv --config.data.rows=all
+
+Differences from the seed notebook (see configs/seed_keras.py for the replica):
+the horizontal flip swaps left/right labels; the train/validation split is made
+before augmenting; the output layer is linear; augmentation is online (a fresh
+draw per batch) instead of fixed copies; vertical flips are off (faces are
+upright). Learning rate: Adam 1e-3 on unit-scaled targets (the model maps its
+output to pixels by x * 48 + 48), which reached a lower validation RMSE than
+the seed's 1e-4 on the built-in faces within 50 epochs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_epochs = 50
+  config.batch_size = 32
+  config.eval_batch_size = 128
+  config.learning_rate = 1e-3
+  config.half_precision = False
+
+  config.data = ml_collections.ConfigDict()
+  config.data.train_csv = ""  # Empty: the built-in synthetic faces.
+  config.data.rows = "complete"  # "complete" (all 30 values) or "all" (masked).
+  config.data.val_fraction = 0.2
+  config.data.seed_copies = False  # The seed's offline copies (training split only).
+  config.data.synthetic_n = 2140  # As many faces as Kaggle's complete rows.
+  config.data.synthetic_seed = 0
+  config.data.synthetic_missing = False  # Kaggle's missing-label pattern.
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.hflip_prob = 0.5
+  config.augment.hflip_swap = True  # False reproduces the seed's fault.
+  config.augment.vflip_prob = 0.0
+  config.augment.brightness_prob = 0.5
+  config.augment.brightness_range = (0.8, 1.25)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.stage_filters = ((64, 64, 256), (128, 128, 512))
+  config.model.stage_blocks = (3, 3)
+  config.model.stem_filters = 64
+  config.model.dense_sizes = (4096, 2048)
+  config.model.dropout_rates = (0.2, 0.1)
+  config.model.output_activation = "linear"
+  config.model.output_scale = 48.0
+  config.model.output_offset = 48.0
+  config.model.conv_bias = True
+  return config

@@ -1,0 +1,22 @@
+"""A tiny network and budget, for tests and quick looks (seconds on a laptop CPU).
+
+  python -m facekp_jax.main --config=configs/tiny.py --workdir=/tmp/tiny
+"""
+
+from configs import resnet
+
+
+def get_config():
+  config = resnet.get_config()
+  config.num_epochs = 2
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.data.synthetic_n = 64
+  config.model.stage_filters = ((4, 4, 8), (8, 8, 16))
+  config.model.stage_blocks = (2, 1)
+  config.model.stem_filters = 8
+  config.model.dense_sizes = (32,)
+  config.model.dropout_rates = (0.1,)
+  # Conv biases before batch norm only add rounding noise that Adam amplifies.
+  config.model.conv_bias = False
+  return config

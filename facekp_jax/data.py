@@ -1,0 +1,218 @@
+"""Kaggle-layout CSV -> arrays (images, targets, mask); the seeded split; batches.
+
+Data flows one way: ``load_dataset`` reads (or synthesises) the faces, keeps the
+rows the config asks for, splits them into train/validation *before* any
+augmentation, and the batch iterators hand numpy batches to the trainer.
+
+Every problem with an input file raises ``DataError`` whose message is one line
+naming the file, the row (1-based, excluding the header) and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from facekp_jax import keypoints
+
+NUM_PIXELS = keypoints.IMAGE_SIZE * keypoints.IMAGE_SIZE
+# Coordinates this far outside the 96x96 frame are treated as corrupt labels.
+_COORD_SLACK = 0.5 * keypoints.IMAGE_SIZE
+
+
+class DataError(ValueError):
+  """A one-line, user-facing description of a problem with an input file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Faces:
+  """A set of faces.
+
+  Attributes:
+    images: float32 (N, 96, 96, 1) in [0, 1].
+    targets: float32 (N, 30) keypoint coordinates in pixels; 0 where missing.
+    mask: float32 (N, 30), 1 where the coordinate is present.
+  """
+
+  images: np.ndarray
+  targets: np.ndarray
+  mask: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def take(self, index) -> "Faces":
+    return Faces(self.images[index], self.targets[index], self.mask[index])
+
+
+def _read_frame(path: str, required: tuple[str, ...]) -> pd.DataFrame:
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  try:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+  except pd.errors.EmptyDataError:
+    raise DataError(f"{path}: file is empty") from None
+  except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError) as e:
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f"{path}: cannot be read as CSV ({detail})") from None
+  missing = [c for c in required if c not in frame.columns]
+  if missing:
+    shown = ", ".join(missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+    raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {shown}")
+  if len(frame) == 0:
+    raise DataError(f"{path}: no data rows")
+  return frame
+
+
+def _parse_pixels(path: str, cells: pd.Series) -> np.ndarray:
+  """Parses the space-separated ``Image`` strings into uint8 (N, 96, 96)."""
+  images = np.empty((len(cells), NUM_PIXELS), np.uint8)
+  for row, cell in enumerate(cells):
+    values = np.array(cell.split(), dtype=object)
+    if len(values) != NUM_PIXELS:
+      raise DataError(f"{path}: row {row + 1}: Image has {len(values)} pixel values, "
+                      f"expected {NUM_PIXELS} (96x96)")
+    try:
+      pixels = values.astype(np.float64)
+    except ValueError:
+      bad = next(i for i, v in enumerate(values) if not _is_number(v))
+      raise DataError(f"{path}: row {row + 1}: Image pixel {bad + 1} is not a number: "
+                      f"{values[bad]!r:.40}") from None
+    out_of_range = (pixels < 0) | (pixels > 255) | ~np.isfinite(pixels)
+    if out_of_range.any():
+      bad = int(np.argmax(out_of_range))
+      raise DataError(f"{path}: row {row + 1}: Image pixel {bad + 1} is {values[bad]}, "
+                      "outside 0..255")
+    images[row] = np.rint(pixels).astype(np.uint8)
+  return images.reshape(-1, keypoints.IMAGE_SIZE, keypoints.IMAGE_SIZE)
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
+
+
+def _parse_coords(path: str, frame: pd.DataFrame) -> np.ndarray:
+  """Parses the 30 keypoint columns into float32 (N, 30), NaN where empty."""
+  coords = np.full((len(frame), keypoints.NUM_COORDS), np.nan, np.float32)
+  for j, column in enumerate(keypoints.COLUMNS):
+    cells = frame[column].str.strip()
+    values = pd.to_numeric(cells, errors="coerce").to_numpy(np.float64)
+    bad = np.isnan(values) & (cells != "").to_numpy() & (cells.str.lower() != "nan").to_numpy()
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise DataError(f"{path}: row {row + 1}: column {column} is not a number: "
+                      f"{cells.iloc[row]!r:.40}")
+    far = np.abs(values - keypoints.IMAGE_SIZE / 2) > keypoints.IMAGE_SIZE / 2 + _COORD_SLACK
+    far |= np.isinf(values)
+    if far.any():
+      row = int(np.argmax(far))
+      raise DataError(f"{path}: row {row + 1}: column {column} is {values[row]}, "
+                      "far outside the 96x96 image")
+    coords[:, j] = values
+  return coords
+
+
+def faces_from_arrays(images_u8: np.ndarray, coords: np.ndarray) -> Faces:
+  """uint8 (N, 96, 96) images and (N, 30) coordinates with NaNs -> ``Faces``."""
+  mask = ~np.isnan(coords)
+  return Faces(
+      images=(images_u8.astype(np.float32) / 255.0)[..., None],
+      targets=np.where(mask, coords, 0.0).astype(np.float32),
+      mask=mask.astype(np.float32))
+
+
+def read_training_csv(path: str) -> Faces:
+  """Reads a Kaggle training.csv-layout file (``.csv`` or ``.csv.gz``).
+
+  Raises:
+    DataError: on any malformed content, naming file, row and problem.
+  """
+  frame = _read_frame(path, keypoints.COLUMNS + (keypoints.IMAGE_COLUMN,))
+  coords = _parse_coords(path, frame)
+  images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN])
+  return faces_from_arrays(images, coords)
+
+
+def read_test_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a Kaggle test.csv-layout file: returns (image_ids, images (N,96,96,1))."""
+  frame = _read_frame(path, (keypoints.ID_COLUMN, keypoints.IMAGE_COLUMN))
+  ids = pd.to_numeric(frame[keypoints.ID_COLUMN], errors="coerce")
+  if ids.isna().any():
+    row = int(np.argmax(ids.isna().to_numpy()))
+    raise DataError(f"{path}: row {row + 1}: ImageId is not a number: "
+                    f"{frame[keypoints.ID_COLUMN].iloc[row]!r:.40}")
+  images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN])
+  return ids.to_numpy(np.int64), (images.astype(np.float32) / 255.0)[..., None]
+
+
+def select_rows(faces: Faces, rows: str, source: str) -> Faces:
+  """Keeps ``"complete"`` rows (all 30 values) or ``"all"`` rows with any label."""
+  if rows == "complete":
+    keep = faces.mask.all(axis=1)
+    what = "rows with all 30 keypoint values"
+  elif rows == "all":
+    keep = faces.mask.any(axis=1)
+    what = "rows with any keypoint value"
+  else:
+    raise ValueError(f"data.rows must be 'complete' or 'all', got {rows!r}")
+  if not keep.any():
+    raise DataError(f"{source}: no usable rows (no {what}; data.rows={rows!r})")
+  return faces.take(np.flatnonzero(keep))
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Seeded permutation split of ``range(n)`` into (train, validation) indices."""
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+  perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
+  n_val = max(1, int(round(n * val_fraction)))
+  if n_val >= n:
+    raise DataError(f"cannot split {n} faces with val_fraction={val_fraction}")
+  return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def load_faces(data_config) -> tuple[Faces, str]:
+  """Reads ``data.train_csv``, or synthesises the built-in faces when it is empty."""
+  if data_config.train_csv:
+    return read_training_csv(data_config.train_csv), data_config.train_csv
+  from facekp_jax import synthetic  # pylint: disable=g-import-not-at-top
+  images, coords = synthetic.generate(
+      data_config.synthetic_n, seed=data_config.synthetic_seed, missing=data_config.synthetic_missing)
+  return faces_from_arrays(images, coords), "built-in synthetic faces"
+
+
+def load_dataset(data_config, seed: int) -> tuple[Faces, Faces, str]:
+  """Returns (train, validation, source description), split before augmentation."""
+  faces, source = load_faces(data_config)
+  faces = select_rows(faces, data_config.rows, source)
+  train_idx, val_idx = split(len(faces), data_config.val_fraction, seed)
+  return faces.take(train_idx), faces.take(val_idx), source
+
+
+def train_batches(faces: Faces, batch_size: int, rng: np.random.Generator) -> Iterator[Faces]:
+  """Yields shuffled full batches (the remainder is dropped so shapes stay fixed)."""
+  if batch_size > len(faces):
+    raise ValueError(f"batch_size {batch_size} exceeds the {len(faces)} training faces")
+  order = rng.permutation(len(faces))
+  for start in range(0, len(faces) - batch_size + 1, batch_size):
+    yield faces.take(order[start:start + batch_size])
+
+
+def eval_batches(faces: Faces, batch_size: int) -> Iterator[Faces]:
+  """Yields every face once in order; the last batch is padded with masked rows."""
+  for start in range(0, len(faces), batch_size):
+    batch = faces.take(slice(start, start + batch_size))
+    pad = batch_size - len(batch)
+    if pad:
+      batch = Faces(*(np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+                      for a in (batch.images, batch.targets, batch.mask)))
+    yield batch

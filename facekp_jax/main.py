@@ -1,0 +1,34 @@
+"""Trains a keypoint ResNet: ``python -m facekp_jax.main --config=configs/resnet.py``.
+
+Kept short on purpose: flags, one topology line, one call into the trainer.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from facekp_jax import data, sharding, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Output folder (default: a fresh folder under runs/).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+  logging.info("%s", sharding.topology())
+  try:
+    train.train_and_evaluate(FLAGS.config, workdir)
+  except data.DataError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,143 @@
+"""The seed's deep residual network in Flax linen, and its named variants.
+
+Architecture (the seed's Keras model, with a linear output by default):
+  stem:   zero-pad 3, 7x7/2 conv, batch norm, ReLU, 3x3/2 max-pool;
+  stages: bottleneck blocks (1x1 -> 3x3 -> 1x1 convs with batch norm and ReLU).
+          The first block of a stage down-samples with a 2x2 max-pool on the
+          main path (after its first 1x1 conv) and on the 1x1-conv shortcut; the
+          rest are identity blocks;
+  head:   2x2 average pool, flatten, dense 4096 + ReLU, dropout 0.2,
+          dense 2048 + ReLU, dropout 0.1, dense 30.
+
+The network predicts keypoints in *pixels*: its last dense layer is followed by
+a fixed affine map ``y * output_scale + output_offset`` so that the trainable
+part works on targets of unit scale (48 px -> 1) while every number that leaves
+the model is in pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from facekp_jax import keypoints
+
+# Keras' BatchNormalization defaults, as in the seed.
+_BN_MOMENTUM = 0.99
+_BN_EPSILON = 1e-3
+
+_ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
+    "linear": lambda x: x,
+    "relu": nn.relu,
+}
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 -> 3x3 -> 1x1 residual block; optionally down-samples by 2x2 max-pool."""
+
+  filters: tuple[int, int, int]
+  downsample: bool
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, x):
+    f1, f2, f3 = self.filters
+    y = self.conv(f1, (1, 1))(x)
+    if self.downsample:
+      y = nn.max_pool(y, (2, 2), strides=(2, 2))
+    y = nn.relu(self.norm()(y))
+    y = self.conv(f2, (3, 3), padding="SAME")(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(f3, (1, 1))(y)
+    y = self.norm()(y)
+    if self.downsample or x.shape[-1] != f3:
+      shortcut = self.conv(f3, (1, 1), name="shortcut_conv")(x)
+      if self.downsample:
+        shortcut = nn.max_pool(shortcut, (2, 2), strides=(2, 2))
+      shortcut = self.norm(name="shortcut_norm")(shortcut)
+    else:
+      shortcut = x
+    return nn.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+  """Keypoint regression ResNet.
+
+  Attributes:
+    stage_filters: (f1, f2, f3) per stage.
+    stage_blocks: number of blocks per stage (the first one down-samples).
+    stem_filters: filters of the 7x7 stem convolution.
+    dense_sizes: hidden dense layers of the head.
+    dropout_rates: dropout after each hidden dense layer.
+    output_activation: "linear" (default) or "relu" (the seed's fault).
+    output_scale, output_offset: fixed affine map from the last layer to pixels.
+    conv_bias: whether convolutions carry a bias (the seed's do; it is redundant
+      before batch norm).
+    dtype: computation dtype (parameters stay float32).
+  """
+
+  stage_filters: Sequence[tuple[int, int, int]] = ((64, 64, 256), (128, 128, 512))
+  stage_blocks: Sequence[int] = (3, 3)
+  stem_filters: int = 64
+  dense_sizes: Sequence[int] = (4096, 2048)
+  dropout_rates: Sequence[float] = (0.2, 0.1)
+  output_activation: str = "linear"
+  output_scale: float = 48.0
+  output_offset: float = 48.0
+  conv_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=self.conv_bias, dtype=self.dtype)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=_BN_MOMENTUM,
+        epsilon=_BN_EPSILON, dtype=self.dtype)
+    x = jnp.asarray(x, self.dtype)
+    x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
+    x = conv(self.stem_filters, (7, 7), strides=(2, 2), padding="VALID", name="stem_conv")(x)
+    x = nn.relu(norm(name="stem_norm")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2))
+    for stage, (filters, blocks) in enumerate(zip(self.stage_filters, self.stage_blocks)):
+      for block in range(blocks):
+        x = BottleneckBlock(tuple(filters), downsample=block == 0, conv=conv, norm=norm,
+                            name=f"stage{stage + 1}_block{block + 1}")(x)
+    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    for i, (size, rate) in enumerate(zip(self.dense_sizes, self.dropout_rates)):
+      x = nn.relu(nn.Dense(size, dtype=self.dtype, name=f"dense{i + 1}")(x))
+      x = nn.Dropout(rate, deterministic=not train)(x)
+    x = nn.Dense(keypoints.NUM_COORDS, dtype=self.dtype, name="output")(x)
+    x = _ACTIVATIONS[self.output_activation](x)
+    return jnp.asarray(x, jnp.float32) * self.output_scale + self.output_offset
+
+
+# The seed's network: two stages of three blocks, 18,007,710 parameters.
+SeedResNet = functools.partial(ResNet)
+# A tiny variant that exists for tests and quick looks.
+TinyResNet = functools.partial(
+    ResNet, stage_filters=((4, 4, 8), (8, 8, 16)), stage_blocks=(2, 1), stem_filters=8,
+    dense_sizes=(32,), dropout_rates=(0.1,), conv_bias=False)
+
+
+def create_model(config, dtype=jnp.float32) -> ResNet:
+  """Builds the ResNet that ``config.model`` describes."""
+  m = config.model
+  if m.output_activation not in _ACTIVATIONS:
+    raise ValueError(f"model.output_activation must be one of {sorted(_ACTIVATIONS)}, "
+                     f"got {m.output_activation!r}")
+  return ResNet(
+      stage_filters=tuple(tuple(f) for f in m.stage_filters),
+      stage_blocks=tuple(m.stage_blocks),
+      stem_filters=m.stem_filters,
+      dense_sizes=tuple(m.dense_sizes),
+      dropout_rates=tuple(m.dropout_rates),
+      output_activation=m.output_activation,
+      output_scale=m.output_scale,
+      output_offset=m.output_offset,
+      conv_bias=m.conv_bias,
+      dtype=dtype)

@@ -1,0 +1,164 @@
+"""Keypoint metrics (in pixels) and everything a run writes into its workdir.
+
+Metrics are computed from masked sums and counts, so missing coordinates never
+count: RMSE over present coordinates, per-keypoint RMSE over each keypoint's
+present coordinates, and NME: the mean Euclidean error of the present
+keypoints of a face divided by that face's true inter-ocular (eye-centre)
+distance, averaged over faces that have both eye centres.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from facekp_jax import keypoints
+from facekp_jax.data import Faces
+
+
+def keypoint_metrics(predictions: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dict:
+  """RMSE, per-keypoint RMSE and NME of (N, 30) pixel predictions over present coordinates."""
+  predictions, targets, mask = (np.asarray(a, np.float64) for a in (predictions, targets, mask))
+  sq = mask * np.square(predictions - targets)
+  count = mask.sum()
+  per_kp_sse = sq.reshape(-1, keypoints.NUM_KEYPOINTS, 2).sum(axis=(0, 2))
+  per_kp_count = mask.reshape(-1, keypoints.NUM_KEYPOINTS, 2).sum(axis=(0, 2))
+  per_kp = {name: (float(np.sqrt(s / c)) if c else None)
+            for name, s, c in zip(keypoints.KEYPOINT_NAMES, per_kp_sse, per_kp_count)}
+  return {"rmse": float(np.sqrt(sq.sum() / count)) if count else float("nan"),
+          "nme": normalized_mean_error(predictions, targets, mask),
+          "per_keypoint_rmse": per_kp, "count": int(count)}
+
+
+def normalized_mean_error(predictions, targets, mask) -> float:
+  """Mean point-to-point error / inter-ocular distance, over faces with both eye centres."""
+  p = np.asarray(predictions, np.float64).reshape(-1, keypoints.NUM_KEYPOINTS, 2)
+  t = np.asarray(targets, np.float64).reshape(-1, keypoints.NUM_KEYPOINTS, 2)
+  present = np.asarray(mask).reshape(-1, keypoints.NUM_KEYPOINTS, 2).min(axis=2) > 0
+  iod = np.linalg.norm(t[:, keypoints.LEFT_EYE] - t[:, keypoints.RIGHT_EYE], axis=1)
+  ok = present[:, keypoints.LEFT_EYE] & present[:, keypoints.RIGHT_EYE] & (iod > 0)
+  err = np.linalg.norm(p - t, axis=2)
+  n_present = present.sum(axis=1)
+  ok &= n_present > 0
+  if not ok.any():
+    return float("nan")
+  per_face = (err * present).sum(axis=1)[ok] / n_present[ok] / iod[ok]
+  return float(per_face.mean())
+
+
+def mean_shape_prediction(train: Faces, n: int) -> np.ndarray:
+  """The trivial baseline: every face gets the training set's mean of each coordinate."""
+  mean = (train.targets * train.mask).sum(0) / np.maximum(train.mask.sum(0), 1)
+  return np.tile(mean.astype(np.float32), (n, 1))
+
+
+def _atomic_write(path: str, write) -> None:
+  """Writes through a temporary file in the same folder, then renames it into place."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, obj) -> None:
+  _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def save_figure(fig, path: str) -> None:
+  _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+  plt.close(fig)
+
+
+def plot_grid(images: np.ndarray, predictions: np.ndarray, targets=None, mask=None,
+              title: str = "", size: int = 4):
+  """A size x size grid of faces: true keypoints (green dots), predicted (red crosses)."""
+  fig, axes = plt.subplots(size, size, figsize=(2.2 * size, 2.2 * size))
+  for i, ax in enumerate(axes.flat):
+    ax.axis("off")
+    if i >= len(images):
+      continue
+    ax.imshow(images[i].squeeze(), cmap="gray", vmin=0, vmax=1)
+    if targets is not None:
+      present = mask[i].reshape(-1, 2).min(1) > 0
+      t = targets[i].reshape(-1, 2)[present]
+      ax.plot(t[:, 0], t[:, 1], "o", ms=3, mfc="none", mec="lime", mew=1)
+    p = predictions[i].reshape(-1, 2)
+    ax.plot(p[:, 0], p[:, 1], "x", ms=4, color="red", mew=1)
+  fig.suptitle(title + "  (green o: true, red x: predicted)", fontsize=10)
+  return fig
+
+
+def plot_curves(history: list[dict]):
+  epochs = [h["epoch"] for h in history]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot(epochs, [h["train_rmse"] for h in history], label="train RMSE (augmented batches)")
+  ax.plot(epochs, [h["val_rmse"] for h in history], label="validation RMSE")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("RMSE (pixels)")
+  ax.set_yscale("log")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  return fig
+
+
+def plot_per_keypoint(per_keypoint_rmse: dict):
+  names = [n for n, v in per_keypoint_rmse.items() if v is not None]
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.barh(names, [per_keypoint_rmse[n] for n in names])
+  ax.invert_yaxis()
+  ax.set_xlabel("validation RMSE (pixels)")
+  ax.grid(True, axis="x", alpha=0.3)
+  return fig
+
+
+class RunWriter:
+  """Owns the files of a workdir; a no-op on processes other than the main one."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.workdir = workdir
+    self.enabled = enabled
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+
+  def _path(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def write_config(self, config) -> None:
+    if self.enabled:
+      _atomic_write(self._path("config.json"), lambda f: f.write(config.to_json(indent=2).encode()))
+
+  def append_metrics(self, record: dict) -> None:
+    if self.enabled:
+      with open(self._path("metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+  def write_results(self, results: dict) -> None:
+    if self.enabled:
+      write_json(self._path("results.json"), results)
+
+  def write_plots(self, history, val: Faces, predictions, metrics) -> None:
+    if not self.enabled:
+      return
+    n = min(16, len(val))
+    save_figure(plot_grid(val.images[:n], predictions[:n], val.targets[:n], val.mask[:n],
+                          title=f"validation faces, RMSE {metrics['rmse']:.2f} px"),
+                self._path("predictions.png"))
+    save_figure(plot_curves(history), self._path("learning_curves.png"))
+    save_figure(plot_per_keypoint(metrics["per_keypoint_rmse"]), self._path("per_keypoint_rmse.png"))

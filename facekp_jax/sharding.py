@@ -1,0 +1,44 @@
+"""One data-parallel device mesh: replicated state, batches split on their first axis."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all devices (of all processes) along the data axis."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+  """Raises ValueError unless the global batch splits evenly over the devices."""
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(f"batch_size {batch_size} does not divide evenly over {n} devices; "
+                     f"use a multiple of {n}")
+
+
+def to_global(batch, mesh: Mesh):
+  """Host numpy batch (this process's rows) -> global arrays sharded along axis 0."""
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def topology() -> str:
+  """One line describing processes and devices, for the log."""
+  d = jax.devices()
+  return (f"process {jax.process_index()}/{jax.process_count()}, {jax.local_device_count()} local "
+          f"/ {len(d)} global devices ({d[0].platform}: {d[0].device_kind}), jax {jax.__version__}")

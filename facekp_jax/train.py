@@ -1,0 +1,212 @@
+"""Train state, masked loss, pure jitted steps, and the training loop.
+
+``train_step`` and ``predict_step`` are pure functions of their arguments; the
+loop jits them once over a 1-D data mesh with the state replicated and donated,
+so parameters never leave the devices between steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from tqdm import tqdm
+
+from facekp_jax import augment, data, models, report, sharding
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and step (from flax), plus batch-norm statistics and the RNG."""
+
+  batch_stats: Any
+  rng: jax.Array
+
+
+def masked_sse(predictions, targets, mask):
+  """Returns (sum of squared errors over present coordinates, their count)."""
+  return jnp.sum(mask * jnp.square(predictions - targets)), jnp.sum(mask)
+
+
+def masked_mse(predictions, targets, mask):
+  """Mean squared error over the present coordinates (0 when none is present)."""
+  sse, count = masked_sse(predictions, targets, mask)
+  return sse / jnp.maximum(count, 1.0)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  return optax.adam(config.learning_rate)
+
+
+def create_train_state(config, model, mesh) -> TrainState:
+  """Initialises the state from ``config.seed``, replicated over ``mesh``."""
+  root = jax.random.key(config.seed)
+  init_key, state_key = jax.random.split(root)
+  tx = make_optimizer(config)
+
+  def init():
+    variables = model.init({"params": init_key}, jnp.zeros((1, 96, 96, 1), jnp.float32),
+                           train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables["batch_stats"], rng=state_key)
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+  """One Adam step on the masked MSE (in pixels^2) of a global batch.
+
+  Args:
+    state: the replicated train state.
+    batch: ``images`` (B, 96, 96, 1), ``targets`` (B, 30), ``mask`` (B, 30).
+
+  Returns:
+    The new state and ``{"sse", "count"}`` of this batch (on device).
+  """
+  dropout_key = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    predictions, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["images"], train=True,
+        rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+    sse, count = masked_sse(predictions, batch["targets"], batch["mask"])
+    return sse / jnp.maximum(count, 1.0), (updates["batch_stats"], sse, count)
+
+  grads, (batch_stats, sse, count) = jax.grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return state, {"sse": sse, "count": count}
+
+
+def predict_step(state: TrainState, images: jax.Array) -> jax.Array:
+  """Keypoints in pixels (B, 30) with batch-norm running statistics, no dropout."""
+  return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images,
+                        train=False)
+
+
+class Trainer:
+  """The jitted steps of one model over one mesh (compiled once, reused)."""
+
+  def __init__(self, config, mesh):
+    self.config = config
+    self.mesh = mesh
+    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+    self.model = models.create_model(config, dtype=dtype)
+    rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    self.train_step = jax.jit(train_step, in_shardings=(rep, shard), out_shardings=(rep, rep),
+                              donate_argnums=0)
+    self.predict_step = jax.jit(predict_step, in_shardings=(rep, shard), out_shardings=rep)
+    n_dev = mesh.devices.size
+    self.eval_batch_size = -(-config.eval_batch_size // n_dev) * n_dev
+
+  def init_state(self) -> TrainState:
+    return create_train_state(self.config, self.model, self.mesh)
+
+  def predict(self, state: TrainState, images: np.ndarray) -> np.ndarray:
+    """Predicts every image (N, 96, 96, 1) in fixed-size batches; returns (N, 30) pixels."""
+    n = len(images)
+    faces = data.Faces(images, np.zeros((n, 30), np.float32), np.zeros((n, 30), np.float32))
+    out = []
+    for batch in data.eval_batches(faces, self.eval_batch_size):
+      local = _process_slice(batch.images)
+      out.append(self.predict_step(state, sharding.to_global(local, self.mesh)))
+    return np.concatenate(jax.device_get(out))[:n]
+
+
+def _process_slice(x: np.ndarray) -> np.ndarray:
+  """This process's contiguous share of a global batch."""
+  per = len(x) // jax.process_count()
+  return x[jax.process_index() * per:(jax.process_index() + 1) * per]
+
+
+def epoch_batches(train: data.Faces, config, epoch: int):
+  """The augmented global batches of one epoch, a pure function of (seed, epoch, step)."""
+  order_rng = np.random.default_rng([config.seed, epoch])
+  for i, batch in enumerate(data.train_batches(train, config.batch_size, order_rng)):
+    yield augment.augment_batch(batch, np.random.default_rng([config.seed, epoch, i]),
+                                config.augment)
+
+
+def prepare_training_faces(train: data.Faces, config) -> data.Faces:
+  """The training split, enlarged with the seed's offline copies when asked."""
+  if config.data.seed_copies:
+    return augment.seed_copies(train, np.random.default_rng([config.seed, 0xC0]), config.augment)
+  return train
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains on ``config.data``, evaluates on the validation split, writes the report.
+
+  Returns:
+    The final results (also written to ``workdir/results.json``).
+  """
+  t_start = time.time()
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  train, val, source = data.load_dataset(config.data, config.seed)
+  train = prepare_training_faces(train, config)
+  if config.batch_size > len(train):
+    raise data.DataError(f"{source}: batch_size {config.batch_size} exceeds the {len(train)} "
+                         "training faces")
+  is_main = jax.process_index() == 0
+  writer = report.RunWriter(workdir, enabled=is_main)
+  writer.write_config(config)
+  logging.info("data: %s: %d train / %d validation faces", source, len(train), len(val))
+
+  trainer = Trainer(config, mesh)
+  state = trainer.init_state()
+  steps_per_epoch = len(train) // config.batch_size
+  history = []
+  for epoch in range(config.num_epochs):
+    t0 = time.time()
+    sums = []
+    batches = epoch_batches(train, config, epoch)
+    for batch in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                      disable=None, leave=False):
+      local = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
+      local = jax.tree.map(_process_slice, local)
+      state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
+      sums.append(metrics)
+    sums = jax.device_get(sums)
+    train_sse = sum(float(m["sse"]) for m in sums)
+    train_count = sum(float(m["count"]) for m in sums)
+    if not np.isfinite(train_sse):
+      raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1} "
+                               f"(step {int(jax.device_get(state.step))})")
+    val_metrics = report.keypoint_metrics(trainer.predict(state, val.images), val.targets, val.mask)
+    record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)),
+              "train_loss": train_sse / max(train_count, 1.0),
+              "train_rmse": float(np.sqrt(train_sse / max(train_count, 1.0))),
+              "val_rmse": val_metrics["rmse"], "val_nme": val_metrics["nme"],
+              "epoch_seconds": time.time() - t0}
+    history.append(record)
+    writer.append_metrics(record)
+    logging.info("epoch %d/%d: train loss %.3f px^2, val RMSE %.3f px, NME %.4f (%.1fs)",
+                 epoch + 1, config.num_epochs, record["train_loss"], record["val_rmse"],
+                 record["val_nme"], record["epoch_seconds"])
+
+  predictions = trainer.predict(state, val.images)
+  final = report.keypoint_metrics(predictions, val.targets, val.mask)
+  baseline = report.keypoint_metrics(
+      report.mean_shape_prediction(train, len(val)), val.targets, val.mask)
+  results = {
+      "source": source, "num_train": len(train), "num_val": len(val),
+      "epochs": config.num_epochs, "steps": int(jax.device_get(state.step)),
+      "val_rmse": final["rmse"], "val_nme": final["nme"],
+      "val_per_keypoint_rmse": final["per_keypoint_rmse"], "val_count": final["count"],
+      "mean_shape_val_rmse": baseline["rmse"],
+      "devices": mesh.devices.size, "wall_seconds": time.time() - t_start,
+  }
+  writer.write_results(results)
+  writer.write_plots(history, val, predictions, final)
+  logging.info("validation RMSE %.3f px (mean-shape baseline %.3f px), NME %.4f; outputs in %s",
+               final["rmse"], baseline["rmse"], final["nme"], workdir)
+  return results
