@@ -18,6 +18,22 @@ flags.DEFINE_string("workdir", None, "Output folder (default: a fresh folder und
 flags.mark_flags_as_required(["config"])
 
 
+def _parse_flags(argv):
+  """Parses flags; a bad flag or config override is one line on stderr and exit code 2."""
+  try:
+    argv = FLAGS(argv)
+    FLAGS.config.to_dict()  # The config file loads lazily: make its errors surface here.
+    return argv
+  except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+    message = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
+    while len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+      message = message[1:-1]  # KeyError quotes ml_collections' own (quoted) message.
+    if isinstance(e, (KeyError, AttributeError)):
+      message = f"unknown config field {message}"
+    print(f"error: bad flag or config override: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -25,10 +41,10 @@ def main(argv):
   logging.info("%s", sharding.topology())
   try:
     train.train_and_evaluate(FLAGS.config, workdir)
-  except data.DataError as e:
+  except (data.DataError, train.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -29,7 +29,7 @@ from facekp_jax import keypoints
 _BN_MOMENTUM = 0.99
 _BN_EPSILON = 1e-3
 
-_ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
+OUTPUT_ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "linear": lambda x: x,
     "relu": nn.relu,
 }
@@ -112,7 +112,7 @@ class ResNet(nn.Module):
       x = nn.relu(nn.Dense(size, dtype=self.dtype, name=f"dense{i + 1}")(x))
       x = nn.Dropout(rate, deterministic=not train)(x)
     x = nn.Dense(keypoints.NUM_COORDS, dtype=self.dtype, name="output")(x)
-    x = _ACTIVATIONS[self.output_activation](x)
+    x = OUTPUT_ACTIVATIONS[self.output_activation](x)
     return jnp.asarray(x, jnp.float32) * self.output_scale + self.output_offset
 
 
@@ -127,8 +127,8 @@ TinyResNet = functools.partial(
 def create_model(config, dtype=jnp.float32) -> ResNet:
   """Builds the ResNet that ``config.model`` describes."""
   m = config.model
-  if m.output_activation not in _ACTIVATIONS:
-    raise ValueError(f"model.output_activation must be one of {sorted(_ACTIVATIONS)}, "
+  if m.output_activation not in OUTPUT_ACTIVATIONS:
+    raise ValueError(f"model.output_activation must be one of {sorted(OUTPUT_ACTIVATIONS)}, "
                      f"got {m.output_activation!r}")
   return ResNet(
       stage_filters=tuple(tuple(f) for f in m.stage_filters),

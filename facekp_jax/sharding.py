@@ -23,14 +23,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-  """Raises ValueError unless the global batch splits evenly over the devices."""
-  n = mesh.devices.size
-  if batch_size % n:
-    raise ValueError(f"batch_size {batch_size} does not divide evenly over {n} devices; "
-                     f"use a multiple of {n}")
-
-
 def to_global(batch, mesh: Mesh):
   """Host numpy batch (this process's rows) -> global arrays sharded along axis 0."""
   sharding = batch_sharded(mesh)

@@ -7,9 +7,6 @@ so parameters never leave the devices between steps.
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import time
 from typing import Any
 
@@ -23,6 +20,35 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from facekp_jax import augment, data, models, report, sharding
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work, described in one line."""
+
+
+def check_config(config, num_devices: int) -> None:
+  """Refuses impossible settings before any data is read or file written."""
+  problems = []
+  if config.data.rows not in ("complete", "all"):
+    problems.append(f"data.rows must be 'complete' or 'all', got {config.data.rows!r}")
+  if not 0.0 < config.data.val_fraction < 1.0:
+    problems.append(f"data.val_fraction must be in (0, 1), got {config.data.val_fraction}")
+  if config.batch_size < 1 or config.batch_size % num_devices:
+    problems.append(f"batch_size {config.batch_size} does not divide evenly over {num_devices} "
+                    f"devices; use a multiple of {num_devices}")
+  if config.model.output_activation not in models.OUTPUT_ACTIVATIONS:
+    problems.append(f"model.output_activation must be one of {sorted(models.OUTPUT_ACTIVATIONS)}, "
+                    f"got {config.model.output_activation!r}")
+  if len(config.model.stage_filters) != len(config.model.stage_blocks):
+    problems.append("model.stage_filters and model.stage_blocks must have the same length")
+  low, high = config.augment.brightness_range
+  if not 0 < low <= high:
+    problems.append(f"augment.brightness_range must be 0 < low <= high, got {(low, high)}")
+  for name in ("hflip_prob", "vflip_prob", "brightness_prob"):
+    if not 0.0 <= config.augment[name] <= 1.0:
+      problems.append(f"augment.{name} must be in [0, 1], got {config.augment[name]}")
+  if problems:
+    raise ConfigError("; ".join(problems))
 
 
 class TrainState(train_state.TrainState):
@@ -150,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   t_start = time.time()
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  check_config(config, mesh.devices.size)
   train, val, source = data.load_dataset(config.data, config.seed)
   train = prepare_training_faces(train, config)
   if config.batch_size > len(train):

@@ -1,0 +1,39 @@
+"""Shared helpers: Kaggle-layout files written directly with pandas (no synthetic faces)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from facekp_jax import keypoints
+
+
+def random_faces(n, seed=0, missing_every=0):
+  """Random uint8 images and in-frame coordinates; every k-th row misses all but 4 points."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, 96, 96), dtype=np.uint8)
+  coords = rng.uniform(10, 85, (n, 30)).astype(np.float32)
+  if missing_every:
+    keep = [keypoints.COLUMNS.index(c) for c in (
+        "left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y",
+        "nose_tip_x", "nose_tip_y", "mouth_center_bottom_lip_x", "mouth_center_bottom_lip_y")]
+    drop = np.setdiff1d(np.arange(30), keep)
+    coords[::missing_every, drop] = np.nan
+  return images, coords
+
+
+def kaggle_frame(images, coords):
+  frame = pd.DataFrame(coords, columns=list(keypoints.COLUMNS))
+  frame[keypoints.IMAGE_COLUMN] = [" ".join(map(str, im.reshape(-1))) for im in images]
+  return frame
+
+
+@pytest.fixture
+def write_csv(tmp_path):
+  """write_csv(name, images, coords) -> path of a Kaggle training.csv-layout file."""
+
+  def write(name, images, coords):
+    path = tmp_path / name
+    kaggle_frame(images, coords).to_csv(path, index=False)
+    return str(path)
+
+  return write

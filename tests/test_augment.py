@@ -1,0 +1,126 @@
+import ml_collections
+import numpy as np
+import pytest
+
+from facekp_jax import augment, keypoints
+from facekp_jax.data import Faces
+
+
+def _faces(n=6, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = (rng.random((n, 15)) < 0.7).repeat(2, axis=1).astype(np.float32)
+  targets = np.where(mask > 0, rng.uniform(5, 90, (n, 30)), 0).astype(np.float32)
+  return Faces(rng.random((n, 96, 96, 1), dtype=np.float32), targets, mask)
+
+
+def _config(**kw):
+  c = ml_collections.ConfigDict(dict(hflip_prob=0.0, hflip_swap=True, vflip_prob=0.0,
+                                     brightness_prob=0.0, brightness_range=(0.8, 1.25)))
+  c.update(kw)
+  return c
+
+
+def test_hflip_moves_a_dot_and_its_label_to_the_mirrored_pixel():
+  faces = _faces(1)
+  images = np.zeros_like(faces.images)
+  images[0, 40, 20, 0] = 1.0  # Row 40, column 20: the point (x=20, y=40).
+  targets = faces.targets.copy()
+  targets[0, 0:2] = (20, 40)  # left_eye_center
+  mask = np.ones_like(faces.mask)
+  out = augment.hflip(Faces(images, targets, mask))
+  assert out.images[0, 40, 75, 0] == 1.0 and out.images.sum() == 1.0
+  # The mirrored point is now the *right* eye (image left side after the flip).
+  assert tuple(out.targets[0, 2:4]) == (75.0, 40.0)
+
+
+def test_hflip_swaps_left_right_labels_and_masks():
+  faces = _faces()
+  out = augment.hflip(faces)
+  names = keypoints.COLUMNS
+  li, ri = names.index("left_eye_outer_corner_x"), names.index("right_eye_outer_corner_x")
+  np.testing.assert_allclose(out.targets[:, ri] * out.mask[:, ri],
+                             (95 - faces.targets[:, li]) * faces.mask[:, li])
+  np.testing.assert_array_equal(out.mask[:, ri], faces.mask[:, li])
+  np.testing.assert_array_equal(out.mask[:, li], faces.mask[:, ri])
+  # Present coordinates stay present, absent ones stay absent and zero.
+  assert out.mask.sum() == faces.mask.sum()
+  assert np.all(out.targets[out.mask == 0] == 0)
+
+
+def test_hflip_twice_is_identity():
+  faces = _faces()
+  twice = augment.hflip(augment.hflip(faces))
+  np.testing.assert_array_equal(twice.images, faces.images)
+  np.testing.assert_allclose(twice.targets, faces.targets, atol=1e-5)
+  np.testing.assert_array_equal(twice.mask, faces.mask)
+
+
+def test_hflip_without_swap_reproduces_the_seed_fault():
+  faces = _faces()
+  out = augment.hflip(faces, swap_labels=False)
+  np.testing.assert_array_equal(out.mask, faces.mask)
+  np.testing.assert_allclose(out.targets[:, 0::2], np.where(faces.mask[:, 0::2] > 0,
+                                                            95 - faces.targets[:, 0::2], 0))
+
+
+def test_vflip_twice_is_identity_and_mirrors_y():
+  faces = _faces()
+  out = augment.vflip(faces)
+  np.testing.assert_array_equal(out.images, faces.images[:, ::-1])
+  np.testing.assert_allclose(out.targets[:, 1::2], np.where(faces.mask[:, 1::2] > 0,
+                                                            95 - faces.targets[:, 1::2], 0))
+  np.testing.assert_array_equal(out.targets[:, 0::2], faces.targets[:, 0::2])
+  np.testing.assert_allclose(augment.vflip(out).targets, faces.targets, atol=1e-5)
+
+
+def test_brightness_stays_in_range_and_clips():
+  faces = _faces(200)
+  out = augment.augment_batch(faces, np.random.default_rng(0),
+                              _config(brightness_prob=1.0, brightness_range=(1.5, 2.0)))
+  assert out.images.min() >= 0.0 and out.images.max() <= 1.0
+  unclipped = (out.images < 1.0) & (faces.images > 0.01)
+  ratio = out.images[unclipped] / faces.images[unclipped]
+  assert ratio.min() >= 1.5 - 1e-4 and ratio.max() <= 2.0 + 1e-4
+  per_image = [np.median(o[u] / f[u]) for o, f, u in zip(out.images, faces.images, unclipped)]
+  assert np.ptp(per_image) > 0.3  # Factors differ between images and span the range.
+  np.testing.assert_array_equal(out.targets, faces.targets)
+
+
+def test_probability_zero_is_identity_and_one_flips_all():
+  faces = _faces()
+  same = augment.augment_batch(faces, np.random.default_rng(0), _config())
+  np.testing.assert_array_equal(same.images, faces.images)
+  allh = augment.augment_batch(faces, np.random.default_rng(0), _config(hflip_prob=1.0))
+  np.testing.assert_array_equal(allh.images, faces.images[:, :, ::-1])
+  np.testing.assert_array_equal(allh.mask, augment.hflip(faces).mask)
+
+
+@pytest.mark.parametrize("knob", ["hflip_prob", "vflip_prob", "brightness_prob"])
+def test_augment_batch_is_seeded_and_partial(knob):
+  faces = _faces(64)
+  cfg = _config(**{knob: 0.5})
+  a = augment.augment_batch(faces, np.random.default_rng(7), cfg)
+  b = augment.augment_batch(faces, np.random.default_rng(7), cfg)
+  c = augment.augment_batch(faces, np.random.default_rng(8), cfg)
+  np.testing.assert_array_equal(a.images, b.images)
+  changed = np.any(a.images != faces.images, axis=(1, 2, 3))
+  assert 10 < changed.sum() < 54  # About half the faces.
+  assert np.any(a.images != c.images)
+
+
+def test_augment_batch_does_not_modify_its_input():
+  faces = _faces()
+  before = [a.copy() for a in (faces.images, faces.targets, faces.mask)]
+  augment.augment_batch(faces, np.random.default_rng(0),
+                        _config(hflip_prob=1, vflip_prob=1, brightness_prob=1))
+  for a, b in zip(before, (faces.images, faces.targets, faces.mask)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_seed_copies_are_four_times_the_set():
+  faces = _faces(5)
+  out = augment.seed_copies(faces, np.random.default_rng(0), _config(hflip_swap=False))
+  assert len(out) == 20
+  np.testing.assert_array_equal(out.images[:5], faces.images)
+  np.testing.assert_array_equal(out.images[5:10], faces.images[:, :, ::-1])
+  np.testing.assert_array_equal(out.images[10:15], faces.images[:, ::-1, ::-1])

@@ -1,0 +1,115 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from facekp_jax import data, keypoints
+from tests.conftest import kaggle_frame, random_faces
+
+
+def test_reader_round_trip(write_csv):
+  images, coords = random_faces(5, missing_every=2)
+  faces = data.read_training_csv(write_csv("train.csv", images, coords))
+  assert faces.images.shape == (5, 96, 96, 1) and faces.images.dtype == np.float32
+  np.testing.assert_allclose(faces.images[..., 0], images / 255.0, atol=1e-7)
+  np.testing.assert_array_equal(faces.mask, ~np.isnan(coords))
+  np.testing.assert_allclose(faces.targets, np.nan_to_num(coords, nan=0.0), atol=1e-4)
+  assert faces.mask[0].sum() == 8 and faces.mask[1].sum() == 30
+
+
+def test_reader_reads_gzip(tmp_path):
+  images, coords = random_faces(3)
+  path = tmp_path / "train.csv.gz"
+  kaggle_frame(images, coords).to_csv(path, index=False)
+  faces = data.read_training_csv(str(path))
+  assert len(faces) == 3 and faces.mask.all()
+
+
+def test_read_test_csv(tmp_path):
+  images, _ = random_faces(3)
+  frame = kaggle_frame(images, np.zeros((3, 30)))[["Image"]]
+  frame.insert(0, "ImageId", [7, 8, 9])
+  frame.to_csv(tmp_path / "test.csv", index=False)
+  ids, imgs = data.read_test_csv(str(tmp_path / "test.csv"))
+  np.testing.assert_array_equal(ids, [7, 8, 9])
+  assert imgs.shape == (3, 96, 96, 1)
+
+
+def _damaged(write_csv, damage):
+  frame = damage(kaggle_frame(*random_faces(4)))
+  path = write_csv("bad.csv", np.zeros((0, 96, 96), np.uint8), np.zeros((0, 30)))
+  frame.to_csv(path, index=False)
+  return path
+
+
+def _set(column, row, value):
+  return lambda f: f.assign(**{column: f[column].astype(object).where(f.index != row, value)})
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (_set("Image", 2, "1 2 3"), "row 3: Image has 3 pixel values, expected 9216"),
+    (_set("Image", 1, "x " * 9216), "row 2: Image pixel 1 is not a number"),
+    (_set("Image", 0, "300 " * 9216), "row 1: Image pixel 1 is 300, outside 0..255"),
+    (_set("nose_tip_y", 3, "abc"), "row 4: column nose_tip_y is not a number"),
+    (_set("nose_tip_x", 1, 900.0), "row 2: column nose_tip_x is 900.0, far outside the 96x96"),
+    (lambda f: f.drop(columns=["mouth_left_corner_y"]), "missing column mouth_left_corner_y"),
+    (lambda f: f.drop(columns=["Image"]), "missing column Image"),
+])
+def test_reader_errors_name_file_row_and_problem(write_csv, damage, expected):
+  path = _damaged(write_csv, damage)
+  with pytest.raises(data.DataError) as e:
+    data.read_training_csv(path)
+  msg = str(e.value)
+  assert msg.startswith(path + ": ") and expected in msg and "\n" not in msg
+
+
+def test_reader_errors_for_missing_empty_and_corrupt_files(tmp_path):
+  with pytest.raises(data.DataError, match="file not found"):
+    data.read_training_csv(str(tmp_path / "nope.csv"))
+  (tmp_path / "empty.csv").write_text("")
+  with pytest.raises(data.DataError, match="empty.csv: file is empty"):
+    data.read_training_csv(str(tmp_path / "empty.csv"))
+  (tmp_path / "header.csv").write_text(",".join(keypoints.COLUMNS + ("Image",)) + "\n")
+  with pytest.raises(data.DataError, match="header.csv: no data rows"):
+    data.read_training_csv(str(tmp_path / "header.csv"))
+  raw = gzip.compress(kaggle_frame(*random_faces(2)).to_csv(index=False).encode())
+  (tmp_path / "cut.csv.gz").write_bytes(raw[: len(raw) // 2])
+  with pytest.raises(data.DataError, match="cut.csv.gz: cannot be read as CSV"):
+    data.read_training_csv(str(tmp_path / "cut.csv.gz"))
+
+
+def test_select_rows_complete_and_all(write_csv):
+  images, coords = random_faces(6, missing_every=3)  # Rows 0 and 3 are partial.
+  coords[5] = np.nan  # No label at all.
+  faces = data.read_training_csv(write_csv("t.csv", images, coords))
+  assert len(data.select_rows(faces, "complete", "t.csv")) == 3
+  assert len(data.select_rows(faces, "all", "t.csv")) == 5
+  coords[[1, 2, 4]] = np.nan
+  partial = data.read_training_csv(write_csv("p.csv", images, coords))
+  with pytest.raises(data.DataError, match="p.csv: no usable rows"):
+    data.select_rows(partial, "complete", "p.csv")
+
+
+def test_split_is_seeded_disjoint_and_sized():
+  train, val = data.split(100, 0.2, seed=3)
+  assert len(val) == 20 and len(train) == 80
+  assert not set(train) & set(val) and set(train) | set(val) == set(range(100))
+  again = data.split(100, 0.2, seed=3)
+  np.testing.assert_array_equal(train, again[0])
+  assert not np.array_equal(val, data.split(100, 0.2, seed=4)[1])
+
+
+def test_train_batches_cover_each_face_once_per_epoch():
+  faces = data.Faces(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 96, 96, 1)),
+                     np.zeros((10, 30), np.float32), np.ones((10, 30), np.float32))
+  seen = [b.images[:, 0, 0, 0] for b in data.train_batches(faces, 3, np.random.default_rng(0))]
+  assert [len(s) for s in seen] == [3, 3, 3]  # The remainder is dropped: fixed shapes.
+  assert len(set(np.concatenate(seen))) == 9
+
+
+def test_eval_batches_pad_with_masked_rows():
+  faces = data.Faces(np.ones((5, 96, 96, 1), np.float32), np.ones((5, 30), np.float32),
+                     np.ones((5, 30), np.float32))
+  batches = list(data.eval_batches(faces, 4))
+  assert [len(b) for b in batches] == [4, 4]
+  assert batches[1].mask.sum() == 30  # One real face, three padded rows with no labels.

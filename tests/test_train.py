@@ -1,0 +1,192 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from facekp_jax import data, sharding, train
+from tests.conftest import random_faces
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(csv=None, **overrides):
+  config = tiny.get_config()
+  if csv:
+    config.data.train_csv = csv
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _batch(n=8, seed=0):
+  images, coords = random_faces(n, seed)
+  faces = data.faces_from_arrays(images, coords)
+  return {"images": faces.images, "targets": faces.targets, "mask": faces.mask}
+
+
+def test_masked_mse_arithmetic():
+  p = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  t = jnp.array([[1.0, 0.0, 0.0], [0.0, 5.0, 9.0]])
+  m = jnp.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  sse, count = train.masked_sse(p, t, m)
+  assert float(sse) == 4.0 + 9.0 and float(count) == 3.0
+  assert float(train.masked_mse(p, t, m)) == pytest.approx(13.0 / 3.0)
+  assert float(train.masked_mse(p, t, jnp.zeros_like(m))) == 0.0
+
+
+def test_train_step_learns_a_fixed_batch_without_retracing():
+  mesh = sharding.make_mesh()
+  trainer = train.Trainer(_config(), mesh)
+  state = trainer.init_state()
+  batch = sharding.to_global(_batch(), mesh)
+  losses = []
+  for _ in range(15):
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics["sse"] / metrics["count"]))
+  assert losses[-1] < 0.5 * losses[0]
+  assert int(state.step) == 15
+  assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_masked_coordinates_get_no_gradient():
+  """Targets under a zero mask can be anything: the step is identical."""
+  mesh = sharding.make_mesh()
+  trainer = train.Trainer(_config(), mesh)
+  batch = _batch()
+  batch["mask"][:, 4:] = 0
+  other = dict(batch, targets=np.where(batch["mask"] > 0, batch["targets"], 1e4))
+  params = []
+  for b in (batch, other):
+    state, _ = trainer.train_step(trainer.init_state(), sharding.to_global(b, mesh))
+    params.append(jax.device_get(state.params))
+  jax.tree.map(np.testing.assert_array_equal, *params)
+
+
+def test_epoch_batches_are_a_function_of_seed_and_epoch(write_csv):
+  faces = data.read_training_csv(write_csv("t.csv", *random_faces(20)))
+  config = _config()
+  a = [b.images for b in train.epoch_batches(faces, config, epoch=3)]
+  b = [b.images for b in train.epoch_batches(faces, config, epoch=3)]
+  c = [b.images for b in train.epoch_batches(faces, config, epoch=4)]
+  np.testing.assert_array_equal(np.stack(a), np.stack(b))
+  assert not np.array_equal(np.stack(a), np.stack(c))
+
+
+def test_no_validation_face_reaches_training(write_csv):
+  """The split comes first: no validation face, nor a flipped copy of it, is ever trained on."""
+  images, coords = random_faces(40, seed=1)
+  config = _config(write_csv("t.csv", images, coords), **{
+      "data.seed_copies": True, "augment.hflip_prob": 0.5, "augment.vflip_prob": 0.5})
+  tr, val, _ = data.load_dataset(config.data, config.seed)
+  tr = train.prepare_training_faces(tr, config)
+  assert len(tr) == 4 * 32 and len(val) == 8
+
+  def keys(imgs):
+    return {im.tobytes() for im in np.round(imgs * 255).astype(np.uint8)}
+
+  forbidden = set()
+  for v in (val.images, val.images[:, :, ::-1], val.images[:, ::-1], val.images[:, ::-1, ::-1]):
+    forbidden |= keys(v)
+  seen = set()
+  for epoch in range(3):
+    for batch in train.epoch_batches(tr, config, epoch):
+      seen |= keys(batch.images)
+  assert keys(tr.images) & seen  # The check itself can recognise a face.
+  assert not seen & forbidden
+
+
+def _run(config, workdir):
+  return train.train_and_evaluate(config, str(workdir))
+
+
+def test_two_step_run_writes_every_output(tmp_path):
+  config = _config(**{"num_epochs": 1, "data.synthetic_n": 20})
+  results = _run(config, tmp_path / "w")
+  w = tmp_path / "w"
+  assert results["steps"] == 2
+  for name in ("config.json", "metrics.jsonl", "results.json", "predictions.png",
+               "learning_curves.png", "per_keypoint_rmse.png"):
+    assert (w / name).stat().st_size > 0, name
+  lines = (w / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 1 and {"epoch", "train_loss", "val_rmse"} <= set(json.loads(lines[0]))
+  saved = json.loads((w / "results.json").read_text())
+  assert saved["val_rmse"] == pytest.approx(results["val_rmse"]) and saved["num_val"] == 4
+  assert json.loads((w / "config.json").read_text())["data"]["synthetic_n"] == 20
+  assert not [p for p in w.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+  config = _config(**{"num_epochs": 1, "data.synthetic_n": 24})
+  a = _run(config, tmp_path / "a")
+  b = _run(config, tmp_path / "b")
+  assert a["val_rmse"] == b["val_rmse"] and a["val_per_keypoint_rmse"] == b["val_per_keypoint_rmse"]
+  config.seed = 1
+  assert _run(config, tmp_path / "c")["val_rmse"] != a["val_rmse"]
+
+
+_DEVICE_RUN = """
+import sys, numpy as np, jax
+from configs import tiny
+from facekp_jax import sharding, train
+from tests.conftest import random_faces
+from facekp_jax import data
+config = tiny.get_config()
+config.learning_rate = 1e-4
+mesh = sharding.make_mesh()
+assert mesh.devices.size == int(sys.argv[2]), mesh
+trainer = train.Trainer(config, mesh)
+state = trainer.init_state()
+init = jax.device_get(state.params)
+faces = data.faces_from_arrays(*random_faces(32))
+for i, b in enumerate(data.train_batches(faces, 8, np.random.default_rng(0))):
+  batch = {"images": b.images, "targets": b.targets, "mask": b.mask}
+  state, _ = trainer.train_step(state, sharding.to_global(batch, mesh))
+  assert state.params["output"]["kernel"].sharding.is_fully_replicated
+arrays = {}
+for tag, tree in (("init", init), ("final", jax.device_get(state.params))):
+  for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    arrays[tag + jax.tree_util.keystr(k)] = v
+np.savez(sys.argv[1], **arrays)
+"""
+
+
+def _params_on(devices, path):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  subprocess.run([sys.executable, "-c", _DEVICE_RUN, str(path), str(devices)], check=True,
+                 env=env, cwd=ROOT)
+  return dict(np.load(path))
+
+
+def test_one_and_four_devices_give_the_same_parameters(tmp_path):
+  one = _params_on(1, tmp_path / "one.npz")
+  four = _params_on(4, tmp_path / "four.npz")
+  assert one.keys() == four.keys()
+  again = _params_on(1, tmp_path / "again.npz")
+  for k in one:
+    np.testing.assert_array_equal(one[k], again[k])  # Same device count: bit-identical.
+  finals = [k for k in one if k.startswith("final")]
+  moved = np.median([np.abs(one[k] - one["init" + k[5:]]).max() for k in finals])
+  assert moved > 10 * 1e-5  # Four Adam steps move parameters far more than the tolerance.
+  for k in one:
+    np.testing.assert_allclose(one[k], four[k], atol=1e-5, rtol=0, err_msg=k)
+
+
+def test_config_check_refuses_impossible_settings():
+  train.check_config(_config(), num_devices=4)
+  config = _config(**{"batch_size": 6, "data.rows": "some", "augment.hflip_prob": 1.5})
+  with pytest.raises(train.ConfigError) as e:
+    train.check_config(config, num_devices=4)
+  msg = str(e.value)
+  assert "batch_size 6 does not divide evenly over 4 devices" in msg
+  assert "data.rows must be 'complete' or 'all'" in msg and "augment.hflip_prob" in msg
