@@ -10,11 +10,13 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from facekp_jax import data, sharding, train
+from facekp_jax import data, interrupts, report, sharding, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder (default: a fresh folder under runs/).")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume a workdir even though its saved config differs from --config.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -34,16 +36,30 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
+def _quiet_libraries(record) -> bool:
+  """Keeps Orbax's and JAX's routine INFO and WARNING lines out of the run's log."""
+  noisy = ("/orbax/", "/jax/_src/", "xla_bridge")
+  return record.levelno > logging.converter.STANDARD_WARNING or not any(
+      n in record.pathname for n in noisy)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_quiet_libraries)
   workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   logging.info("%s", sharding.topology())
   try:
-    train.train_and_evaluate(FLAGS.config, workdir)
-  except (data.DataError, train.ConfigError) as e:
+    train.train_and_evaluate(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
+  except (data.DataError, train.ConfigError, report.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except FloatingPointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  except interrupts.Interrupted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import json
 import os
 import tempfile
 
+import ml_collections
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -126,12 +128,61 @@ def plot_per_keypoint(per_keypoint_rmse: dict):
   return fig
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(map(tuple, v)) if _is_nested_seq(v) else (
+          tuple(v) if isinstance(v, (list, tuple)) else v)
+  return out
+
+
+def _is_nested_seq(v) -> bool:
+  return isinstance(v, (list, tuple)) and any(isinstance(x, (list, tuple)) for x in v)
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Fields whose values differ between a saved config (JSON) and ``config``."""
+  old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
+  return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def check_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
+  """Refuses a workdir that cannot be written, or that holds a run of another config.
+
+  Raises:
+    WorkdirError: with a one-line description; nothing is created or written.
+  """
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise WorkdirError(f"workdir {workdir}: {existing} is not a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise WorkdirError(f"workdir {workdir}: {existing} is not writable")
+  saved_path = os.path.join(workdir, "config.json")
+  if os.path.exists(saved_path) and not allow_config_change:
+    with open(saved_path) as f:
+      diffs = config_differences(json.load(f), config)
+    if diffs:
+      raise WorkdirError(f"workdir {workdir} holds a run with another config ({'; '.join(diffs)}); "
+                         "use a new --workdir, or --allow_config_change to continue anyway")
+
+
+class WorkdirError(ValueError):
+  """A workdir that cannot be used, described in one line."""
+
+
 class RunWriter:
   """Owns the files of a workdir; a no-op on processes other than the main one."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.workdir = workdir
     self.enabled = enabled
+    self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
 
@@ -142,12 +193,31 @@ class RunWriter:
     if self.enabled:
       _atomic_write(self._path("config.json"), lambda f: f.write(config.to_json(indent=2).encode()))
 
-  def append_metrics(self, record: dict) -> None:
+  def rewrite_metrics(self, history: list[dict]) -> None:
+    """Makes metrics.jsonl hold exactly ``history`` (a resumed run's checkpointed epochs)."""
     if self.enabled:
-      with open(self._path("metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+      text = "".join(json.dumps(r) + "\n" for r in history)
+      _atomic_write(self._path("metrics.jsonl"), lambda f: f.write(text.encode()))
+
+  def append_metrics(self, record: dict) -> None:
+    """Appends one epoch to metrics.jsonl and to the TensorBoard event file."""
+    if not self.enabled:
+      return
+    with open(self._path("metrics.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(self._path("tensorboard"), flush_secs=30)
+    for key in ("train_loss", "train_rmse", "val_rmse", "val_nme"):
+      self._tb.add_scalar(key, record[key], global_step=record["step"])
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
   def write_results(self, results: dict) -> None:
     if self.enabled:

@@ -19,7 +19,7 @@ from absl import logging
 from flax.training import train_state
 from tqdm import tqdm
 
-from facekp_jax import augment, data, models, report, sharding
+from facekp_jax import augment, checkpoint, data, interrupts, models, report, sharding
 
 
 class ConfigError(ValueError):
@@ -153,12 +153,17 @@ def _process_slice(x: np.ndarray) -> np.ndarray:
   return x[jax.process_index() * per:(jax.process_index() + 1) * per]
 
 
-def epoch_batches(train: data.Faces, config, epoch: int):
-  """The augmented global batches of one epoch, a pure function of (seed, epoch, step)."""
+def epoch_batches(train: data.Faces, config, epoch: int, start: int = 0):
+  """The augmented global batches of one epoch from batch ``start`` on.
+
+  A pure function of (seed, epoch, batch index), so a resumed run replays
+  exactly the batches an uninterrupted run would have seen.
+  """
   order_rng = np.random.default_rng([config.seed, epoch])
   for i, batch in enumerate(data.train_batches(train, config.batch_size, order_rng)):
-    yield augment.augment_batch(batch, np.random.default_rng([config.seed, epoch, i]),
-                                config.augment)
+    if i >= start:
+      yield augment.augment_batch(batch, np.random.default_rng([config.seed, epoch, i]),
+                                  config.augment)
 
 
 def prepare_training_faces(train: data.Faces, config) -> data.Faces:
@@ -168,71 +173,139 @@ def prepare_training_faces(train: data.Faces, config) -> data.Faces:
   return train
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+class _LossSums:
+  """Running (sse, count) of an epoch, folded on the host in step order.
+
+  Device results are fetched only at fold points (checkpoints, epoch ends), so
+  steps stay asynchronous in between; a non-finite loss is reported with the
+  first step that produced it.
+  """
+
+  def __init__(self, sse: float = 0.0, count: float = 0.0):
+    self.sse, self.count = sse, count
+    self._pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+
+  def fold(self) -> None:
+    for step, m in jax.device_get(self._pending):
+      if not np.isfinite(m["sse"]):
+        raise FloatingPointError(f"non-finite training loss at step {step}; stopped, the last "
+                                 "good checkpoint is kept")
+      self.sse += float(m["sse"])
+      self.count += float(m["count"])
+    self._pending = []
+
+  @property
+  def loss(self) -> float:
+    return self.sse / max(self.count, 1.0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict:
   """Trains on ``config.data``, evaluates on the validation split, writes the report.
+
+  Resumes from the latest checkpoint in ``workdir`` when there is one. Input
+  problems raise ``data.DataError`` / ``ConfigError`` / ``report.WorkdirError``
+  before anything is written.
 
   Returns:
     The final results (also written to ``workdir/results.json``).
+
+  Raises:
+    interrupts.Interrupted: after saving a checkpoint in answer to SIGTERM/SIGINT.
+    FloatingPointError: on a non-finite loss (nothing is saved past the last good step).
   """
   t_start = time.time()
   mesh = sharding.make_mesh()
   check_config(config, mesh.devices.size)
+  report.check_workdir(workdir, config, allow_config_change)
   train, val, source = data.load_dataset(config.data, config.seed)
   train = prepare_training_faces(train, config)
   if config.batch_size > len(train):
-    raise data.DataError(f"{source}: batch_size {config.batch_size} exceeds the {len(train)} "
-                         "training faces")
-  is_main = jax.process_index() == 0
-  writer = report.RunWriter(workdir, enabled=is_main)
-  writer.write_config(config)
+    raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train)} training faces "
+                      f"of {source}")
   logging.info("data: %s: %d train / %d validation faces", source, len(train), len(val))
 
+  writer = report.RunWriter(workdir, enabled=jax.process_index() == 0)
+  writer.write_config(config)
   trainer = Trainer(config, mesh)
-  state = trainer.init_state()
-  steps_per_epoch = len(train) // config.batch_size
-  history = []
-  for epoch in range(config.num_epochs):
-    t0 = time.time()
-    sums = []
-    batches = epoch_batches(train, config, epoch)
-    for batch in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                      disable=None, leave=False):
-      local = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
-      local = jax.tree.map(_process_slice, local)
-      state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
-      sums.append(metrics)
-    sums = jax.device_get(sums)
-    train_sse = sum(float(m["sse"]) for m in sums)
-    train_count = sum(float(m["count"]) for m in sums)
-    if not np.isfinite(train_sse):
-      raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1} "
-                               f"(step {int(jax.device_get(state.step))})")
-    val_metrics = report.keypoint_metrics(trainer.predict(state, val.images), val.targets, val.mask)
-    record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)),
-              "train_loss": train_sse / max(train_count, 1.0),
-              "train_rmse": float(np.sqrt(train_sse / max(train_count, 1.0))),
-              "val_rmse": val_metrics["rmse"], "val_nme": val_metrics["nme"],
-              "epoch_seconds": time.time() - t0}
-    history.append(record)
-    writer.append_metrics(record)
-    logging.info("epoch %d/%d: train loss %.3f px^2, val RMSE %.3f px, NME %.4f (%.1fs)",
-                 epoch + 1, config.num_epochs, record["train_loss"], record["val_rmse"],
-                 record["val_nme"], record["epoch_seconds"])
-
-  predictions = trainer.predict(state, val.images)
-  final = report.keypoint_metrics(predictions, val.targets, val.mask)
-  baseline = report.keypoint_metrics(
-      report.mean_shape_prediction(train, len(val)), val.targets, val.mask)
-  results = {
-      "source": source, "num_train": len(train), "num_val": len(val),
-      "epochs": config.num_epochs, "steps": int(jax.device_get(state.step)),
-      "val_rmse": final["rmse"], "val_nme": final["nme"],
-      "val_per_keypoint_rmse": final["per_keypoint_rmse"], "val_count": final["count"],
-      "mean_shape_val_rmse": baseline["rmse"],
-      "devices": mesh.devices.size, "wall_seconds": time.time() - t_start,
-  }
-  writer.write_results(results)
-  writer.write_plots(history, val, predictions, final)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    state = trainer.init_state()
+    progress = {"history": [], "epoch_sse": 0.0, "epoch_count": 0.0}
+    if ckpt.latest_step() is not None:
+      state, progress = ckpt.restore(state)
+      logging.info("resumed from the checkpoint at step %d", int(state.step))
+    writer.rewrite_metrics(progress["history"])
+    state, history = _fit(trainer, state, progress, train, val, ckpt, writer)
+    ckpt.wait()
+    predictions = trainer.predict(state, val.images)
+    final = report.keypoint_metrics(predictions, val.targets, val.mask)
+    baseline = report.keypoint_metrics(report.mean_shape_prediction(train, len(val)),
+                                       val.targets, val.mask)
+    results = {
+        "source": source, "num_train": len(train), "num_val": len(val),
+        "epochs": config.num_epochs, "steps": int(jax.device_get(state.step)),
+        "val_rmse": final["rmse"], "val_nme": final["nme"],
+        "val_per_keypoint_rmse": final["per_keypoint_rmse"], "val_count": final["count"],
+        "mean_shape_val_rmse": baseline["rmse"], "best_checkpoint_step": ckpt.best_step(),
+        "devices": mesh.devices.size, "wall_seconds": time.time() - t_start,
+    }
+    writer.write_results(results)
+    writer.write_plots(history, val, predictions, final)
+  finally:
+    ckpt.close()  # Waits for saves in flight: only good states are ever saved.
+    writer.close()
   logging.info("validation RMSE %.3f px (mean-shape baseline %.3f px), NME %.4f; outputs in %s",
                final["rmse"], baseline["rmse"], final["nme"], workdir)
   return results
+
+
+def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
+         val: data.Faces, ckpt: checkpoint.Checkpointer, writer: report.RunWriter):
+  """The epoch loop from ``state.step`` to the end; returns (state, metric history)."""
+  config, mesh = trainer.config, trainer.mesh
+  history = list(progress["history"])
+  steps_per_epoch = len(train) // config.batch_size
+  every = config.checkpoint_every_steps
+  start = int(jax.device_get(state.step))
+  with interrupts.StopRequest() as stop:
+    for epoch in range(start // steps_per_epoch, config.num_epochs):
+      t0 = time.time()
+      first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
+      sums = _LossSums(progress["epoch_sse"], progress["epoch_count"]) if first else _LossSums()
+      batches = epoch_batches(train, config, epoch, start=first)
+      for i, batch in enumerate(tqdm(batches, initial=first, total=steps_per_epoch, leave=False,
+                                     desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=None),
+                                start=first):
+        local = jax.tree.map(_process_slice, {"images": batch.images, "targets": batch.targets,
+                                              "mask": batch.mask})
+        state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
+        step = epoch * steps_per_epoch + i + 1
+        sums.add(step, metrics)
+        if i + 1 == steps_per_epoch:
+          continue  # The epoch's end saves (and honours a stop request) below.
+        if stop.signum is not None or (every and step % every == 0):
+          sums.fold()
+          ckpt.save(state, {"history": history, "epoch_sse": sums.sse, "epoch_count": sums.count})
+          if stop.signum is not None:
+            raise interrupts.Interrupted(stop.signum, step)
+      sums.fold()
+      val_metrics = report.keypoint_metrics(trainer.predict(state, val.images), val.targets,
+                                            val.mask)
+      record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                "train_loss": sums.loss, "train_rmse": float(np.sqrt(sums.loss)),
+                "val_rmse": val_metrics["rmse"], "val_nme": val_metrics["nme"],
+                "epoch_seconds": time.time() - t0}
+      history.append(record)
+      ckpt.save(state, {"history": history, "epoch_sse": 0.0, "epoch_count": 0.0},
+                metrics={"val_rmse": record["val_rmse"]})
+      writer.append_metrics(record)
+      logging.info("epoch %d/%d: train loss %.3f px^2, val RMSE %.3f px, NME %.4f (%.1fs)",
+                   epoch + 1, config.num_epochs, record["train_loss"], record["val_rmse"],
+                   record["val_nme"], record["epoch_seconds"])
+      if stop.signum is not None and epoch + 1 < config.num_epochs:
+        raise interrupts.Interrupted(stop.signum, record["step"])
+  return state, history

@@ -45,10 +45,14 @@ def test_mean_shape_prediction_ignores_missing_values():
 
 def test_run_writer_writes_files_atomically(tmp_path):
   writer = report.RunWriter(str(tmp_path / "w"))
-  writer.append_metrics({"epoch": 1})
-  writer.append_metrics({"epoch": 2})
+  record = {"step": 10, "train_loss": 4.0, "train_rmse": 2.0, "val_rmse": 3.0, "val_nme": 0.1}
+  writer.append_metrics(dict(record, epoch=1))
+  writer.append_metrics(dict(record, epoch=2))
   writer.write_results({"val_rmse": 1.5})
   assert (tmp_path / "w" / "metrics.jsonl").read_text().count("\n") == 2
+  writer.rewrite_metrics([dict(record, epoch=1)])  # A resume drops epochs past its checkpoint.
+  assert (tmp_path / "w" / "metrics.jsonl").read_text().count("\n") == 1
+  writer.close()
   assert not [p for p in (tmp_path / "w").iterdir() if p.name.startswith(".tmp-")]
   off = report.RunWriter(str(tmp_path / "off"), enabled=False)
   off.write_results({"x": 1})

@@ -1,0 +1,66 @@
+"""Orbax in one place: a run's checkpoints, their retention, and restore-or-init.
+
+A checkpoint holds the whole ``TrainState`` (params, batch statistics, optimizer
+state, step, RNG) and a small JSON ``progress`` item (the epoch's running loss
+sums and the metric history), so a resumed run continues the very same
+computation. Orbax writes each checkpoint into a temporary folder and renames
+it into place when complete, so a killed save is never picked up on restart.
+Retention: the last ``keep`` checkpoints plus the best by validation RMSE.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+_BEST_METRIC = "val_rmse"
+
+
+class Checkpointer:
+  """Creates, saves and restores the checkpoints under ``workdir/checkpoints``."""
+
+  def __init__(self, workdir: str, keep: int = 2):
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=max(1, keep)),
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m[_BEST_METRIC], reverse=True, n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                           best_fn=lambda m: m[_BEST_METRIC], best_mode="min",
+                                           cleanup_tmp_directories=True)
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "progress"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._manager.best_step()
+
+  def save(self, state, progress: dict, metrics: dict | None = None) -> None:
+    """Saves ``state`` at its step (asynchronously; ``wait`` makes it durable)."""
+    step = int(jax.device_get(state.step))
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)),
+                       metrics=metrics, force=True)
+
+  def restore(self, state_like, step: int | None = None) -> tuple[Any, dict]:
+    """Restores (state, progress) at ``step`` (default: latest) with ``state_like``'s shardings."""
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+    return restored.state, restored.progress
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
