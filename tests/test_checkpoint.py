@@ -165,3 +165,16 @@ def test_tensorboard_events_are_written(uninterrupted):
   tb = os.path.join(uninterrupted, "tensorboard")
   files = [f for f in os.listdir(tb) if "tfevents" in f]
   assert files and b"val_rmse" in open(os.path.join(tb, files[0]), "rb").read()
+
+
+@pytest.mark.slow
+def test_many_random_sigkills_still_bit_identical(csv, uninterrupted, tmp_path):
+  """Slow: ``pytest -m slow``. Eight kills at random moments, including during saves."""
+  rng = np.random.default_rng(0)
+  workdir = tmp_path / "many"
+  points = sorted(rng.choice(np.arange(1, EPOCHS * 4 - 1), size=8, replace=False))
+  for after_step in points:
+    _start_and_signal(csv, workdir, int(after_step), signal.SIGKILL, float(rng.uniform(0, 0.3)))
+  proc = _run(csv, workdir)
+  assert proc.returncode == 0, proc.stderr
+  _assert_same_run(uninterrupted, workdir)
