@@ -138,8 +138,7 @@ _DEVICE_RUN = """
 import sys, numpy as np, jax
 from configs import tiny
 from facekp_jax import sharding, train
-from tests.conftest import random_faces
-from facekp_jax import data
+from facekp_jax import data, synthetic
 config = tiny.get_config()
 config.learning_rate = 1e-4
 mesh = sharding.make_mesh()
@@ -147,7 +146,7 @@ assert mesh.devices.size == int(sys.argv[2]), mesh
 trainer = train.Trainer(config, mesh)
 state = trainer.init_state()
 init = jax.device_get(state.params)
-faces = data.faces_from_arrays(*random_faces(32))
+faces = data.faces_from_arrays(*synthetic.generate(32, seed=1))
 for i, b in enumerate(data.train_batches(faces, 8, np.random.default_rng(0))):
   batch = {"images": b.images, "targets": b.targets, "mask": b.mask}
   state, _ = trainer.train_step(state, sharding.to_global(batch, mesh))
