@@ -65,3 +65,40 @@ def test_depth_width_and_third_stage_come_from_config():
   assert {"stage3_block1", "stage2_block2"} <= set(v["params"])
   assert "stage2_block3" not in v["params"]
   assert model.apply(v, jnp.zeros((2, 96, 96, 1)), train=False).shape == (2, 30)
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_fast_ops_path_is_the_same_function_with_the_same_parameters(conv_bias):
+  """Matmul convolutions and strided pools vs nn.Conv / nn.max_pool: outputs and gradients."""
+  config = tiny.get_config()
+  config.model.conv_bias = conv_bias
+  config.model.stage_filters = ((8, 8, 16), (8, 16, 32))
+  fast = models.create_model(config)
+  config.model.fast_ops = False
+  ref = models.create_model(config)
+  x = jnp.asarray(np.random.default_rng(0).random((4, 96, 96, 1), np.float32))
+  v = ref.init(jax.random.key(0), x, train=False)
+  jax.tree.map(np.testing.assert_array_equal, v, fast.init(jax.random.key(0), x, train=False))
+
+  def loss(model, params):
+    out, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                         rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+    return jnp.mean(jnp.square(out - 40.0)), out
+
+  (l_ref, out_ref), g_ref = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(v["params"])
+  (l_fast, out_fast), g_fast = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(v["params"])
+  np.testing.assert_allclose(out_fast, out_ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(fast.apply(v, x, train=False), ref.apply(v, x, train=False),
+                             rtol=1e-4, atol=1e-4)
+  # Relative to each leaf's largest gradient, floored for the biases before batch norm, whose
+  # gradient is zero in exact arithmetic and pure rounding noise in float32.
+  floor = 1e-2 * max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g_ref))
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g_ref)[0], jax.tree.leaves(g_fast)):
+    scale = max(float(jnp.abs(a).max()), floor)
+    np.testing.assert_allclose(b / scale, a / scale, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_strided_pools_match_flax_pools_on_odd_sizes():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 23, 23, 3)).astype(np.float32))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), models.reference_max_pool_2x2(x))
+  np.testing.assert_array_equal(models.max_pool_3x3_s2(x), models.reference_max_pool_3x3_s2(x))
