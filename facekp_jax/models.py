@@ -47,38 +47,22 @@ def _matmul_2d(x, kernel_2d):
   return jnp.reshape(y, x.shape[:-1] + (kernel_2d.shape[-1],))
 
 
-class MatmulConv(nn.Module):
-  """A convolution computed as image patches times a matrix.
+class PointwiseConv(nn.Module):
+  """A 1x1 convolution computed as one 2-D matrix product over channels.
 
   Same parameters (names, shapes, initialisers) and the same function as
-  ``nn.Conv(features, kernel_size, strides, padding)``. 1x1 convolutions need
-  no patches at all; larger kernels gather their patches once.
+  ``nn.Conv(features, (1, 1))``, but faster to differentiate on CPU.
   """
 
   features: int
-  kernel_size: tuple[int, int] = (1, 1)
-  strides: tuple[int, int] = (1, 1)
-  padding: str = "VALID"
   use_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kh, kw = self.kernel_size
-    cin = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (kh, kw, cin, self.features), jnp.float32)
-    x = jnp.asarray(x, self.dtype)
-    if (kh, kw) == (1, 1):
-      if self.strides != (1, 1):
-        x = x[:, ::self.strides[0], ::self.strides[1]]
-      y = _matmul_2d(x, jnp.asarray(kernel[0, 0], self.dtype))
-    else:
-      # Patches come out channel-major: feature index = (c, i, j).
-      patches = jax.lax.conv_general_dilated_patches(
-          x, (kh, kw), self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      kernel_2d = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * kh * kw, self.features)
-      y = _matmul_2d(patches, jnp.asarray(kernel_2d, self.dtype))
+                        (1, 1, x.shape[-1], self.features), jnp.float32)
+    y = _matmul_2d(jnp.asarray(x, self.dtype), jnp.asarray(kernel[0, 0], self.dtype))
     if self.use_bias:
       y = y + jnp.asarray(self.param("bias", nn.initializers.zeros_init(), (self.features,),
                                      jnp.float32), self.dtype)
@@ -90,27 +74,6 @@ def max_pool_2x2(x):
   n, h, w, c = x.shape
   x = x[:, :h // 2 * 2, :w // 2 * 2]
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def max_pool_3x3_s2(x):
-  """3x3/2 'VALID' max-pool as the maximum of nine strided views.
-
-  The same function as ``nn.max_pool(x, (3, 3), (2, 2))``; its gradient avoids
-  XLA's slow select-and-scatter on CPU. (Ties split the gradient instead of
-  sending it to one element; after a ReLU, ties are zeros, whose gradient the
-  ReLU discards anyway.)
-  """
-  n_out_h, n_out_w = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
-  out = None
-  for i in range(3):
-    for j in range(3):
-      view = x[:, i:i + 2 * n_out_h - 1:2, j:j + 2 * n_out_w - 1:2]
-      out = view if out is None else jnp.maximum(out, view)
-  return out
-
-
-def reference_max_pool_3x3_s2(x):
-  return nn.max_pool(x, (3, 3), strides=(2, 2))
 
 
 def reference_max_pool_2x2(x):
@@ -161,9 +124,9 @@ class ResNet(nn.Module):
     output_scale, output_offset: fixed affine map from the last layer to pixels.
     conv_bias: whether convolutions carry a bias (the seed's do; it is redundant
       before batch norm).
-    fast_ops: compute 1x1 convolutions as dot products and 2x2 max-pools as
-      reshape + max (same parameters and function; faster on CPU). False uses
-      the plain ``nn.Conv`` / ``nn.max_pool`` reference path.
+    fast_ops: compute 1x1 convolutions as 2-D matrix products and 2x2
+      max-pools as reshape + max (same parameters and function; faster on
+      CPU). False uses the plain ``nn.Conv`` / ``nn.max_pool`` reference path.
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -186,16 +149,16 @@ class ResNet(nn.Module):
         nn.BatchNorm, use_running_average=not train, momentum=_BN_MOMENTUM,
         epsilon=_BN_EPSILON, dtype=self.dtype)
     if self.fast_ops:
-      conv = functools.partial(MatmulConv, use_bias=self.conv_bias, dtype=self.dtype)
-      pool, stem_pool = max_pool_2x2, max_pool_3x3_s2
+      pointwise = functools.partial(PointwiseConv, use_bias=self.conv_bias, dtype=self.dtype)
+      pool = max_pool_2x2
     else:
-      pool, stem_pool = reference_max_pool_2x2, reference_max_pool_3x3_s2
-    pointwise = lambda features, name: conv(features, (1, 1), name=name)
+      pointwise = lambda features, name: conv(features, (1, 1), name=name)
+      pool = reference_max_pool_2x2
     x = jnp.asarray(x, self.dtype)
     x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
     x = conv(self.stem_filters, (7, 7), strides=(2, 2), padding="VALID", name="stem_conv")(x)
     x = nn.relu(norm(name="stem_norm")(x))
-    x = stem_pool(x)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2))
     for stage, (filters, blocks) in enumerate(zip(self.stage_filters, self.stage_blocks)):
       for block in range(blocks):
         x = BottleneckBlock(tuple(filters), downsample=block == 0, conv=conv,
