@@ -37,7 +37,7 @@ class StopRequest:
       raise KeyboardInterrupt
     self.signum = signum
 
-  def __enter__(self) -> "StopRequest":
+  def __enter__(self) -> StopRequest:
     if threading.current_thread() is threading.main_thread():
       for s in self._SIGNALS:
         self._previous[s] = signal.signal(s, self._handle)

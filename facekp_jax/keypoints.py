@@ -57,7 +57,8 @@ def _mirror_name(name: str) -> str:
 
 
 # FLIP_KEYPOINTS[i] is the keypoint that keypoint i becomes in a mirrored face.
-FLIP_KEYPOINTS: np.ndarray = np.array([KEYPOINT_NAMES.index(_mirror_name(n)) for n in KEYPOINT_NAMES])
+FLIP_KEYPOINTS: np.ndarray = np.array(
+    [KEYPOINT_NAMES.index(_mirror_name(n)) for n in KEYPOINT_NAMES])
 # The same permutation over the 30 interleaved coordinates.
 FLIP_COORDS: np.ndarray = np.stack([2 * FLIP_KEYPOINTS, 2 * FLIP_KEYPOINTS + 1], axis=1).reshape(-1)
 

@@ -18,10 +18,10 @@ the model is in pixels.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from facekp_jax import keypoints

@@ -26,8 +26,7 @@ import secrets
 import numpy as np
 import pandas as pd
 
-from facekp_jax import _shape_stats
-from facekp_jax import keypoints
+from facekp_jax import _shape_stats, keypoints
 
 _SIZE = keypoints.IMAGE_SIZE
 _K = {name: i for i, name in enumerate(keypoints.KEYPOINT_NAMES)}

@@ -11,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _main(*args, cwd=ROOT):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "facekp_jax.main", "--config=configs/tiny.py", *args],
-                        capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+  cmd = [sys.executable, "-m", "facekp_jax.main", "--config=configs/tiny.py", *args]
+  return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
 def test_bad_csv_is_one_line_exit_2_and_writes_nothing(tmp_path):

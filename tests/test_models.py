@@ -85,8 +85,8 @@ def test_fast_ops_path_is_the_same_function_with_the_same_parameters(conv_bias):
                          rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
     return jnp.mean(jnp.square(out - 40.0)), out
 
-  (l_ref, out_ref), g_ref = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(v["params"])
-  (l_fast, out_fast), g_fast = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(v["params"])
+  (_, out_ref), g_ref = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(v["params"])
+  (_, out_fast), g_fast = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(v["params"])
   np.testing.assert_allclose(out_fast, out_ref, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(fast.apply(v, x, train=False), ref.apply(v, x, train=False),
                              rtol=1e-4, atol=1e-4)

@@ -1,0 +1,107 @@
+"""Training and inference throughput of the seed model, comparable with ../shared/bench/.
+
+Protocol (as in ../shared/bench/keras_seed.py and torch_seed.py): steady-state
+training epochs over 1712 random 96x96x1 images (80 % of Kaggle's 2140 complete
+rows), Adam, MSE; images/s of the fastest epoch after the first. The epoch runs
+the project's real training path: the seeded batch iterator with augmentation,
+host -> device transfer, and the jitted, donated ``train_step``.
+
+  python experiments/benchmark.py --batch 32 --batch 64
+  python experiments/benchmark.py --batch 32 --config.model.fast_ops=False
+
+Prints one JSON line per batch size: device kind and count, jax version, batch,
+train_images_per_s, compile_s, infer_images_per_s, input_images_per_s (the
+augmentation + batching pipeline alone), peak_host_mem_mb.
+"""
+
+import json
+import resource
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from facekp_jax import data, sharding, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/resnet.py", "Model and recipe to time.")
+flags.DEFINE_multi_integer("batch", [32], "Global batch sizes to time.")
+flags.DEFINE_integer("n", 1712, "Images per epoch.")
+flags.DEFINE_integer("epochs", 3, "Epochs per batch size (the first one is warm-up).")
+
+
+def _faces(n: int) -> data.Faces:
+  rng = np.random.default_rng(0)
+  return data.Faces(rng.random((n, 96, 96, 1), dtype=np.float32),
+                    (rng.random((n, 30), dtype=np.float32) * 96).astype(np.float32),
+                    np.ones((n, 30), np.float32))
+
+
+def _epoch(trainer, state, faces, config, epoch):
+  t0 = time.perf_counter()
+  metrics = None
+  for batch in train.epoch_batches(faces, config, epoch):
+    host = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
+    state, metrics = trainer.train_step(state, sharding.to_global(host, trainer.mesh))
+  jax.block_until_ready(metrics)
+  return state, time.perf_counter() - t0
+
+
+def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
+  config = config.copy_and_resolve_references()
+  config.batch_size = batch_size
+  mesh = sharding.make_mesh()
+  faces = _faces(n)
+  steps = n // batch_size
+  trainer = train.Trainer(config, mesh)
+  state = trainer.init_state()
+
+  first = next(train.epoch_batches(faces, config, 0))
+  host = {"images": first.images, "targets": first.targets, "mask": first.mask}
+  t0 = time.perf_counter()
+  state, m = trainer.train_step(state, sharding.to_global(host, mesh))
+  jax.block_until_ready(m)
+  first_step = time.perf_counter() - t0
+
+  times = []
+  for epoch in range(epochs):
+    state, seconds = _epoch(trainer, state, faces, config, epoch)
+    times.append(seconds)
+  steady = min(times[1:]) if len(times) > 1 else times[0]
+  compile_s = max(0.0, first_step - steady / steps)
+
+  trainer.predict(state, faces.images[:trainer.eval_batch_size])  # Compile.
+  t0 = time.perf_counter()
+  trainer.predict(state, faces.images)
+  infer = n / (time.perf_counter() - t0)
+
+  t0 = time.perf_counter()
+  for epoch in range(3):
+    for _ in train.epoch_batches(faces, config, epoch):
+      pass
+  pipeline = 3 * steps * batch_size / (time.perf_counter() - t0)
+
+  d = jax.devices()[0]
+  return {
+      "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
+      "jax": jax.__version__, "batch": batch_size, "n": n,
+      "fast_ops": bool(config.model.fast_ops), "half_precision": bool(config.half_precision),
+      "train_images_per_s": round(steps * batch_size / steady, 1),
+      "epoch_seconds": [round(t, 2) for t in times], "compile_s": round(compile_s, 2),
+      "infer_images_per_s": round(infer, 1), "input_images_per_s": round(pipeline, 1),
+      "peak_host_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+  }
+
+
+def main(argv):
+  del argv
+  for batch in FLAGS.batch:
+    print(json.dumps(time_batch(FLAGS.config, batch, FLAGS.n, FLAGS.epochs)), flush=True)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, ".")
+  app.run(main)

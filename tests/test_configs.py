@@ -1,0 +1,33 @@
+"""Every shipped config loads, passes the checks, and documents the command that runs it."""
+
+import importlib
+import pathlib
+
+import pytest
+
+from facekp_jax import train
+
+CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
+                 if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_valid_and_documents_its_command(name):
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config()
+  train.check_config(config, num_devices=1)
+  assert f"--config=configs/{name}.py" in module.__doc__
+  for field in ("num_epochs", "batch_size", "learning_rate", "seed"):
+    assert field in config
+  for field in ("train_csv", "rows", "val_fraction"):
+    assert field in config.data
+
+
+def test_seed_replica_keeps_the_seed_faults_and_resnet_does_not():
+  from configs import resnet, seed_keras
+  seed, fixed = seed_keras.get_config(), resnet.get_config()
+  assert seed.model.output_activation == "relu" and fixed.model.output_activation == "linear"
+  assert not seed.augment.hflip_swap and fixed.augment.hflip_swap
+  assert seed.data.seed_copies and not fixed.data.seed_copies
+  assert fixed.augment.vflip_prob == 0.0
+  assert (fixed.num_epochs, fixed.batch_size) == (50, 32)
