@@ -46,3 +46,10 @@ def test_bad_config_value_is_one_line_exit_2(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "data.rows must be 'complete' or 'all'" in proc.stderr.strip().splitlines()[-1]
   assert not (tmp_path / "w").exists()
+
+
+def test_batch_larger_than_the_training_set_is_refused(tmp_path):
+  proc = _main("--config.batch_size=64", f"--workdir={tmp_path / 'w'}")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "batch_size 64 exceeds the 51 training faces" in proc.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "w").exists()
