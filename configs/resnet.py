@@ -10,9 +10,11 @@ Differences from the seed notebook (see configs/seed_keras.py for the replica):
 the horizontal flip swaps left/right labels; the train/validation split is made
 before augmenting; the output layer is linear; augmentation is online (a fresh
 draw per batch) instead of fixed copies; vertical flips are off (faces are
-upright). Learning rate: Adam 1e-3 on unit-scaled targets (the model maps its
-output to pixels by x * 48 + 48), which reached a lower validation RMSE than
-the seed's 1e-4 on the built-in faces within 50 epochs.
+upright). Learning rate: Adam 1e-4 on unit-scaled targets (the model maps its
+output to pixels by x * 48 + 48). Measured on the built-in faces (2140, seed 0,
+full 50 epochs, batch 32): validation RMSE 2.38 px with 1e-4 against 2.78 px
+with 1e-3 (mean-shape baseline 4.26 px); 1e-3 also spent its first epoch at a
+train RMSE near 100 px.
 """
 
 import ml_collections
@@ -24,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 50
   config.batch_size = 32
   config.eval_batch_size = 128
-  config.learning_rate = 1e-3
+  config.learning_rate = 1e-4
   config.half_precision = False
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
   config.keep_checkpoints = 2  # The last two, plus the best by validation RMSE.
