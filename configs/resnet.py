@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.half_precision = False
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
   config.keep_checkpoints = 2  # The last two, plus the best by validation RMSE.
+  config.tta = False  # Final evaluation averages each face's and its mirror's prediction.
 
   config.data = ml_collections.ConfigDict()
   config.data.train_csv = ""  # Empty: the built-in synthetic faces.

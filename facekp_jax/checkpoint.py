@@ -21,17 +21,22 @@ _BEST_METRIC = "val_rmse"
 
 
 class Checkpointer:
-  """Creates, saves and restores the checkpoints under ``workdir/checkpoints``."""
+  """Creates, saves and restores the checkpoints under ``workdir/checkpoints``.
 
-  def __init__(self, workdir: str, keep: int = 2):
+  ``read_only=True`` (evaluation, prediction) creates, deletes and cleans up nothing, so it
+  is safe beside a run that is still writing checkpoints into the same workdir.
+  """
+
+  def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=max(1, keep)),
         checkpoint_managers.BestN(get_metric_fn=lambda m: m[_BEST_METRIC], reverse=True, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
                                            best_fn=lambda m: m[_BEST_METRIC], best_mode="min",
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=not read_only,
+                                           read_only=read_only)
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "progress"))

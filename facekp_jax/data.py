@@ -69,24 +69,27 @@ def _read_frame(path: str, required: tuple[str, ...]) -> pd.DataFrame:
   return frame
 
 
-def _parse_pixels(path: str, cells: pd.Series) -> np.ndarray:
-  """Parses the space-separated ``Image`` strings into uint8 (N, 96, 96)."""
+def _parse_pixels(path: str, cells: pd.Series, first_row: int = 0) -> np.ndarray:
+  """Parses the space-separated ``Image`` strings into uint8 (N, 96, 96).
+
+  ``first_row`` is the file row (0-based) of ``cells[0]``, so errors name file rows.
+  """
   images = np.empty((len(cells), NUM_PIXELS), np.uint8)
   for row, cell in enumerate(cells):
     values = np.array(cell.split(), dtype=object)
     if len(values) != NUM_PIXELS:
-      raise DataError(f"{path}: row {row + 1}: Image has {len(values)} pixel values, "
+      raise DataError(f"{path}: row {first_row + row + 1}: Image has {len(values)} pixel values, "
                       f"expected {NUM_PIXELS} (96x96)")
     try:
       pixels = values.astype(np.float64)
     except ValueError:
       bad = next(i for i, v in enumerate(values) if not _is_number(v))
-      raise DataError(f"{path}: row {row + 1}: Image pixel {bad + 1} is not a number: "
+      raise DataError(f"{path}: row {first_row + row + 1}: Image pixel {bad + 1} is not a number: "
                       f"{values[bad]!r:.40}") from None
     out_of_range = (pixels < 0) | (pixels > 255) | ~np.isfinite(pixels)
     if out_of_range.any():
       bad = int(np.argmax(out_of_range))
-      raise DataError(f"{path}: row {row + 1}: Image pixel {bad + 1} is {values[bad]}, "
+      raise DataError(f"{path}: row {first_row + row + 1}: Image pixel {bad + 1} is {values[bad]}, "
                       "outside 0..255")
     images[row] = np.rint(pixels).astype(np.uint8)
   return images.reshape(-1, keypoints.IMAGE_SIZE, keypoints.IMAGE_SIZE)
@@ -100,8 +103,11 @@ def _is_number(text: str) -> bool:
     return False
 
 
-def _parse_coords(path: str, frame: pd.DataFrame) -> np.ndarray:
-  """Parses the 30 keypoint columns into float32 (N, 30), NaN where empty."""
+def _parse_coords(path: str, frame: pd.DataFrame, first_row: int = 0) -> np.ndarray:
+  """Parses the 30 keypoint columns into float32 (N, 30), NaN where empty.
+
+  ``first_row`` is the file row (0-based) of the frame's first row, so errors name file rows.
+  """
   coords = np.full((len(frame), keypoints.NUM_COORDS), np.nan, np.float32)
   for j, column in enumerate(keypoints.COLUMNS):
     cells = frame[column].str.strip()
@@ -109,13 +115,13 @@ def _parse_coords(path: str, frame: pd.DataFrame) -> np.ndarray:
     bad = np.isnan(values) & (cells != "").to_numpy() & (cells.str.lower() != "nan").to_numpy()
     if bad.any():
       row = int(np.argmax(bad))
-      raise DataError(f"{path}: row {row + 1}: column {column} is not a number: "
+      raise DataError(f"{path}: row {first_row + row + 1}: column {column} is not a number: "
                       f"{cells.iloc[row]!r:.40}")
     far = np.abs(values - keypoints.IMAGE_SIZE / 2) > keypoints.IMAGE_SIZE / 2 + _COORD_SLACK
     far |= np.isinf(values)
     if far.any():
       row = int(np.argmax(far))
-      raise DataError(f"{path}: row {row + 1}: column {column} is {values[row]}, "
+      raise DataError(f"{path}: row {first_row + row + 1}: column {column} is {values[row]}, "
                       "far outside the 96x96 image")
     coords[:, j] = values
   return coords
@@ -152,6 +158,84 @@ def read_test_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
                     f"{frame[keypoints.ID_COLUMN].iloc[row]!r:.40}")
   images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN])
   return ids.to_numpy(np.int64), (images.astype(np.float32) / 255.0)[..., None]
+
+
+# Chunked reading: the same checks and messages as the whole-file readers above, for files
+# too large to hold as text and images at once.
+_CSV_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError)
+
+
+def _unreadable(path: str, e: Exception) -> DataError:
+  detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return DataError(f"{path}: cannot be read as CSV ({detail})")
+
+
+def read_csv_chunks(path: str, required: tuple[str, ...],
+                    chunk_rows: int = 1024) -> Iterator[tuple[int, pd.DataFrame]]:
+  """Streams a CSV as ``(first_row, frame)`` pieces of at most ``chunk_rows`` rows (as text).
+
+  ``first_row`` is the file row (0-based, excluding the header) of the frame's first row,
+  for the row parsers' messages.
+
+  Raises:
+    DataError: a missing, empty or unreadable file, missing columns, or no data rows.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  try:
+    reader = pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunk_rows)
+  except pd.errors.EmptyDataError:
+    raise DataError(f"{path}: file is empty") from None
+  except _CSV_ERRORS as e:
+    raise _unreadable(path, e) from None
+  with reader:
+    first_row = 0
+    while True:
+      try:
+        frame = next(reader)
+      except StopIteration:
+        break
+      except _CSV_ERRORS as e:
+        raise _unreadable(path, e) from None
+      if first_row == 0:
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+          shown = ", ".join(missing[:3]) + (
+              f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+          raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {shown}")
+      if len(frame):
+        yield first_row, frame
+      first_row += len(frame)
+  if first_row == 0:
+    raise DataError(f"{path}: no data rows")
+
+
+def read_training_chunks(path: str, chunk_rows: int = 1024) -> Iterator[Faces]:
+  """``read_training_csv`` in pieces of at most ``chunk_rows`` faces; errors name file rows."""
+  required = keypoints.COLUMNS + (keypoints.IMAGE_COLUMN,)
+  for first_row, frame in read_csv_chunks(path, required, chunk_rows):
+    coords = _parse_coords(path, frame, first_row)
+    images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN], first_row)
+    yield faces_from_arrays(images, coords)
+
+
+def read_test_chunks(path: str,
+                     chunk_rows: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """``read_test_csv`` in pieces: yields (image_ids, images (n, 96, 96, 1)) per chunk.
+
+  ImageIds must be whole numbers; errors name file rows.
+  """
+  required = (keypoints.ID_COLUMN, keypoints.IMAGE_COLUMN)
+  for first_row, frame in read_csv_chunks(path, required, chunk_rows):
+    cells = frame[keypoints.ID_COLUMN].str.strip()
+    ids = pd.to_numeric(cells, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(ids) | (ids != np.round(ids))
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise DataError(f"{path}: row {first_row + row + 1}: ImageId is not a whole number: "
+                      f"{cells.iloc[row]!r:.40}")
+    images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN], first_row)
+    yield ids.astype(np.int64), (images.astype(np.float32) / 255.0)[..., None]
 
 
 def select_rows(faces: Faces, rows: str, source: str) -> Faces:

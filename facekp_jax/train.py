@@ -19,7 +19,7 @@ from absl import logging
 from flax.training import train_state
 from tqdm import tqdm
 
-from facekp_jax import augment, checkpoint, data, interrupts, models, report, sharding
+from facekp_jax import augment, checkpoint, data, interrupts, keypoints, models, report, sharding
 
 
 class ConfigError(ValueError):
@@ -136,8 +136,13 @@ class Trainer:
   def init_state(self) -> TrainState:
     return create_train_state(self.config, self.model, self.mesh)
 
-  def predict(self, state: TrainState, images: np.ndarray) -> np.ndarray:
-    """Predicts every image (N, 96, 96, 1) in fixed-size batches; returns (N, 30) pixels."""
+  def predict(self, state: TrainState, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Predicts every image (N, 96, 96, 1) in fixed-size batches; returns (N, 30) pixels.
+
+    With ``tta``, each prediction is the flip test-time average (``flip_average``).
+    """
+    if tta:
+      return flip_average(lambda x: self.predict(state, x), images)
     n = len(images)
     faces = data.Faces(images, np.zeros((n, 30), np.float32), np.zeros((n, 30), np.float32))
     out = []
@@ -145,6 +150,22 @@ class Trainer:
       local = _process_slice(batch.images)
       out.append(self.predict_step(state, sharding.to_global(local, self.mesh)))
     return np.concatenate(jax.device_get(out))[:n]
+
+
+def flip_average(predict, images: np.ndarray) -> np.ndarray:
+  """Flip test-time augmentation: the mean prediction of each image and of its mirror.
+
+  The mirror's prediction is mapped back into the image's frame by ``augment.hflip``
+  itself (x -> 95 - x, left/right keypoints swapped), the flip training augments with.
+
+  Args:
+    predict: maps (N, 96, 96, 1) images to (N, 30) pixel predictions.
+    images: (N, 96, 96, 1).
+  """
+  present = np.ones((len(images), keypoints.NUM_COORDS), np.float32)
+  mirrored = augment.hflip(data.Faces(images, present, present)).images
+  back = augment.hflip(data.Faces(mirrored, predict(mirrored), present)).targets
+  return 0.5 * (predict(images) + back)
 
 
 def _process_slice(x: np.ndarray) -> np.ndarray:
@@ -241,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.rewrite_metrics(progress["history"])
     state, history = _fit(trainer, state, progress, train, val, ckpt, writer)
     ckpt.wait()
-    predictions = trainer.predict(state, val.images)
+    predictions = trainer.predict(state, val.images, tta=config.get("tta", False))
     final = report.keypoint_metrics(predictions, val.targets, val.mask)
     baseline = report.keypoint_metrics(report.mean_shape_prediction(train, len(val)),
                                        val.targets, val.mask)

@@ -50,12 +50,14 @@ def test_train_step_learns_a_fixed_batch_without_retracing():
   state = trainer.init_state()
   batch = sharding.to_global(_batch(), mesh)
   losses = []
-  for _ in range(15):
+  for i in range(15):
     state, metrics = trainer.train_step(state, batch)
     losses.append(float(metrics["sse"] / metrics["count"]))
+    if i == 0:  # The jit cache is shared by every Trainer in this process: count from here.
+      compiled = trainer.train_step._cache_size()  # pylint: disable=protected-access
   assert losses[-1] < 0.5 * losses[0]
   assert int(state.step) == 15
-  assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert trainer.train_step._cache_size() == compiled  # pylint: disable=protected-access
 
 
 def test_masked_coordinates_get_no_gradient():

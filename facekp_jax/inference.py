@@ -1,0 +1,139 @@
+"""A trained workdir as a predictor: its saved config, its model, one of its checkpoints.
+
+``evaluate`` and ``predict`` restore a model here and predict through
+``train.Trainer.predict`` (batched, jitted over the device mesh, optional flip
+test-time augmentation), the very path training's own evaluation takes. The
+workdir is only read: nothing in it is created, cleaned up or deleted, so a run
+can still be training there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from facekp_jax import checkpoint, data, report, sharding, train
+
+CHECKPOINTS = ("best", "latest")
+# Problems with the user's input: one line on stderr, exit code 2.
+USER_ERRORS = (data.DataError, report.WorkdirError, train.ConfigError)
+
+
+@dataclasses.dataclass
+class Model:
+  """A restored model.
+
+  Attributes:
+    workdir: the training workdir it came from.
+    config: the run's config (``workdir/config.json``).
+    trainer: the jitted steps over this process's device mesh.
+    state: the restored train state.
+    step: the checkpoint's step.
+    checkpoint: which checkpoint was asked for: ``"best"`` or ``"latest"``.
+  """
+
+  workdir: str
+  config: ml_collections.ConfigDict
+  trainer: train.Trainer
+  state: train.TrainState
+  step: int
+  checkpoint: str
+
+  def predict(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """(N, 96, 96, 1) images in [0, 1] -> (N, 30) keypoints in pixels."""
+    return self.trainer.predict(self.state, images, tta=tta)
+
+  def describe(self, tta: bool) -> str:
+    return (f"workdir {self.workdir}, {self.checkpoint} checkpoint (step {self.step}), "
+            f"flip TTA {'on' if tta else 'off'}")
+
+
+def _tuples(value):
+  """JSON gives lists where the config had tuples: turn them back (recursively)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (``config.json``), tuples restored.
+
+  Raises:
+    report.WorkdirError: no readable ``config.json``.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise report.WorkdirError(f"workdir {workdir}: no config.json (not a training workdir)")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise report.WorkdirError(f"workdir {workdir}: cannot read config.json ({e})") from None
+  if not isinstance(saved, dict):
+    raise report.WorkdirError(f"workdir {workdir}: config.json does not hold a config")
+  return ml_collections.ConfigDict(_tuples(saved))
+
+
+def load(workdir: str, which: str = "best") -> Model:
+  """Restores the ``best`` (by validation RMSE; else the latest) or ``latest`` checkpoint.
+
+  Raises:
+    report.WorkdirError: no config, no checkpoint, or a checkpoint that does not fit the
+      config's model; one line.
+  """
+  if which not in CHECKPOINTS:
+    raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {which!r}")
+  config = read_config(workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True) if os.path.isdir(ckpt_dir) else None
+  try:
+    latest = ckpt.latest_step() if ckpt else None
+    if latest is None:
+      raise report.WorkdirError(
+          f"workdir {workdir}: no checkpoint to restore (train one first: python -m "
+          f"facekp_jax.main --config=... --workdir={workdir})")
+    step = latest
+    if which == "best" and ckpt.best_step() is not None:
+      step = ckpt.best_step()
+    trainer = train.Trainer(config, sharding.make_mesh())
+    # The restore target: ``init_state``'s structure, shapes and shardings, traced but not run
+    # (compiling the random initialiser would take longer than everything else here).
+    target = jax.eval_shape(trainer.init_state)
+    try:
+      state, _ = ckpt.restore(target, step=step)
+    except (ValueError, KeyError, TypeError) as e:
+      detail = " ".join(str(e).split())[:200]
+      raise report.WorkdirError(f"workdir {workdir}: the checkpoint at step {step} does not fit "
+                                f"the model of config.json ({detail})") from None
+  finally:
+    if ckpt:
+      ckpt.close()
+  return Model(workdir, config, trainer, state, int(jax.device_get(state.step)), which)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose usage errors are one line on stderr and exit code 2, like ``main``'s."""
+
+  def error(self, message):
+    fail(f"bad flag: {message}")
+
+
+def quiet_libraries() -> None:
+  """Keeps Orbax's and JAX's routine INFO and WARNING lines out of a command's output."""
+  logging.set_verbosity(logging.ERROR)
+
+
+def fail(message) -> None:
+  """Ends a command on a user error: one line on stderr, exit code 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)

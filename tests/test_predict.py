@@ -1,0 +1,208 @@
+"""Kaggle submissions, prediction files and pictures from a trained workdir."""
+
+import os
+
+import matplotlib.image
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import tiny
+from facekp_jax import inference, keypoints, predict, synthetic, train
+
+K = 5  # Faces in the generated test.csv.
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  config = tiny.get_config()
+  config.num_epochs = 1
+  config.data.synthetic_n = 24
+  path = str(tmp_path_factory.mktemp("run") / "w")
+  train.train_and_evaluate(config, path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def model(workdir):
+  return inference.load(workdir)
+
+
+@pytest.fixture
+def loaded(monkeypatch, model):
+  """``predict.main`` gets the module's model without restoring it again."""
+  monkeypatch.setattr(inference, "load", lambda workdir, which="best": model)
+  return model
+
+
+@pytest.fixture(scope="module")
+def kaggle_files(tmp_path_factory):
+  """test.csv (ImageIds 1..K) and an IdLookupTable.csv in a shuffled-but-fixed order."""
+  folder = tmp_path_factory.mktemp("kaggle")
+  images, _ = synthetic.generate(K, seed=21)
+  test = synthetic.to_frame(images, np.zeros((K, 30)))[["Image"]]
+  test.insert(0, "ImageId", np.arange(1, K + 1))
+  test.to_csv(folder / "test.csv", index=False)
+  rng = np.random.default_rng(0)
+  rows = [(i, name) for i in range(1, K + 1)
+          for name in np.array(keypoints.COLUMNS)[np.sort(rng.choice(30, 4 + 5 * i, False))]]
+  order = rng.permutation(len(rows))
+  lookup = pd.DataFrame({"RowId": order + 1, "ImageId": [rows[j][0] for j in order],
+                         "FeatureName": [rows[j][1] for j in order], "Location": ""})
+  lookup.to_csv(folder / "IdLookupTable.csv", index=False)
+  return str(folder / "test.csv"), str(folder / "IdLookupTable.csv"), images, lookup
+
+
+def _fails(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    predict.main(argv)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+  return err.strip()
+
+
+def test_submission_has_kaggles_format(workdir, kaggle_files, tmp_path):
+  test_csv, lookup_csv, images, lookup = kaggle_files
+  out = tmp_path / "submission.csv"
+  predict.main([f"--workdir={workdir}", f"--csv={test_csv}", f"--lookup={lookup_csv}",
+                f"--out={out}"])
+  lines = out.read_text().splitlines()
+  assert lines[0] == "RowId,Location" and len(lines) == 1 + len(lookup)
+  written = pd.read_csv(out)
+  np.testing.assert_array_equal(written["RowId"], lookup["RowId"])  # The lookup's own order.
+  predictions = inference.load(workdir).predict(images[..., None].astype(np.float32) / 255.0)
+  rows = lookup["ImageId"].to_numpy() - 1
+  cols = [keypoints.COLUMNS.index(n) for n in lookup["FeatureName"]]
+  np.testing.assert_allclose(written["Location"], np.clip(predictions[rows, cols], 0, 96),
+                             atol=1e-3)
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_locations_are_clipped_to_the_frame(loaded, kaggle_files, tmp_path, monkeypatch):
+  test_csv, lookup_csv, _, lookup = kaggle_files
+  wild = np.where(np.arange(30) % 2 == 0, -40.0, 140.0)  # Every x below, every y above.
+  monkeypatch.setattr(inference.Model, "predict",
+                      lambda self, images, tta=False: np.tile(wild, (len(images), 1)))
+  out = tmp_path / "submission.csv"
+  predict.main(["--workdir=w", f"--csv={test_csv}", f"--lookup={lookup_csv}", f"--out={out}"])
+  expected = np.where(lookup["FeatureName"].str.endswith("_x"), 0.0, 96.0)
+  np.testing.assert_array_equal(pd.read_csv(out)["Location"], expected)
+  np.testing.assert_array_equal(predict.clip_locations(np.array([-0.1, 0.0, 48.5, 96.0, 96.2])),
+                                [0.0, 0.0, 48.5, 96.0, 96.0])
+
+
+def test_without_lookup_one_row_per_face_and_named_columns(loaded, kaggle_files, tmp_path):
+  test_csv, _, images, _ = kaggle_files
+  out = tmp_path / "predictions.csv"
+  predict.main(["--workdir=w", f"--csv={test_csv}", f"--out={out}", "--tta"])
+  written = pd.read_csv(out)
+  assert list(written.columns) == ["ImageId", *keypoints.COLUMNS]
+  np.testing.assert_array_equal(written["ImageId"], np.arange(1, K + 1))
+  expected = loaded.predict(images[..., None].astype(np.float32) / 255.0, tta=True)
+  np.testing.assert_allclose(written[list(keypoints.COLUMNS)], np.clip(expected, 0, 96), atol=1e-3)
+
+
+def _save_rgb(path, grey_u8):
+  plt.imsave(path, np.repeat(grey_u8[..., None], 3, axis=2))
+  return str(path)
+
+
+def test_pictures_are_predicted_in_their_own_pixels(loaded, tmp_path, capsys):
+  face, _ = synthetic.generate(1, seed=8)
+  base = loaded.predict(face[..., None].astype(np.float32) / 255.0)[0]
+  big = np.repeat(np.repeat(face[0], 2, axis=0), 2, axis=1)  # 192x192, 2x upsampled.
+  wide = np.full((192, 320), 30, np.uint8)
+  wide[:, 64:256] = big  # The face is the central square.
+  paths = [_save_rgb(tmp_path / "big.png", big), _save_rgb(tmp_path / "wide.png", wide)]
+  twice = 2 * base + 0.5  # Pixel centres: x96 -> (x96 + 0.5) * 2 - 0.5.
+  shift = np.tile([64.0, 0.0], 15)
+  out_dir = tmp_path / "overlays"
+  got = predict.run_pictures(loaded, paths, str(out_dir), crop="center")
+  np.testing.assert_allclose(got[0].keypoints, twice, atol=2e-3)
+  np.testing.assert_allclose(got[1].keypoints, twice + shift, atol=2e-3)
+  assert (got[1].width, got[1].height) == (320, 192)
+  assert (out_dir / "big_keypoints.png").stat().st_size > 0
+  assert (out_dir / "wide_keypoints.png").stat().st_size > 0
+  capsys.readouterr()
+  # The command line, a JPEG (decoded by Pillow, lossy), the default framing (pad to square).
+  jpeg = tmp_path / "big.jpg"
+  plt.imsave(jpeg, np.repeat(big[..., None], 3, axis=2))
+  assert matplotlib.image.imread(jpeg).shape == (192, 192, 3)
+  predict.main(["--workdir=w", f"--out_dir={out_dir}", paths[0], str(jpeg)])
+  out = capsys.readouterr().out
+  assert f"{paths[0]} (192x192, crop=none)" in out and "left_eye_center" in out
+  assert (out_dir / "big_keypoints.png").exists()
+  line = next(l for l in out.splitlines() if l.strip().startswith("nose_tip"))
+  nose = keypoints.KEYPOINT_NAMES.index("nose_tip")
+  np.testing.assert_allclose([float(v) for v in line.split()[1:]], twice[2 * nose:2 * nose + 2],
+                             atol=0.06)
+
+
+@pytest.mark.parametrize("crop", predict.CROPS)
+@pytest.mark.parametrize("shape", [(120, 200), (200, 120), (50, 70)])
+def test_framing_maps_a_spot_back_where_it_was(shape, crop):
+  """A blurred spot's centre, seen through fit() and mapped back, is where it was drawn."""
+  h, w = shape
+  y0, x0 = 0.45 * h, 0.55 * w
+  yy, xx = np.mgrid[:h, :w]
+  sigma = 0.06 * max(h, w) if crop == "none" else 0.06 * min(h, w)
+  picture = np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+  image, framing = predict.fit(picture, crop)
+  assert image.shape == (96, 96, 1)
+  mass = image[..., 0]
+  centre = [(mass * np.arange(96)[None, :]).sum() / mass.sum(),
+            (mass * np.arange(96)[:, None]).sum() / mass.sum()]
+  x, y = framing.to_picture(np.array(centre))
+  scale = framing.side / 96
+  assert abs(x - x0) < 0.1 * max(scale, 1) and abs(y - y0) < 0.1 * max(scale, 1)
+
+
+def test_resize_averages_areas_and_keeps_constants():
+  image = np.arange(16, dtype=np.float32).reshape(4, 4)
+  np.testing.assert_allclose(predict.resize(image, 2, 2), [[2.5, 4.5], [10.5, 12.5]])
+  assert np.allclose(predict.resize(np.full((37, 53, 3), 0.25), 96, 96), 0.25)
+
+
+def test_one_line_errors(workdir, kaggle_files, tmp_path, capsys, monkeypatch):
+  test_csv, lookup_csv, _, lookup = kaggle_files
+  out = tmp_path / "s.csv"
+  no_feature = tmp_path / "lookup.csv"
+  lookup.drop(columns=["FeatureName"]).to_csv(no_feature, index=False)
+  err = _fails([f"--workdir={workdir}", f"--csv={test_csv}", f"--lookup={no_feature}",
+                f"--out={out}"], capsys)
+  assert err == f"error: {no_feature}: missing column FeatureName"
+  lookup.assign(FeatureName=lookup["FeatureName"].where(lookup.index != 3, "chin_x")).to_csv(
+      no_feature, index=False)
+  err = _fails([f"--workdir={workdir}", f"--csv={test_csv}", f"--lookup={no_feature}",
+                f"--out={out}"], capsys)
+  assert err == f"error: {no_feature}: row 4: FeatureName 'chin_x' is not one of the 30 keypoint " \
+                "columns"
+  untrained = tmp_path / "untrained"
+  untrained.mkdir()
+  (untrained / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
+  err = _fails([f"--workdir={untrained}", f"--csv={test_csv}", f"--out={out}"], capsys)
+  assert err.startswith(f"error: workdir {untrained}: no checkpoint to restore")
+  assert not out.exists() and not (untrained / "checkpoints").exists()
+  model = inference.load(workdir)
+  monkeypatch.setattr(inference, "load", lambda workdir, which="best": model)
+  lookup.assign(ImageId=lookup["ImageId"].where(lookup.index != 2, 99)).to_csv(
+      no_feature, index=False)
+  err = _fails(["--workdir=w", f"--csv={test_csv}", f"--lookup={no_feature}", f"--out={out}"],
+               capsys)
+  assert err == f"error: {no_feature}: row 3: ImageId 99 is not in {test_csv}"
+  bad_test = tmp_path / "test.csv"
+  frame = pd.read_csv(test_csv, dtype=str)
+  frame.loc[2, "ImageId"] = "three"
+  frame.to_csv(bad_test, index=False)
+  err = _fails(["--workdir=w", f"--csv={bad_test}", f"--out={out}"], capsys)
+  assert err == f"error: {bad_test}: row 3: ImageId is not a whole number: 'three'"
+  frame.loc[2, "ImageId"] = "1"
+  frame.to_csv(bad_test, index=False)
+  err = _fails(["--workdir=w", f"--csv={bad_test}", f"--out={out}"], capsys)
+  assert err == f"error: {bad_test}: row 3: ImageId 1 repeats row 1"
+  not_image = tmp_path / "face.png"
+  not_image.write_text("not a picture")
+  assert "face.png: cannot be read as an image" in _fails(["--workdir=w", str(not_image)], capsys)
+  assert "give either --csv or image files" in _fails(["--workdir=w"], capsys)
+  assert not out.exists()
