@@ -146,8 +146,9 @@ def _is_nested_seq(v) -> bool:
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """Fields whose values differ between a saved config (JSON) and ``config``."""
   old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
-  return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
-          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  # Fields the saved run does not have were added to the project later: not a difference.
+  return [f"{k}: {old[k]!r} -> {new.get(k, '<absent>')!r}"
+          for k in sorted(old) if old[k] != new.get(k, object())]
 
 
 def check_workdir(workdir: str, config, allow_config_change: bool = False) -> None:

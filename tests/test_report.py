@@ -57,3 +57,12 @@ def test_run_writer_writes_files_atomically(tmp_path):
   off = report.RunWriter(str(tmp_path / "off"), enabled=False)
   off.write_results({"x": 1})
   assert not (tmp_path / "off").exists()
+
+
+def test_config_differences_ignore_fields_a_saved_run_predates():
+  import ml_collections
+  config = ml_collections.ConfigDict({"a": 1, "b": {"c": (1, 2)}, "new_field": False})
+  assert report.config_differences({"a": 1, "b": {"c": [1, 2]}}, config) == []
+  assert report.config_differences({"a": 2, "b": {"c": [1, 2]}}, config) == ["a: 2 -> 1"]
+  assert report.config_differences({"a": 1, "b": {"c": [1, 2]}, "gone": 3}, config) == [
+      "gone: 3 -> '<absent>'"]
