@@ -50,6 +50,15 @@ class Faces:
     return Faces(self.images[index], self.targets[index], self.mask[index])
 
 
+# The reading failures of a damaged file (truncated gzip, binary bytes, broken quoting).
+_CSV_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError)
+
+
+def _unreadable(path: str, e: Exception) -> DataError:
+  detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return DataError(f"{path}: cannot be read as CSV ({detail})")
+
+
 def _read_frame(path: str, required: tuple[str, ...]) -> pd.DataFrame:
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found")
@@ -57,9 +66,8 @@ def _read_frame(path: str, required: tuple[str, ...]) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
   except pd.errors.EmptyDataError:
     raise DataError(f"{path}: file is empty") from None
-  except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError) as e:
-    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise DataError(f"{path}: cannot be read as CSV ({detail})") from None
+  except _CSV_ERRORS as e:
+    raise _unreadable(path, e) from None
   missing = [c for c in required if c not in frame.columns]
   if missing:
     shown = ", ".join(missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
@@ -162,12 +170,6 @@ def read_test_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 # Chunked reading: the same checks and messages as the whole-file readers above, for files
 # too large to hold as text and images at once.
-_CSV_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError)
-
-
-def _unreadable(path: str, e: Exception) -> DataError:
-  detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-  return DataError(f"{path}: cannot be read as CSV ({detail})")
 
 
 def read_csv_chunks(path: str, required: tuple[str, ...],
