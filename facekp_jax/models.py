@@ -24,7 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from facekp_jax import keypoints
+from facekp_jax import keypoints, pooling
 
 # Keras' BatchNormalization defaults, as in the seed.
 _BN_MOMENTUM = 0.99
@@ -70,14 +70,21 @@ class PointwiseConv(nn.Module):
 
 
 def max_pool_2x2(x):
-  """2x2/2 'VALID' max-pool as reshape + max (same function as ``nn.max_pool``)."""
-  n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
-  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  """2x2/2 'VALID' max-pool (same function and gradient as ``nn.max_pool``)."""
+  return pooling.max_pool(x, (2, 2), (2, 2))
+
+
+def max_pool_3x3(x):
+  """The stem's 3x3/2 'VALID' max-pool (same function and gradient as ``nn.max_pool``)."""
+  return pooling.max_pool(x, (3, 3), (2, 2))
 
 
 def reference_max_pool_2x2(x):
   return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def reference_max_pool_3x3(x):
+  return nn.max_pool(x, (3, 3), strides=(2, 2))
 
 
 class BottleneckBlock(nn.Module):
@@ -124,9 +131,9 @@ class ResNet(nn.Module):
     output_scale, output_offset: fixed affine map from the last layer to pixels.
     conv_bias: whether convolutions carry a bias (the seed's do; it is redundant
       before batch norm).
-    fast_ops: compute 1x1 convolutions as 2-D matrix products and 2x2
-      max-pools as reshape + max (same parameters and function; faster on
-      CPU). False uses the plain ``nn.Conv`` / ``nn.max_pool`` reference path.
+    fast_ops: compute 1x1 convolutions as 2-D matrix products and max-pools
+      with a cheaper gradient (same parameters and function; faster on CPU).
+      False uses the plain ``nn.Conv`` / ``nn.max_pool`` reference path.
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -150,15 +157,15 @@ class ResNet(nn.Module):
         epsilon=_BN_EPSILON, dtype=self.dtype)
     if self.fast_ops:
       pointwise = functools.partial(PointwiseConv, use_bias=self.conv_bias, dtype=self.dtype)
-      pool = max_pool_2x2
+      pool, stem_pool = max_pool_2x2, max_pool_3x3
     else:
       pointwise = lambda features, name: conv(features, (1, 1), name=name)
-      pool = reference_max_pool_2x2
+      pool, stem_pool = reference_max_pool_2x2, reference_max_pool_3x3
     x = jnp.asarray(x, self.dtype)
     x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
     x = conv(self.stem_filters, (7, 7), strides=(2, 2), padding="VALID", name="stem_conv")(x)
     x = nn.relu(norm(name="stem_norm")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2))
+    x = stem_pool(x)
     for stage, (filters, blocks) in enumerate(zip(self.stage_filters, self.stage_blocks)):
       for block in range(blocks):
         x = BottleneckBlock(tuple(filters), downsample=block == 0, conv=conv,
