@@ -6,6 +6,11 @@ sums and the metric history), so a resumed run continues the very same
 computation. Orbax writes each checkpoint into a temporary folder and renames
 it into place when complete, so a killed save is never picked up on restart.
 Retention: the last ``keep`` checkpoints plus the best by validation RMSE.
+
+With several processes every process creates the ``Checkpointer`` and calls ``save``,
+``restore``, ``wait`` and ``close`` at the same points: Orbax synchronises them, process 0
+(its primary host) creates folders, writes ``progress`` and renames a finished checkpoint into
+place, and every process must see the same ``workdir`` (shared storage; checked on creation).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from facekp_jax import distributed, sharding
 
 _BEST_METRIC = "val_rmse"
 
@@ -40,6 +47,8 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "progress"))
+    if not read_only:
+      distributed.check_shared_folder(self.directory)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -57,9 +66,22 @@ class Checkpointer:
                        metrics=metrics, force=True)
 
   def restore(self, state_like, step: int | None = None) -> tuple[Any, dict]:
-    """Restores (state, progress) at ``step`` (default: latest) with ``state_like``'s shardings."""
+    """Restores (state, progress) at ``step`` (default: latest) with ``state_like``'s shardings.
+
+    Leaves without a sharding (a ``jax.eval_shape`` target) come back replicated over all
+    devices, whatever processes and devices saved them: a run trained on several hosts
+    restores on one.
+    """
     step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+    replicated = sharding.replicated(sharding.make_mesh())
+
+    def abstract_leaf(x):
+      leaf = ocp.utils.to_shape_dtype_struct(x)
+      if getattr(leaf, "sharding", None) is None:
+        leaf = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated)
+      return leaf
+
+    abstract = jax.tree.map(abstract_leaf, state_like)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
     return restored.state, restored.progress

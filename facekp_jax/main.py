@@ -1,22 +1,35 @@
 """Trains a keypoint ResNet: ``python -m facekp_jax.main --config=configs/resnet.py``.
 
-Kept short on purpose: flags, one topology line, one call into the trainer.
+Kept short on purpose: flags, the multi-process start, one topology line, one call into the
+trainer. Several processes (hosts) run the same command with ``--distributed=auto`` (Cloud TPU,
+SLURM, Open MPI) or ``--distributed=manual --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I``, and the same ``--workdir`` on shared storage.
 """
 
 import os
 import sys
 import time
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from facekp_jax import data, interrupts, report, sharding, train
+from facekp_jax import data, distributed, interrupts, report, sharding, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder (default: a fresh folder under runs/).")
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume a workdir even though its saved config differs from --config.")
+flags.DEFINE_enum("distributed", "off", distributed.MODES,
+                  "Several processes: off (one process drives all local devices), auto (take "
+                  "the three values below from Cloud TPU / SLURM / Open MPI), manual (give them).")
+flags.DEFINE_string("coordinator_address", None,
+                    "HOST:PORT of process 0, the same in every process (manual; overrides auto).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (manual; overrides auto).",
+                     lower_bound=1)
+flags.DEFINE_integer("process_id", None, "This process's index from 0 (manual; overrides auto).",
+                     lower_bound=0)
 flags.mark_flags_as_required(["config"])
 
 
@@ -47,6 +60,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_quiet_libraries)
+  try:
+    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
+    if FLAGS.workdir is None and jax.process_count() > 1:  # Each would name its own folder.
+      raise distributed.DistributedError("several processes need --workdir, one folder on "
+                                         "storage they all share")
+  except distributed.DistributedError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   logging.info("%s", sharding.topology())
   try:

@@ -1,4 +1,9 @@
-"""One data-parallel device mesh: replicated state, batches split on their first axis."""
+"""One data-parallel device mesh: replicated state, batches split on their first axis.
+
+With several processes the mesh spans all their devices, ordered by process, so process ``p``
+holds rows ``[p * B / P, (p + 1) * B / P)`` of every global batch of ``B`` rows over ``P``
+processes: each process feeds exactly that contiguous share (``train._process_slice``).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,9 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over all devices (of all processes) along the data axis."""
+  """A 1-D mesh over all devices (of all processes) along the data axis, process by process."""
   devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  return Mesh(np.asarray(sorted(devices, key=lambda d: d.process_index)), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -25,7 +30,10 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def to_global(batch, mesh: Mesh):
-  """Host numpy batch (this process's rows) -> global arrays sharded along axis 0."""
+  """Host numpy batch (this process's rows) -> global arrays sharded along axis 0.
+
+  The global batch has ``process_count`` times this process's rows, in process order.
+  """
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
