@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from facekp_jax import keypoints, pooling
+from facekp_jax import conv as conv_lib
 from facekp_jax import norm as norm_lib
 
 # Keras' BatchNormalization defaults, as in the seed.
@@ -132,9 +133,9 @@ class ResNet(nn.Module):
     output_scale, output_offset: fixed affine map from the last layer to pixels.
     conv_bias: whether convolutions carry a bias (the seed's do; it is redundant
       before batch norm).
-    fast_ops: compute 1x1 convolutions as 2-D matrix products, max-pools and
-      batch norms with cheaper gradients (same parameters and function; faster
-      on CPU).
+    fast_ops: compute 1x1 convolutions as 2-D matrix products, and the stem
+      convolution, max-pools and batch norms with cheaper gradients (same
+      parameters and function; faster on CPU).
       False uses the plain ``nn.Conv`` / ``nn.max_pool`` reference path.
     dtype: computation dtype (parameters stay float32).
   """
@@ -165,7 +166,12 @@ class ResNet(nn.Module):
       pool, stem_pool = reference_max_pool_2x2, reference_max_pool_3x3
     x = jnp.asarray(x, self.dtype)
     x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
-    x = conv(self.stem_filters, (7, 7), strides=(2, 2), padding="VALID", name="stem_conv")(x)
+    if self.fast_ops:
+      stem = conv_lib.Conv(self.stem_filters, (7, 7), strides=(2, 2), use_bias=self.conv_bias,
+                           dtype=self.dtype, name="stem_conv")
+    else:
+      stem = conv(self.stem_filters, (7, 7), strides=(2, 2), padding="VALID", name="stem_conv")
+    x = stem(x)
     x = nn.relu(norm(name="stem_norm")(x))
     x = stem_pool(x)
     for stage, (filters, blocks) in enumerate(zip(self.stage_filters, self.stage_blocks)):
