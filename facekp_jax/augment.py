@@ -50,6 +50,33 @@ def _where(select: np.ndarray, a: Faces, b: Faces) -> Faces:
                np.where(s, a.targets, b.targets), np.where(s, a.mask, b.mask))
 
 
+def draw_plan(n: int, rng: np.random.Generator, config) -> dict[str, np.ndarray]:
+  """The random choices of one batch: ``hflip``, ``vflip`` (bool) and ``brightness`` factors.
+
+  Every random number is drawn up front, so each knob's draws don't depend on
+  the others; a factor of 1 means no brightness change. ``apply_plan`` (numpy)
+  and ``device_input.apply_plan`` (on the devices) turn a plan into the same batch.
+  """
+  do_h = rng.random(n) < config.hflip_prob
+  do_v = rng.random(n) < config.vflip_prob
+  do_b = rng.random(n) < config.brightness_prob
+  low, high = config.brightness_range
+  factors = rng.uniform(low, high, n)
+  return {"hflip": do_h, "vflip": do_v,
+          "brightness": np.where(do_b, factors, 1.0).astype(np.float32)}
+
+
+def apply_plan(faces: Faces, plan: dict[str, np.ndarray], config) -> Faces:
+  """Applies a ``draw_plan`` plan to a batch (per example: hflip, then vflip, then brightness)."""
+  if plan["hflip"].any():
+    faces = _where(plan["hflip"], hflip(faces, swap_labels=config.hflip_swap), faces)
+  if plan["vflip"].any():
+    faces = _where(plan["vflip"], vflip(faces), faces)
+  if (plan["brightness"] != 1.0).any():
+    faces = Faces(brightness(faces.images, plan["brightness"]), faces.targets, faces.mask)
+  return faces
+
+
 def augment_batch(faces: Faces, rng: np.random.Generator, config) -> Faces:
   """Applies the augmentations of ``config`` (``config.augment``), each per example.
 
@@ -60,20 +87,7 @@ def augment_batch(faces: Faces, rng: np.random.Generator, config) -> Faces:
     config: the ``augment`` section: ``hflip_prob``, ``hflip_swap``,
       ``vflip_prob``, ``brightness_prob``, ``brightness_range``.
   """
-  n = len(faces)
-  # Draw every random number up front so each knob's draws don't depend on the others.
-  do_h = rng.random(n) < config.hflip_prob
-  do_v = rng.random(n) < config.vflip_prob
-  do_b = rng.random(n) < config.brightness_prob
-  low, high = config.brightness_range
-  factors = rng.uniform(low, high, n)
-  if do_h.any():
-    faces = _where(do_h, hflip(faces, swap_labels=config.hflip_swap), faces)
-  if do_v.any():
-    faces = _where(do_v, vflip(faces), faces)
-  if do_b.any():
-    faces = Faces(brightness(faces.images, np.where(do_b, factors, 1.0)), faces.targets, faces.mask)
-  return faces
+  return apply_plan(faces, draw_plan(len(faces), rng, config), config)
 
 
 def seed_copies(faces: Faces, rng: np.random.Generator, config) -> Faces:

@@ -29,12 +29,17 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def to_global(batch, mesh: Mesh):
-  """Host numpy batch (this process's rows) -> global arrays sharded along axis 0.
+def steps_sharded(mesh: Mesh) -> NamedSharding:
+  """Stacked per-step inputs (steps, batch, ...): split on the batch axis."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def to_global(batch, mesh: Mesh, sharded=batch_sharded):
+  """Host numpy batch (this process's rows) -> global arrays sharded by ``sharded(mesh)``.
 
   The global batch has ``process_count`` times this process's rows, in process order.
   """
-  sharding = batch_sharded(mesh)
+  sharding = sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 

@@ -19,7 +19,8 @@ from absl import logging
 from flax.training import train_state
 from tqdm import tqdm
 
-from facekp_jax import augment, checkpoint, data, interrupts, keypoints, models, report, sharding
+from facekp_jax import (
+    augment, checkpoint, data, device_input, interrupts, keypoints, models, report, sharding)
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,8 @@ def check_config(config, num_devices: int) -> None:
   for name in ("hflip_prob", "vflip_prob", "brightness_prob"):
     if not 0.0 <= config.augment[name] <= 1.0:
       problems.append(f"augment.{name} must be in [0, 1], got {config.augment[name]}")
+  if config.get("steps_per_call", 1) < 1:
+    problems.append(f"steps_per_call must be >= 1, got {config.steps_per_call}")
   if problems:
     raise ConfigError("; ".join(problems))
 
@@ -130,6 +133,12 @@ class Trainer:
     self.train_step = jax.jit(train_step, in_shardings=(rep, shard), out_shardings=(rep, rep),
                               donate_argnums=0)
     self.predict_step = jax.jit(predict_step, in_shardings=(rep, shard), out_shardings=rep)
+    # Input on the devices: several steps per call over a device copy of the training split.
+    steps_shard = sharding.steps_sharded(mesh)
+    self.train_steps = jax.jit(
+        device_input.make_train_steps(train_step, config.augment),
+        in_shardings=(rep, rep, steps_shard, steps_shard), out_shardings=(rep, rep),
+        donate_argnums=0)
     n_dev = mesh.devices.size
     self.eval_batch_size = -(-config.eval_batch_size // n_dev) * n_dev
 
@@ -168,10 +177,15 @@ def flip_average(predict, images: np.ndarray) -> np.ndarray:
   return 0.5 * (predict(images) + back)
 
 
+def _process_rows(n: int) -> slice:
+  """This process's contiguous share of ``n`` global batch rows."""
+  per = n // jax.process_count()
+  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
 def _process_slice(x: np.ndarray) -> np.ndarray:
   """This process's contiguous share of a global batch."""
-  per = len(x) // jax.process_count()
-  return x[jax.process_index() * per:(jax.process_index() + 1) * per]
+  return x[_process_rows(len(x))]
 
 
 def epoch_batches(train: data.Faces, config, epoch: int, start: int = 0):
@@ -207,15 +221,18 @@ class _LossSums:
     self._pending: list[tuple[int, dict]] = []
 
   def add(self, step: int, metrics: dict) -> None:
+    """Metrics of ``step``, or of the steps from ``step`` on when stacked (one call, K steps)."""
     self._pending.append((step, metrics))
 
   def fold(self) -> None:
     for step, m in jax.device_get(self._pending):
-      if not np.isfinite(m["sse"]):
-        raise FloatingPointError(f"non-finite training loss at step {step}; stopped, the last "
-                                 "good checkpoint is kept")
-      self.sse += float(m["sse"])
-      self.count += float(m["count"])
+      sse, count = np.atleast_1d(m["sse"]), np.atleast_1d(m["count"])
+      bad = np.flatnonzero(~np.isfinite(sse))
+      if bad.size:
+        raise FloatingPointError(f"non-finite training loss at step {step + bad[0]}; stopped, "
+                                 "the last good checkpoint is kept")
+      self.sse += float(np.sum(sse, dtype=np.float64))
+      self.count += float(np.sum(count, dtype=np.float64))
     self._pending = []
 
   @property
@@ -292,21 +309,20 @@ def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
   steps_per_epoch = len(train) // config.batch_size
   every = config.checkpoint_every_steps
   start = int(jax.device_get(state.step))
+  dataset = device_input.upload(train, mesh) if config.get("input_on_device", False) else None
   with interrupts.StopRequest() as stop:
     for epoch in range(start // steps_per_epoch, config.num_epochs):
       t0 = time.time()
       first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
       sums = _LossSums(progress["epoch_sse"], progress["epoch_count"]) if first else _LossSums()
-      batches = epoch_batches(train, config, epoch, start=first)
-      for i, batch in enumerate(tqdm(batches, initial=first, total=steps_per_epoch, leave=False,
-                                     desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=None),
-                                start=first):
-        local = jax.tree.map(_process_slice, {"images": batch.images, "targets": batch.targets,
-                                              "mask": batch.mask})
-        state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
-        step = epoch * steps_per_epoch + i + 1
-        sums.add(step, metrics)
-        if i + 1 == steps_per_epoch:
+      bar = tqdm(initial=first, total=steps_per_epoch, leave=False, disable=None,
+                 desc=f"epoch {epoch + 1}/{config.num_epochs}")
+      for i, k, state, metrics in epoch_steps(trainer, state, train, dataset, epoch, first):
+        step = epoch * steps_per_epoch + i + k
+        sums.add(step - k + 1, metrics)
+        bar.update(k)
+        if i + k == steps_per_epoch:
+          bar.close()
           continue  # The epoch's end saves (and honours a stop request) below.
         if stop.signum is not None or (every and step % every == 0):
           sums.fold()
@@ -330,3 +346,39 @@ def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
       if stop.signum is not None and epoch + 1 < config.num_epochs:
         raise interrupts.Interrupted(stop.signum, record["step"])
   return state, history
+
+
+def epoch_steps(trainer: Trainer, state: TrainState, train: data.Faces, dataset, epoch: int,
+                 first: int):
+  """Runs an epoch's steps from ``first`` on; yields (index, steps taken, state, metrics).
+
+  Host input: one step per call, the batch built and augmented by numpy. Input on
+  the devices (``dataset`` given): up to ``config.steps_per_call`` steps per call,
+  never past the epoch's end or a ``checkpoint_every_steps`` boundary, so checkpoints
+  land on the same steps in both modes.
+  """
+  config, mesh = trainer.config, trainer.mesh
+  if dataset is None:
+    for i, batch in enumerate(epoch_batches(train, config, epoch, start=first), start=first):
+      local = jax.tree.map(_process_slice, {"images": batch.images, "targets": batch.targets,
+                                            "mask": batch.mask})
+      state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
+      yield i, 1, state, metrics
+    return
+  steps_per_epoch = len(train) // config.batch_size
+  per_call, every = max(1, config.get("steps_per_call", 1)), config.checkpoint_every_steps
+  plans = device_input.epoch_plans(len(train), config, epoch, start=first)
+  i = first
+  while i < steps_per_epoch:
+    k = min(per_call, steps_per_epoch - i)
+    if every:
+      done = epoch * steps_per_epoch + i
+      k = min(k, every - done % every)
+    chunk = [next(plans) for _ in range(k)]
+    indices = np.stack([c[0] for c in chunk])
+    plan = {name: np.stack([c[1][name] for c in chunk]) for name in chunk[0][1]}
+    local = jax.tree.map(lambda x: x[:, _process_rows(x.shape[1])], (indices, plan))
+    state, metrics = trainer.train_steps(state, dataset,
+                                         *sharding.to_global(local, mesh, sharding.steps_sharded))
+    yield i, k, state, metrics
+    i += k
