@@ -26,7 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 50
   config.batch_size = 32
   config.eval_batch_size = 128
-  config.learning_rate = 1e-4
+  config.learning_rate = 1e-4  # The peak rate of any schedule.
+  config.optimizer = "adam"  # "adam" or "adamw" (decoupled decay of kernels only).
+  config.weight_decay = 1e-4  # AdamW only; optax scales it by the learning rate.
+  config.schedule = "constant"  # "constant", "cosine" or "onecycle" (facekp_jax/optim.py).
+  config.warmup_epochs = 0.0  # Linear warm-up; onecycle: its rise (0: 30 % of the run).
   config.half_precision = False  # bfloat16 compute (accelerators; 2.5x slower on this CPU).
   # Keep the training split on the devices and gather + augment batches there (same batches
   # as the host pipeline), running steps_per_call steps per compiled call (lax.scan).
@@ -58,7 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.stem_filters = 64
   config.model.dense_sizes = (4096, 2048)
   config.model.dropout_rates = (0.2, 0.1)
-  config.model.output_activation = "linear"
+  config.model.head = "regression"  # "regression" (dense layers) or "heatmap" (soft-argmax).
+  config.model.heatmap_size = 48  # Heatmap head: side of the upsampled maps (2 px cells).
+  config.model.output_activation = "linear"  # Regression head only.
   config.model.output_scale = 48.0
   config.model.output_offset = 48.0
   config.model.conv_bias = True

@@ -7,7 +7,9 @@ Architecture (the seed's Keras model, with a linear output by default):
           main path (after its first 1x1 conv) and on the 1x1-conv shortcut; the
           rest are identity blocks;
   head:   2x2 average pool, flatten, dense 4096 + ReLU, dropout 0.2,
-          dense 2048 + ReLU, dropout 0.1, dense 30.
+          dense 2048 + ReLU, dropout 0.1, dense 30;
+          or (``head="heatmap"``) per-keypoint maps read out by soft-argmax
+          (``facekp_jax/heads.py``), with no dense layers.
 
 The network predicts keypoints in *pixels*: its last dense layer is followed by
 a fixed affine map ``y * output_scale + output_offset`` so that the trainable
@@ -24,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from facekp_jax import keypoints, pooling
+from facekp_jax import heads, keypoints, pooling
 from facekp_jax import conv as conv_lib
 from facekp_jax import norm as norm_lib
 
@@ -36,6 +38,7 @@ OUTPUT_ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "linear": lambda x: x,
     "relu": nn.relu,
 }
+HEADS = heads.HEADS
 
 
 def _matmul_2d(x, kernel_2d):
@@ -129,6 +132,10 @@ class ResNet(nn.Module):
     stem_filters: filters of the 7x7 stem convolution.
     dense_sizes: hidden dense layers of the head.
     dropout_rates: dropout after each hidden dense layer.
+    head: "regression" (default: pool, dense layers, 30 outputs) or "heatmap"
+      (``heads.HeatmapHead`` on the last stage's map; ignores the dense and
+      output fields below).
+    heatmap_size: side of the heatmap head's upsampled maps.
     output_activation: "linear" (default) or "relu" (the seed's fault).
     output_scale, output_offset: fixed affine map from the last layer to pixels.
     conv_bias: whether convolutions carry a bias (the seed's do; it is redundant
@@ -145,6 +152,8 @@ class ResNet(nn.Module):
   stem_filters: int = 64
   dense_sizes: Sequence[int] = (4096, 2048)
   dropout_rates: Sequence[float] = (0.2, 0.1)
+  head: str = "regression"
+  heatmap_size: int = 48
   output_activation: str = "linear"
   output_scale: float = 48.0
   output_offset: float = 48.0
@@ -179,6 +188,8 @@ class ResNet(nn.Module):
         x = BottleneckBlock(tuple(filters), downsample=block == 0, conv=conv,
                             pointwise=pointwise, pool=pool, norm=norm,
                             name=f"stage{stage + 1}_block{block + 1}")(x)
+    if self.head == "heatmap":
+      return heads.HeatmapHead(self.heatmap_size, dtype=self.dtype, name="heatmap")(x)
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for i, (size, rate) in enumerate(zip(self.dense_sizes, self.dropout_rates)):
@@ -203,12 +214,17 @@ def create_model(config, dtype=jnp.float32) -> ResNet:
   if m.output_activation not in OUTPUT_ACTIVATIONS:
     raise ValueError(f"model.output_activation must be one of {sorted(OUTPUT_ACTIVATIONS)}, "
                      f"got {m.output_activation!r}")
+  head = m.get("head", "regression")  # Absent from configs saved before the heatmap head.
+  if head not in HEADS:
+    raise ValueError(f"model.head must be one of {list(HEADS)}, got {head!r}")
   return ResNet(
       stage_filters=tuple(tuple(f) for f in m.stage_filters),
       stage_blocks=tuple(m.stage_blocks),
       stem_filters=m.stem_filters,
       dense_sizes=tuple(m.dense_sizes),
       dropout_rates=tuple(m.dropout_rates),
+      head=head,
+      heatmap_size=m.get("heatmap_size", 48),
       output_activation=m.output_activation,
       output_scale=m.output_scale,
       output_offset=m.output_offset,

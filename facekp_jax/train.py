@@ -20,7 +20,17 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from facekp_jax import (
-    augment, checkpoint, data, device_input, interrupts, keypoints, models, report, sharding)
+  augment,
+  checkpoint,
+  data,
+  device_input,
+  interrupts,
+  keypoints,
+  models,
+  optim,
+  report,
+  sharding,
+)
 
 
 class ConfigError(ValueError):
@@ -50,8 +60,37 @@ def check_config(config, num_devices: int) -> None:
       problems.append(f"augment.{name} must be in [0, 1], got {config.augment[name]}")
   if config.get("steps_per_call", 1) < 1:
     problems.append(f"steps_per_call must be >= 1, got {config.steps_per_call}")
+  problems += _optimizer_problems(config) + _head_problems(config.model)
   if problems:
     raise ConfigError("; ".join(problems))
+
+
+def _optimizer_problems(config) -> list[str]:
+  problems = []
+  if config.get("optimizer", "adam") not in optim.OPTIMIZERS:
+    problems.append(f"optimizer must be one of {list(optim.OPTIMIZERS)}, got {config.optimizer!r}")
+  if config.get("schedule", "constant") not in optim.SCHEDULES:
+    problems.append(f"schedule must be one of {list(optim.SCHEDULES)}, got {config.schedule!r}")
+  if not config.learning_rate > 0:
+    problems.append(f"learning_rate must be > 0, got {config.learning_rate}")
+  if not config.get("weight_decay", 0.0) >= 0:
+    problems.append(f"weight_decay must be >= 0, got {config.weight_decay}")
+  if not 0 <= config.get("warmup_epochs", 0.0) < max(config.num_epochs, 1):
+    problems.append(f"warmup_epochs must be in [0, num_epochs={config.num_epochs}), "
+                    f"got {config.warmup_epochs}")
+  return problems
+
+
+def _head_problems(model_config) -> list[str]:
+  head = model_config.get("head", "regression")
+  if head not in models.HEADS:
+    return [f"model.head must be one of {list(models.HEADS)}, got {head!r}"]
+  if head == "heatmap" and model_config.output_activation != "linear":
+    return ["model.output_activation applies to the regression head only; use 'linear' with "
+            "model.head='heatmap'"]
+  if head == "heatmap" and not model_config.get("heatmap_size", 48) >= 1:
+    return [f"model.heatmap_size must be >= 1, got {model_config.heatmap_size}"]
+  return []
 
 
 class TrainState(train_state.TrainState):
@@ -72,15 +111,19 @@ def masked_mse(predictions, targets, mask):
   return sse / jnp.maximum(count, 1.0)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(config.learning_rate)
+def make_optimizer(config, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """``config.optimizer`` and ``config.schedule`` (see ``optim``); the default is Adam, constant."""
+  return optim.make_optimizer(config, steps_per_epoch)
 
 
-def create_train_state(config, model, mesh) -> TrainState:
-  """Initialises the state from ``config.seed``, replicated over ``mesh``."""
+def create_train_state(config, model, mesh, steps_per_epoch: int | None = None) -> TrainState:
+  """Initialises the state from ``config.seed``, replicated over ``mesh``.
+
+  ``steps_per_epoch`` shapes a learning-rate schedule; ``None`` will do for a restore target.
+  """
   root = jax.random.key(config.seed)
   init_key, state_key = jax.random.split(root)
-  tx = make_optimizer(config)
+  tx = make_optimizer(config, steps_per_epoch)
 
   def init():
     variables = model.init({"params": init_key}, jnp.zeros((1, 96, 96, 1), jnp.float32),
@@ -142,8 +185,8 @@ class Trainer:
     n_dev = mesh.devices.size
     self.eval_batch_size = -(-config.eval_batch_size // n_dev) * n_dev
 
-  def init_state(self) -> TrainState:
-    return create_train_state(self.config, self.model, self.mesh)
+  def init_state(self, steps_per_epoch: int | None = None) -> TrainState:
+    return create_train_state(self.config, self.model, self.mesh, steps_per_epoch)
 
   def predict(self, state: TrainState, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """Predicts every image (N, 96, 96, 1) in fixed-size batches; returns (N, 30) pixels.
@@ -271,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   trainer = Trainer(config, mesh)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
-    state = trainer.init_state()
+    state = trainer.init_state(len(train) // config.batch_size)
     progress = {"history": [], "epoch_sse": 0.0, "epoch_count": 0.0}
     if ckpt.latest_step() is not None:
       state, progress = ckpt.restore(state)

@@ -1,0 +1,118 @@
+"""experiments/ablate.py end to end on the tiny model: outputs, resume, held-out scoring."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "ablate.py")
+TINY = ["--model=tiny", "--epochs=1", "--set", "batch_size=8"]
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("ablate", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["ablate"] = module  # Dataclasses look their module up while being defined.
+  spec.loader.exec_module(module)
+  return module
+
+
+ablate = _load()
+
+
+def _run(tmp_path, *args):
+  """One study in its own process (JAX's compilation cache stays out of the test process)."""
+  out = subprocess.run(
+      [sys.executable, SCRIPT, *args, f"--scratch={tmp_path / 'scratch'}",
+       f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  return out.stdout
+
+
+def test_tiny_study_writes_table_plot_json_and_a_rerun_skips_finished_runs(tmp_path):
+  args = ["--study=flip", "--arms=swap,no-flip", "--seeds=2", "--faces=64", *TINY]
+  first = _run(tmp_path, *args)
+  assert first.count("RMSE") == 4 and "done before" not in first
+  folder = tmp_path / "out" / "flip" / "synthetic"
+  table = (folder / "table.md").read_text()
+  assert "| swap |" in table and "| no-flip | `augment.hflip_prob=0.0` |" in table
+  assert " ± " in table and "--study=flip" in table
+  assert (folder / "rmse_nme.png").stat().st_size > 0
+  results = json.loads((folder / "results.json").read_text())
+  assert [a["name"] for a in results["arms"]] == ["swap", "no-flip"]
+  for arm in results["arms"]:
+    assert [r["seed"] for r in arm["runs"]] == [0, 1] and arm["summary"]["n"] == 2
+    assert all(r["rmse"] > 0 and r["nme"] > 0 for r in arm["runs"])
+  assert results["arms"][1]["summary"]["paired_n"] == 2
+  # Each seed scores every arm on the same validation faces.
+  for seed in (0, 1):
+    assert len({a["runs"][seed]["num_val"] for a in results["arms"]}) == 1
+  assert not any(p.name == "checkpoints" for p in (tmp_path / "out").rglob("*"))
+
+  again = _run(tmp_path, *args)
+  assert again.count("done before") == 4
+  assert json.loads((folder / "results.json").read_text())["arms"] == results["arms"]
+
+
+def test_rows_study_scores_both_arms_on_the_same_held_out_faces(tmp_path):
+  _run(tmp_path, "--study=rows", "--seeds=1", "--faces=120", *TINY)
+  results = json.loads((tmp_path / "out" / "rows" / "synthetic" / "results.json").read_text())
+  complete, everything = (a["runs"][0] for a in results["arms"])
+  assert results["heldout"] and results["heldout_faces"] == 24
+  assert complete["heldout_count"] == everything["heldout_count"]
+  assert complete["num_train"] < everything["num_train"]  # Complete rows are a minority.
+  assert results["common"] == {"data.synthetic_missing": True}
+  assert results["heldout_baseline_rmse"] > 0
+
+
+def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
+  real = ablate.run_one
+
+  def flaky(config, workdir, heldout_csv):
+    if config.augment.hflip_prob == 0.0:
+      raise FloatingPointError("non-finite training loss at step 3")
+    return real(config, workdir, heldout_csv)
+
+  monkeypatch.setattr(ablate, "run_one", flaky)
+  results = ablate.run_study(
+      "flip", "synthetic", ablate.Budget("tiny", 1, 48), [0], arms=["swap", "no-flip"],
+      settings=[("batch_size", 8)], scratch=str(tmp_path / "s"), out=str(tmp_path / "o"),
+      log=lambda *_: None)
+  swap, no_flip = results["arms"]
+  assert swap["summary"]["n"] == 1 and no_flip["summary"]["n"] == 0
+  assert no_flip["summary"]["failed"] == 1 and "non-finite" in no_flip["runs"][0]["error"]
+  table = (tmp_path / "o" / "flip" / "synthetic" / "table.md").read_text()
+  assert "| no-flip | `augment.hflip_prob=0.0` | — | — | — |" in table and "(1 failed)" in table
+  assert "FloatingPointError: non-finite training loss" in table
+
+
+def test_relative_overrides_and_arms_of_every_study_resolve_to_valid_configs():
+  from facekp_jax import train
+  for name, study in ablate.STUDIES.items():
+    for dataset, budget in study.budgets.items():
+      base = ablate.budget_config(budget, dataset, "x.csv" if dataset == "mtfl" else "", [])
+      for arm in study.arms:
+        config, applied = ablate.arm_config(base, study, dataset, arm, seed=0)
+        train.check_config(config, num_devices=1)
+        assert set(applied) == set(arm.overrides), (name, arm.name)
+  size = ablate.STUDIES["size"]
+  base = ablate.budget_config(ablate.Budget("small", 1, 64), "synthetic", "", [])
+  wide, _ = ablate.arm_config(base, size, "synthetic", size.arms[4], 0)
+  assert wide.model.stage_filters == ((32, 32, 128), (64, 64, 256))
+  three, _ = ablate.arm_config(base, size, "synthetic", size.arms[5], 0)
+  assert len(three.model.stage_filters) == len(three.model.stage_blocks) == 3
+
+
+def test_bad_settings_and_scratch_in_the_repository_are_refused(tmp_path):
+  with pytest.raises(SystemExit):
+    ablate.main(["--study=flip", f"--scratch={ROOT}/runs/x"])
+  with pytest.raises(SystemExit):
+    ablate.main(["--study=rows", "--dataset=mtfl", f"--scratch={tmp_path}"])
+  with pytest.raises(KeyError, match="no_such_field"):
+    ablate.set_field(ablate.budget_config(ablate.Budget("tiny", 1, 8), "synthetic", "", []),
+                     "augment.no_such_field", 1)

@@ -1,0 +1,127 @@
+"""The heatmap head: soft-argmax in pixels (the keypoints pixel-centre convention), shapes,
+gradients, learning; and that the default regression head is untouched."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import resnet, tiny
+from facekp_jax import data, heads, keypoints, models, sharding, synthetic, train
+
+
+def _heatmap_config(**model):
+  config = tiny.get_config()
+  config.model.head = "heatmap"
+  for key, value in model.items():
+    config.model[key] = value
+  return config
+
+
+def _peak(size, row, col, k=keypoints.NUM_KEYPOINTS):
+  logits = np.full((1, size, size, k), -50.0, np.float32)
+  logits[0, row, col, :] = 50.0
+  return jnp.asarray(logits)
+
+
+def test_cell_centres_follow_the_pixel_centre_convention():
+  np.testing.assert_allclose(heads.cell_centres(96), np.arange(96))
+  np.testing.assert_allclose(heads.cell_centres(48)[:2], [0.5, 2.5])
+  for size in (5, 24, 48):  # Symmetric about the image centre, 47.5, as x -> 95 - x needs.
+    c = heads.cell_centres(size)
+    np.testing.assert_allclose(c + c[::-1], keypoints.IMAGE_SIZE - 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,row,col,x,y", [(96, 10, 70, 70.0, 10.0), (96, 0, 95, 95.0, 0.0),
+                                              (48, 5, 20, 40.5, 10.5)])
+def test_soft_argmax_of_a_peaked_map_is_its_pixel(size, row, col, x, y):
+  out = heads.soft_argmax(_peak(size, row, col))
+  assert out.shape == (1, keypoints.NUM_COORDS) and out.dtype == jnp.float32
+  np.testing.assert_allclose(out[0, 0::2], x, atol=1e-4)  # Kaggle order: x0, y0, x1, y1, ...
+  np.testing.assert_allclose(out[0, 1::2], y, atol=1e-4)
+
+
+def test_soft_argmax_finds_a_sub_pixel_gaussian_per_keypoint():
+  rng = np.random.default_rng(0)
+  centres = rng.uniform(20, 75, (keypoints.NUM_KEYPOINTS, 2))  # (x, y), away from the edges.
+  g = np.arange(96.0)
+  logits = np.stack([-((g[None, :] - cx) ** 2 + (g[:, None] - cy) ** 2) / (2 * 2.0 ** 2)
+                     for cx, cy in centres], axis=-1)[None]
+  out = np.asarray(heads.soft_argmax(jnp.asarray(logits, jnp.float32)))
+  np.testing.assert_allclose(out[0], centres.reshape(-1), atol=1e-3)
+
+
+def test_a_mirrored_map_gives_the_mirrored_x():
+  logits = jax.random.normal(jax.random.key(0), (2, 24, 24, keypoints.NUM_KEYPOINTS)) * 3
+  out, mirrored = heads.soft_argmax(logits), heads.soft_argmax(logits[:, :, ::-1])
+  np.testing.assert_allclose(mirrored[:, 0::2], keypoints.IMAGE_SIZE - 1 - out[:, 0::2], atol=1e-4)
+  np.testing.assert_allclose(mirrored[:, 1::2], out[:, 1::2], atol=1e-4)
+
+
+def test_heatmap_model_shapes_and_parameters():
+  model = models.create_model(_heatmap_config())
+  x = jnp.asarray(np.random.default_rng(0).random((3, 96, 96, 1), np.float32))
+  variables = model.init(jax.random.key(0), x, train=False)
+  params = variables["params"]
+  assert "heatmap" in params and "output" not in params and "dense1" not in params
+  assert params["heatmap"]["keypoint_maps"]["kernel"].shape == (16, keypoints.NUM_KEYPOINTS)
+  out = model.apply(variables, x, train=False)
+  assert out.shape == (3, keypoints.NUM_COORDS) and out.dtype == jnp.float32
+  assert np.all((out >= 0) & (out <= keypoints.IMAGE_SIZE - 1))  # An expectation over the image.
+
+
+def test_default_head_is_the_regression_head():
+  config = resnet.get_config()
+  assert config.model.head == "regression"
+  model = models.create_model(config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 96, 96, 1)),
+                                             train=False))
+  assert "output" in shapes["params"] and "heatmap" not in shapes["params"]
+  del config.model.head  # A config saved before the field existed still builds.
+  assert models.create_model(config).head == "regression"
+
+
+def test_heatmap_gradients_are_finite_and_reach_the_stem():
+  model = models.create_model(_heatmap_config())
+  images, coords = synthetic.generate(4, seed=3)
+  faces = data.faces_from_arrays(images, coords)
+  variables = model.init(jax.random.key(0), faces.images, train=False)
+
+  def loss(params):
+    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                         faces.images, train=True, mutable=["batch_stats"],
+                         rngs={"dropout": jax.random.key(1)})
+    return train.masked_mse(out, faces.targets, faces.mask)
+
+  grads = jax.grad(loss)(variables["params"])
+  leaves = jax.tree.leaves(grads)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert float(jnp.abs(grads["stem_conv"]["kernel"]).max()) > 0
+
+
+def test_a_few_heatmap_steps_reduce_the_loss():
+  mesh = sharding.make_mesh()
+  trainer = train.Trainer(_heatmap_config(), mesh)
+  state = trainer.init_state()
+  faces = data.faces_from_arrays(*synthetic.generate(8, seed=1))
+  batch = sharding.to_global({"images": faces.images, "targets": faces.targets,
+                              "mask": faces.mask}, mesh)
+  losses = []
+  for _ in range(15):
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics["sse"] / metrics["count"]))
+  # It starts near the mean shape (every map flat: the image centre), so it falls less than the
+  # regression head's loss, which starts far off.
+  assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0]
+  assert all(b < a for a, b in zip(losses, losses[1:]))
+
+
+def test_config_check_refuses_a_bad_head():
+  config = _heatmap_config()
+  train.check_config(config, num_devices=1)
+  config.model.head = "mixture"
+  with pytest.raises(train.ConfigError, match="model.head must be one of"):
+    train.check_config(config, num_devices=1)
+  config = _heatmap_config(output_activation="relu")
+  with pytest.raises(train.ConfigError, match="model.output_activation applies to the regression"):
+    train.check_config(config, num_devices=1)
