@@ -43,9 +43,7 @@ def _faces(n: int) -> data.Faces:
 
 def _epoch(trainer, state, faces, dataset, epoch):
   t0 = time.perf_counter()
-  metrics = None
-  for _, _, state, metrics in train.epoch_steps(trainer, state, faces, dataset, epoch, 0):
-    pass
+  *_, (_, _, state, metrics) = train.epoch_steps(trainer, state, faces, dataset, epoch, 0)
   jax.block_until_ready(metrics)
   return state, time.perf_counter() - t0
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,7 @@ class Faces:
   def __len__(self) -> int:
     return len(self.images)
 
-  def take(self, index) -> "Faces":
+  def take(self, index) -> Faces:
     return Faces(self.images[index], self.targets[index], self.mask[index])
 
 
@@ -272,7 +272,8 @@ def load_faces(data_config) -> tuple[Faces, str]:
     return read_training_csv(data_config.train_csv), data_config.train_csv
   from facekp_jax import synthetic  # pylint: disable=g-import-not-at-top
   images, coords = synthetic.generate(
-      data_config.synthetic_n, seed=data_config.synthetic_seed, missing=data_config.synthetic_missing)
+      data_config.synthetic_n, seed=data_config.synthetic_seed,
+      missing=data_config.synthetic_missing)
   return faces_from_arrays(images, coords), "built-in synthetic faces"
 
 

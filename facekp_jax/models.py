@@ -26,8 +26,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from facekp_jax import heads, keypoints, pooling
 from facekp_jax import conv as conv_lib
+from facekp_jax import heads, keypoints, pooling
 from facekp_jax import norm as norm_lib
 
 # Keras' BatchNormalization defaults, as in the seed.

@@ -13,9 +13,8 @@ import json
 import os
 import tempfile
 
-import ml_collections
-
 import matplotlib
+import ml_collections
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -232,4 +231,5 @@ class RunWriter:
                           title=f"validation faces, RMSE {metrics['rmse']:.2f} px"),
                 self._path("predictions.png"))
     save_figure(plot_curves(history), self._path("learning_curves.png"))
-    save_figure(plot_per_keypoint(metrics["per_keypoint_rmse"]), self._path("per_keypoint_rmse.png"))
+    save_figure(plot_per_keypoint(metrics["per_keypoint_rmse"]),
+                self._path("per_keypoint_rmse.png"))

@@ -360,7 +360,8 @@ def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
       sums = _LossSums(progress["epoch_sse"], progress["epoch_count"]) if first else _LossSums()
       bar = tqdm(initial=first, total=steps_per_epoch, leave=False, disable=None,
                  desc=f"epoch {epoch + 1}/{config.num_epochs}")
-      for i, k, state, metrics in epoch_steps(trainer, state, train, dataset, epoch, first):
+      steps = epoch_steps(trainer, state, train, dataset, epoch, first)
+      for i, k, state, metrics in steps:
         step = epoch * steps_per_epoch + i + k
         sums.add(step - k + 1, metrics)
         bar.update(k)
