@@ -35,18 +35,18 @@ def _window_slices(x, window, strides):
   return [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] for i, j in offsets]
 
 
-def _forward(x, window, strides):
+def _forward(x, window, strides, shape):
+  del shape  # Static: the backward pass's padding (a residual could become a tracer).
   slices = _window_slices(x, window, strides)
   out = functools.reduce(jnp.maximum, slices)
   # Index of the first window position that holds the maximum.
   argmax = jnp.full(out.shape, len(slices) - 1, jnp.int8)
   for k in range(len(slices) - 2, -1, -1):
     argmax = jnp.where(slices[k] == out, jnp.int8(k), argmax)
-  return out, (argmax, x.shape)
+  return out, argmax
 
 
-def _backward(window, strides, residuals, g):
-  argmax, shape = residuals
+def _backward(window, strides, shape, argmax, g):
   ho, wo, offsets = _geometry(shape, window, strides)
   sh, sw = strides
   _, h, w, _ = shape
@@ -61,10 +61,16 @@ def _backward(window, strides, residuals, g):
   return (grad,)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, shape):
+  return _forward(x, window, strides, shape)[0]
+
+
+_max_pool.defvjp(_forward, _backward)
+
+
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
   """'VALID' max-pool of NHWC ``x``; same values and gradient as ``nn.max_pool``."""
-  return _forward(x, window, strides)[0]
-
-
-max_pool.defvjp(_forward, _backward)
+  if window[0] * window[1] > 127:
+    raise ValueError(f"max_pool: a {window} window has more positions than an int8 index holds")
+  return _max_pool(x, tuple(window), tuple(strides), tuple(x.shape))

@@ -237,11 +237,8 @@ def epoch_batches(train: data.Faces, config, epoch: int, start: int = 0):
   A pure function of (seed, epoch, batch index), so a resumed run replays
   exactly the batches an uninterrupted run would have seen.
   """
-  order_rng = np.random.default_rng([config.seed, epoch])
-  for i, batch in enumerate(data.train_batches(train, config.batch_size, order_rng)):
-    if i >= start:
-      yield augment.augment_batch(batch, np.random.default_rng([config.seed, epoch, i]),
-                                  config.augment)
+  for indices, plan in device_input.epoch_plans(len(train), config, epoch, start=start):
+    yield augment.apply_plan(train.take(indices), plan, config.augment)
 
 
 def prepare_training_faces(train: data.Faces, config) -> data.Faces:
@@ -402,22 +399,25 @@ def epoch_steps(trainer: Trainer, state: TrainState, train: data.Faces, dataset,
   land on the same steps in both modes.
   """
   config, mesh = trainer.config, trainer.mesh
+  plans = device_input.epoch_plans(len(train), config, epoch, start=first)
   if dataset is None:
-    for i, batch in enumerate(epoch_batches(train, config, epoch, start=first), start=first):
-      local = jax.tree.map(_process_slice, {"images": batch.images, "targets": batch.targets,
-                                            "mask": batch.mask})
+    for i, (indices, plan) in enumerate(plans, start=first):
+      rows = _process_rows(len(indices))  # Build and augment only this process's rows.
+      batch = augment.apply_plan(train.take(indices[rows]),
+                                 {name: p[rows] for name, p in plan.items()}, config.augment)
+      local = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
       state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
       yield i, 1, state, metrics
     return
   steps_per_epoch = len(train) // config.batch_size
   per_call, every = max(1, config.get("steps_per_call", 1)), config.checkpoint_every_steps
-  plans = device_input.epoch_plans(len(train), config, epoch, start=first)
   i = first
   while i < steps_per_epoch:
-    k = min(per_call, steps_per_epoch - i)
+    room = steps_per_epoch - i
     if every:
-      done = epoch * steps_per_epoch + i
-      k = min(k, every - done % every)
+      room = min(room, every - (epoch * steps_per_epoch + i) % every)
+    # Full calls, else single steps: two compiled programs at most (the loop is unrolled).
+    k = per_call if room >= per_call else 1
     chunk = [next(plans) for _ in range(k)]
     indices = np.stack([c[0] for c in chunk])
     plan = {name: np.stack([c[1][name] for c in chunk]) for name in chunk[0][1]}
