@@ -14,7 +14,6 @@ first faces, ``W/eval_<file stem>.png``. Bad input: one line, exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 
@@ -116,12 +115,8 @@ def main(argv=None) -> None:
   parser = inference.ArgumentParser(
       prog="python -m facekp_jax.evaluate",
       description="Score a trained workdir on a Kaggle-layout file (masked cells not scored).")
-  parser.add_argument("--workdir", required=True, help="a training workdir")
+  inference.add_model_arguments(parser)
   parser.add_argument("--csv", required=True, help="Kaggle training.csv-layout file (.csv/.gz)")
-  parser.add_argument("--checkpoint", choices=inference.CHECKPOINTS, default="best",
-                      help="best by validation RMSE (default) or latest")
-  parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                      help="flip test-time augmentation (default: the run's config.tta)")
   args = parser.parse_args(argv)
   inference.quiet_libraries()
   try:

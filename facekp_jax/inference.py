@@ -137,3 +137,12 @@ def fail(message) -> None:
   """Ends a command on a user error: one line on stderr, exit code 2."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+  """The flags every command that loads a trained workdir takes: --workdir, --checkpoint, --tta."""
+  parser.add_argument("--workdir", required=True, help="a training workdir")
+  parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
+                      help="best by validation RMSE (default) or latest")
+  parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                      help="flip test-time augmentation (default: the run's config.tta)")

@@ -33,7 +33,6 @@ applied: a sideways photo stays sideways.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -336,11 +335,7 @@ def main(argv=None) -> None:
   parser = inference.ArgumentParser(
       prog="python -m facekp_jax.predict",
       description="Predict keypoints with a trained workdir: a Kaggle test file, or pictures.")
-  parser.add_argument("--workdir", required=True, help="a training workdir")
-  parser.add_argument("--checkpoint", choices=inference.CHECKPOINTS, default="best",
-                      help="best by validation RMSE (default) or latest")
-  parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                      help="flip test-time augmentation (default: the run's config.tta)")
+  inference.add_model_arguments(parser)
   parser.add_argument("--csv", help="Kaggle test.csv-layout file (ImageId, Image)")
   parser.add_argument("--lookup", help="Kaggle IdLookupTable.csv: write a submission")
   parser.add_argument("--out", help="output CSV (with --csv)")
