@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
+
+from facekp_jax import keypoints, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "ablate.py")
@@ -70,6 +74,39 @@ def test_rows_study_scores_both_arms_on_the_same_held_out_faces(tmp_path):
   assert results["heldout_baseline_rmse"] > 0
 
 
+def _mtfl_like(path, n):
+  """Built-in faces labelled like MTFL: eye centres, nose tip and mouth corners only."""
+  images, coords = synthetic.generate(n, seed=3)
+  frame = synthetic.to_frame(images, coords)
+  kept = {f"{k}_{a}" for k in ("left_eye_center", "right_eye_center", "nose_tip",
+                               "mouth_left_corner", "mouth_right_corner") for a in "xy"}
+  for column in keypoints.COLUMNS:
+    if column not in kept:
+      frame[column] = np.nan
+  frame.to_csv(path, index=False)
+  return str(path)
+
+
+def test_rows_study_on_real_faces_blanks_mouth_corners_of_the_pool_only(tmp_path):
+  mtfl = _mtfl_like(tmp_path / "mtfl.csv", 100)
+  _run(tmp_path, "--study=rows", "--dataset=mtfl", f"--mtfl_csv={mtfl}", "--faces=0",
+       "--seeds=1", *TINY)
+  results = json.loads((tmp_path / "out" / "rows" / "mtfl" / "results.json").read_text())
+  complete, everything = (a["runs"][0] for a in results["arms"])
+  assert results["heldout_faces"] == 20
+  assert complete["heldout_count"] == everything["heldout_count"] == 20 * 10  # All 5 points.
+  data_dir = tmp_path / "scratch" / "data"
+  pool = pd.read_csv(data_dir / "mtfl-partial70-pool.csv")
+  only = pd.read_csv(data_dir / "mtfl-partial70-pool-complete.csv")
+  blank = pool["mouth_left_corner_x"].isna()
+  assert blank.equals(pool["mouth_right_corner_y"].isna()) and 0.5 < blank.mean() < 0.9
+  assert pool["nose_tip_x"].notna().all() and len(only) == (~blank).sum()
+  assert only["mouth_left_corner_x"].notna().all()
+  # Each run trains on its validation-split share of its own file.
+  assert complete["num_train"] + complete["num_val"] == len(only)
+  assert everything["num_train"] + everything["num_val"] == len(pool)
+
+
 def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
   real = ablate.run_one
 
@@ -91,15 +128,16 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
   assert "FloatingPointError: non-finite training loss" in table
 
 
-def test_relative_overrides_and_arms_of_every_study_resolve_to_valid_configs():
+def test_relative_overrides_and_arms_of_every_study_resolve_to_valid_configs(tmp_path):
   from facekp_jax import train
   for name, study in ablate.STUDIES.items():
     for dataset, budget in study.budgets.items():
-      base = ablate.budget_config(budget, dataset, "x.csv" if dataset == "mtfl" else "", [])
+      csv = _mtfl_like(tmp_path / "mtfl.csv", 4) if dataset == "mtfl" else ""
+      base = ablate.budget_config(budget, dataset, csv, [])
       for arm in study.arms:
         config, applied = ablate.arm_config(base, study, dataset, arm, seed=0)
         train.check_config(config, num_devices=1)
-        assert set(applied) == set(arm.overrides), (name, arm.name)
+        assert set(applied) == set(arm.overrides_for(dataset)), (name, arm.name)
   size = ablate.STUDIES["size"]
   base = ablate.budget_config(ablate.Budget("small", 1, 64), "synthetic", "", [])
   wide, _ = ablate.arm_config(base, size, "synthetic", size.arms[4], 0)
