@@ -365,10 +365,11 @@ def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
         if i + k == steps_per_epoch:
           bar.close()
           continue  # The epoch's end saves (and honours a stop request) below.
-        if stop.signum is not None or (every and step % every == 0):
+        stopping = stop.stop_after(step, k)  # A collective vote with several processes.
+        if stopping or (every and step % every == 0):
           sums.fold()
           ckpt.save(state, {"history": history, "epoch_sse": sums.sse, "epoch_count": sums.count})
-          if stop.signum is not None:
+          if stopping:
             raise interrupts.Interrupted(stop.signum, step)
       sums.fold()
       val_metrics = report.keypoint_metrics(trainer.predict(state, val.images), val.targets,
@@ -384,7 +385,7 @@ def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
       logging.info("epoch %d/%d: train loss %.3f px^2, val RMSE %.3f px, NME %.4f (%.1fs)",
                    epoch + 1, config.num_epochs, record["train_loss"], record["val_rmse"],
                    record["val_nme"], record["epoch_seconds"])
-      if stop.signum is not None and epoch + 1 < config.num_epochs:
+      if epoch + 1 < config.num_epochs and stop.stop_after(record["step"], boundary=True):
         raise interrupts.Interrupted(stop.signum, record["step"])
   return state, history
 

@@ -9,6 +9,8 @@ that rounding into ~1e-3 differences of the tiny config's parameters.
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +34,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(workdir, processes, cache=None):
+def _start(workdir, processes, cache=None, flags=FLAGS):
   """Starts one run: ``processes`` processes of one device each, or one process of two."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   if cache:  # The second start of a run reuses the first one's compiled steps.
@@ -48,7 +50,7 @@ def _start(workdir, processes, cache=None):
   for i, extra in enumerate(commands):
     log = open(f"{workdir}.{i}.{time.time_ns()}.log", "w+")  # pylint: disable=consider-using-with
     procs.append((subprocess.Popen(
-        [sys.executable, "-m", "facekp_jax.main", *FLAGS, f"--workdir={workdir}", *extra],
+        [sys.executable, "-m", "facekp_jax.main", *flags, f"--workdir={workdir}", *extra],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log))
   return procs
 
@@ -132,6 +134,31 @@ def test_two_processes_killed_and_resumed_end_like_one_uninterrupted_process(tmp
   assert json.loads((two / "results.json").read_text())["devices"] == 2
   assert sorted(os.listdir(two)) == sorted(os.listdir(one))
   assert not [n for n in os.listdir(two / "checkpoints") if n.startswith(".")]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
+  run = tmp_path / "run"
+  flags = (*FLAGS[:1], "--config.num_epochs=100", *FLAGS[2:])  # Far longer than the test waits.
+  pair = _start(run, 2, flags=flags)
+  try:
+    deadline = time.time() + 240
+    while not _steps(run) and all(p.poll() is None for p, _ in pair):
+      assert time.time() < deadline, "no checkpoint within 240 s"
+      time.sleep(0.01)
+    assert all(p.poll() is None for p, _ in pair), "the run ended before it could be signalled"
+    pair[1][0].send_signal(signal.SIGTERM)  # Process 1 only.
+    codes = [p.wait(timeout=120) for p, _ in pair]
+  finally:
+    _kill(pair)
+  logs = []
+  for _, log in pair:
+    log.seek(0)
+    logs.append(log.read())
+    log.close()
+  assert codes == [128 + signal.SIGTERM] * 2, logs
+  stopped = [re.findall(r"stopped by SIGTERM at step (\d+); checkpoint saved", t) for t in logs]
+  assert stopped[0] and stopped[0] == stopped[1], logs
+  assert int(stopped[0][0]) in _steps(run) and int(stopped[0][0]) < 100 * STEPS_PER_EPOCH
 
 
 def test_bad_distributed_flags_are_one_line_exit_2(tmp_path):
