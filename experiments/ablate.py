@@ -56,7 +56,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)  # `python experiments/ablate.py`: configs/ is found from the root.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import resnet  # noqa: E402
+from configs import resnet, tiny  # noqa: E402
 from facekp_jax import (  # noqa: E402
   data,
   evaluate,
@@ -87,14 +87,11 @@ MODELS: dict[str, dict[str, Any]] = {
         "model.conv_bias": False,
         "learning_rate": 1e-3,
     },
-    "tiny": {  # configs/tiny.py's network.
-        "model.stage_filters": ((4, 4, 8), (8, 8, 16)),
-        "model.stage_blocks": (2, 1),
-        "model.stem_filters": 8,
-        "model.dense_sizes": (32,),
-        "model.dropout_rates": (0.1,),
-        "model.conv_bias": False,
-        "learning_rate": 1e-3,
+    "tiny": {  # configs/tiny.py's network and step size.
+        **{f"model.{k}": v for k, v in tiny.get_config().model.items() if k in (
+            "stage_filters", "stage_blocks", "stem_filters", "dense_sizes", "dropout_rates",
+            "conv_bias")},
+        "learning_rate": tiny.get_config().learning_rate,
     },
 }
 

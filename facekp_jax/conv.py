@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from facekp_jax import pooling
+
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -27,12 +29,9 @@ def _conv(x, kernel, strides):
 
 def patches(x, window, strides):
   """(N * Ho * Wo, kh * kw * C) rows of 'VALID' windows, columns in HWIO kernel order."""
-  (kh, kw), (sh, sw) = window, strides
-  n, h, w, c = x.shape
-  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-  cols = [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-          for i in range(kh) for j in range(kw)]
-  return jnp.concatenate(cols, axis=-1).reshape(n * ho * wo, kh * kw * c)
+  cols = pooling.window_slices(x, window, strides)
+  (kh, kw), c = window, x.shape[-1]
+  return jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * c)
 
 
 def _forward(x, kernel, strides):

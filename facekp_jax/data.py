@@ -285,15 +285,6 @@ def load_dataset(data_config, seed: int) -> tuple[Faces, Faces, str]:
   return faces.take(train_idx), faces.take(val_idx), source
 
 
-def train_batches(faces: Faces, batch_size: int, rng: np.random.Generator) -> Iterator[Faces]:
-  """Yields shuffled full batches (the remainder is dropped so shapes stay fixed)."""
-  if batch_size > len(faces):
-    raise ValueError(f"batch_size {batch_size} exceeds the {len(faces)} training faces")
-  order = rng.permutation(len(faces))
-  for start in range(0, len(faces) - batch_size + 1, batch_size):
-    yield faces.take(order[start:start + batch_size])
-
-
 def eval_batches(faces: Faces, batch_size: int) -> Iterator[Faces]:
   """Yields every face once in order; the last batch is padded with masked rows."""
   for start in range(0, len(faces), batch_size):

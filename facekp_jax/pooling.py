@@ -24,12 +24,13 @@ def _geometry(shape, window, strides):
   (kh, kw), (sh, sw) = window, strides
   _, h, w, _ = shape
   if h < kh or w < kw:
-    raise ValueError(f"max_pool: input {h}x{w} is smaller than the {kh}x{kw} window")
+    raise ValueError(f"input {h}x{w} is smaller than the {kh}x{kw} window")
   offsets = [(i, j) for i in range(kh) for j in range(kw)]
   return (h - kh) // sh + 1, (w - kw) // sw + 1, offsets
 
 
-def _window_slices(x, window, strides):
+def window_slices(x, window, strides):
+  """The strided NHWC slices, one per window position (row-major), of 'VALID' windows."""
   ho, wo, offsets = _geometry(x.shape, window, strides)
   sh, sw = strides
   return [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] for i, j in offsets]
@@ -37,7 +38,7 @@ def _window_slices(x, window, strides):
 
 def _forward(x, window, strides, shape):
   del shape  # Static: the backward pass's padding (a residual could become a tracer).
-  slices = _window_slices(x, window, strides)
+  slices = window_slices(x, window, strides)
   out = functools.reduce(jnp.maximum, slices)
   # Index of the first window position that holds the maximum.
   argmax = jnp.full(out.shape, len(slices) - 1, jnp.int8)

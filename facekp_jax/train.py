@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from flax.training import train_state
 from tqdm import tqdm
@@ -111,11 +110,6 @@ def masked_mse(predictions, targets, mask):
   return sse / jnp.maximum(count, 1.0)
 
 
-def make_optimizer(config, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
-  """``config.optimizer`` and ``config.schedule`` (see ``optim``); the default is Adam, constant."""
-  return optim.make_optimizer(config, steps_per_epoch)
-
-
 def create_train_state(config, model, mesh, steps_per_epoch: int | None = None) -> TrainState:
   """Initialises the state from ``config.seed``, replicated over ``mesh``.
 
@@ -123,7 +117,7 @@ def create_train_state(config, model, mesh, steps_per_epoch: int | None = None) 
   """
   root = jax.random.key(config.seed)
   init_key, state_key = jax.random.split(root)
-  tx = make_optimizer(config, steps_per_epoch)
+  tx = optim.make_optimizer(config, steps_per_epoch)
 
   def init():
     variables = model.init({"params": init_key}, jnp.zeros((1, 96, 96, 1), jnp.float32),

@@ -99,14 +99,6 @@ def test_split_is_seeded_disjoint_and_sized():
   assert not np.array_equal(val, data.split(100, 0.2, seed=4)[1])
 
 
-def test_train_batches_cover_each_face_once_per_epoch():
-  faces = data.Faces(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 96, 96, 1)),
-                     np.zeros((10, 30), np.float32), np.ones((10, 30), np.float32))
-  seen = [b.images[:, 0, 0, 0] for b in data.train_batches(faces, 3, np.random.default_rng(0))]
-  assert [len(s) for s in seen] == [3, 3, 3]  # The remainder is dropped: fixed shapes.
-  assert len(set(np.concatenate(seen))) == 9
-
-
 def test_eval_batches_pad_with_masked_rows():
   faces = data.Faces(np.ones((5, 96, 96, 1), np.float32), np.ones((5, 30), np.float32),
                      np.ones((5, 30), np.float32))

@@ -33,7 +33,7 @@ def test_default_is_bit_identical_to_constant_adam():
   config = resnet.get_config()
   assert (config.optimizer, config.schedule, config.warmup_epochs) == ("adam", "constant", 0.0)
   params = _params()
-  ours, ref = train.make_optimizer(config, 10), optax.adam(config.learning_rate)
+  ours, ref = optim.make_optimizer(config, 10), optax.adam(config.learning_rate)
   s_ours, s_ref = ours.init(params), ref.init(params)
   assert jax.tree.structure(s_ours) == jax.tree.structure(s_ref)
   for i in range(3):

@@ -74,6 +74,15 @@ def test_masked_coordinates_get_no_gradient():
   jax.tree.map(np.testing.assert_array_equal, *params)
 
 
+def test_epoch_batches_cover_each_face_at_most_once_with_fixed_shapes():
+  faces = data.Faces(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 96, 96, 1)),
+                     np.zeros((10, 30), np.float32), np.ones((10, 30), np.float32))
+  config = _config(**{"batch_size": 3, "augment.brightness_prob": 0.0})
+  seen = [b.images[:, 0, 0, 0] for b in train.epoch_batches(faces, config, epoch=0)]
+  assert [len(s) for s in seen] == [3, 3, 3]  # The remainder is dropped: fixed shapes.
+  assert len(set(np.concatenate(seen))) == 9
+
+
 def test_epoch_batches_are_a_function_of_seed_and_epoch(write_csv):
   faces = data.read_training_csv(write_csv("t.csv", *random_faces(20)))
   config = _config()
@@ -149,7 +158,9 @@ trainer = train.Trainer(config, mesh)
 state = trainer.init_state()
 init = jax.device_get(state.params)
 faces = data.faces_from_arrays(*synthetic.generate(32, seed=1))
-for i, b in enumerate(data.train_batches(faces, 8, np.random.default_rng(0))):
+order = np.random.default_rng(0).permutation(len(faces))
+for i in range(len(faces) // 8):
+  b = faces.take(order[i * 8:(i + 1) * 8])
   batch = {"images": b.images, "targets": b.targets, "mask": b.mask}
   state, _ = trainer.train_step(state, sharding.to_global(batch, mesh))
   assert state.params["output"]["kernel"].sharding.is_fully_replicated
