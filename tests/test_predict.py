@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from configs import tiny
-from facekp_jax import inference, keypoints, predict, synthetic, train
+from facekp_jax import inference, keypoints, pictures, predict, synthetic, train
 
 K = 5  # Faces in the generated test.csv.
 
@@ -139,7 +139,7 @@ def test_pictures_are_predicted_in_their_own_pixels(loaded, tmp_path, capsys):
                              atol=0.06)
 
 
-@pytest.mark.parametrize("crop", predict.CROPS)
+@pytest.mark.parametrize("crop", pictures.CROPS)
 @pytest.mark.parametrize("shape", [(120, 200), (200, 120), (50, 70)])
 def test_framing_maps_a_spot_back_where_it_was(shape, crop):
   """A blurred spot's centre, seen through fit() and mapped back, is where it was drawn."""
@@ -148,7 +148,7 @@ def test_framing_maps_a_spot_back_where_it_was(shape, crop):
   yy, xx = np.mgrid[:h, :w]
   sigma = 0.06 * max(h, w) if crop == "none" else 0.06 * min(h, w)
   picture = np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * sigma ** 2)).astype(np.float32)
-  image, framing = predict.fit(picture, crop)
+  image, framing = pictures.fit(picture, crop)
   assert image.shape == (96, 96, 1)
   mass = image[..., 0]
   centre = [(mass * np.arange(96)[None, :]).sum() / mass.sum(),
@@ -160,8 +160,8 @@ def test_framing_maps_a_spot_back_where_it_was(shape, crop):
 
 def test_resize_averages_areas_and_keeps_constants():
   image = np.arange(16, dtype=np.float32).reshape(4, 4)
-  np.testing.assert_allclose(predict.resize(image, 2, 2), [[2.5, 4.5], [10.5, 12.5]])
-  assert np.allclose(predict.resize(np.full((37, 53, 3), 0.25), 96, 96), 0.25)
+  np.testing.assert_allclose(pictures.resize(image, 2, 2), [[2.5, 4.5], [10.5, 12.5]])
+  assert np.allclose(pictures.resize(np.full((37, 53, 3), 0.25), 96, 96), 0.25)
 
 
 def test_one_line_errors(workdir, kaggle_files, tmp_path, capsys, monkeypatch):
