@@ -76,9 +76,14 @@ _HELDOUT_SPLIT_SEED = 0xAB1A7E  # One held-out split per data set, whatever the 
 _SUBSET_SEED = 0xFACE5
 
 # Model sizes of a budget: overrides of configs/resnet.py's model (and the step it suits).
+# Every size keeps the seed's regression head (dense layers): the studies' reference network,
+# whatever configs/resnet.py's default head (study `head` compares them).
 MODELS: dict[str, dict[str, Any]] = {
-    "full": {},  # The seed's network: 18.0 M parameters, ~100 training images/s on 2 cores.
+    "full": {  # The seed's network: 18.0 M parameters, ~100 training images/s on 2 cores.
+        "model.head": "regression",
+    },
     "small": {  # A quarter of the width, same depth and head layout: ~0.5 M parameters.
+        "model.head": "regression",
         "model.stage_filters": ((16, 16, 64), (32, 32, 128)),
         "model.stage_blocks": (3, 3),
         "model.stem_filters": 16,
@@ -88,6 +93,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
     },
     "tiny": {  # configs/tiny.py's network and step size.
+        "model.head": "regression",
         **{f"model.{k}": v for k, v in tiny.get_config().model.items() if k in (
             "stage_filters", "stage_blocks", "stem_filters", "dense_sizes", "dropout_rates",
             "conv_bias")},
