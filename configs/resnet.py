@@ -4,7 +4,7 @@ Run from the repository root:
 
   python -m facekp_jax.main --config=configs/resnet.py
   python -m facekp_jax.main --config=configs/resnet.py \
-      --config.data.train_csv=training.csv --config.data.rows=all
+      --config.data.train_csv=training.csv
 
 Differences from the seed notebook (see configs/seed_keras.py for the replica):
 the horizontal flip swaps left/right labels; the train/validation split is made
@@ -15,6 +15,12 @@ output to pixels by x * 48 + 48). Measured on the built-in faces (2140, seed 0,
 full 50 epochs, batch 32): validation RMSE 2.38 px with 1e-4 against 2.78 px
 with 1e-3 (mean-shape baseline 4.26 px); 1e-3 also spent its first epoch at a
 train RMSE near 100 px.
+
+Head: heatmaps with soft-argmax, not the seed's dense regression layers, since the
+`head` ablation (experiments/README.md): -0.84 px on the built-in faces and -1.05 px
+on real (MTFL) faces with the small model, every seed. The seed's network is
+one override away: --config.model.head=regression (18,007,710 parameters;
+experiments/benchmark.py times it by default, to compare with Keras and PyTorch).
 """
 
 import ml_collections
@@ -42,7 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.train_csv = ""  # Empty: the built-in synthetic faces.
-  config.data.rows = "complete"  # "complete" (all 30 values) or "all" (masked).
+  # "all" (every row, missing values masked out of the loss) or "complete" (all 30 values, the
+  # seed's choice). All won the `rows` ablation; on the built-in faces (no gaps) they agree.
+  config.data.rows = "all"
   config.data.val_fraction = 0.2
   config.data.seed_copies = False  # The seed's offline copies (training split only).
   config.data.synthetic_n = 2140  # As many faces as Kaggle's complete rows.
@@ -62,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.stem_filters = 64
   config.model.dense_sizes = (4096, 2048)
   config.model.dropout_rates = (0.2, 0.1)
-  config.model.head = "regression"  # "regression" (dense layers) or "heatmap" (soft-argmax).
+  # "heatmap" (maps + soft-argmax, facekp_jax/heads.py) or "regression" (the seed's dense layers).
+  config.model.head = "heatmap"
   config.model.heatmap_size = 48  # Heatmap head: side of the upsampled maps (2 px cells).
   config.model.output_activation = "linear"  # Regression head only.
   config.model.output_scale = 48.0

@@ -18,12 +18,14 @@ from configs import resnet
 def get_config():
   config = resnet.get_config()
   config.learning_rate = 1e-4
+  config.data.rows = "complete"  # The seed trained on the 2140 complete rows.
   config.data.seed_copies = True
   config.augment.hflip_prob = 0.0  # No online augmentation: the copies are fixed.
   config.augment.vflip_prob = 0.0
   config.augment.brightness_prob = 0.0
   config.augment.hflip_swap = False
   config.augment.brightness_range = (1.5, 2.0)
+  config.model.head = "regression"  # The seed's dense layers.
   config.model.output_activation = "relu"
   config.model.output_scale = 1.0
   config.model.output_offset = 0.0

@@ -295,6 +295,7 @@ def budget_config(budget: Budget, dataset: str, train_csv: str, settings) -> Any
   config.num_epochs = budget.epochs
   if dataset == "synthetic":
     config.data.train_csv = train_csv
+    config.data.rows = "complete"  # No gaps: the same rows either way; pinned, as the studies ran.
     if budget.faces:
       config.data.synthetic_n = budget.faces
   else:

@@ -32,6 +32,9 @@ config_flags.DEFINE_config_file("config", "configs/resnet.py", "Model and recipe
 flags.DEFINE_multi_integer("batch", [32], "Global batch sizes to time.")
 flags.DEFINE_integer("n", 1712, "Images per epoch.")
 flags.DEFINE_integer("epochs", 3, "Epochs per batch size (the first one is warm-up).")
+flags.DEFINE_bool("seed_network", True, "Time the seed's network (dense regression head, "
+                  "18,007,710 parameters), as ../shared/bench does; --noseed_network times the "
+                  "config's own model.head.")
 
 
 def _faces(n: int) -> data.Faces:
@@ -51,6 +54,8 @@ def _epoch(trainer, state, faces, dataset, epoch):
 def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   config = config.copy_and_resolve_references()
   config.batch_size = batch_size
+  if FLAGS.seed_network:
+    config.model.head = "regression"
   mesh = sharding.make_mesh()
   faces = _faces(n)
   steps = n // batch_size
@@ -85,7 +90,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   d = jax.devices()[0]
   return {
       "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
-      "jax": jax.__version__, "batch": batch_size, "n": n,
+      "jax": jax.__version__, "batch": batch_size, "n": n, "head": config.model.head,
       "fast_ops": bool(config.model.fast_ops), "half_precision": bool(config.half_precision),
       "input_on_device": on_device, "steps_per_call": int(config.get("steps_per_call", 1)),
       "train_images_per_s": round(steps * batch_size / steady, 1),

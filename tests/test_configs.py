@@ -27,7 +27,9 @@ def test_seed_replica_keeps_the_seed_faults_and_resnet_does_not():
   from configs import resnet, seed_keras
   seed, fixed = seed_keras.get_config(), resnet.get_config()
   assert seed.model.output_activation == "relu" and fixed.model.output_activation == "linear"
+  assert seed.model.head == "regression" and fixed.model.head == "heatmap"
   assert not seed.augment.hflip_swap and fixed.augment.hflip_swap
   assert seed.data.seed_copies and not fixed.data.seed_copies
+  assert seed.data.rows == "complete" and fixed.data.rows == "all"  # The `rows` ablation.
   assert fixed.augment.vflip_prob == 0.0
   assert (fixed.num_epochs, fixed.batch_size) == (50, 32)

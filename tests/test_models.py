@@ -12,7 +12,9 @@ def _count(tree):
 
 
 def test_seed_variant_has_the_keras_parameter_count():
-  model = models.create_model(resnet.get_config())
+  config = resnet.get_config()
+  config.model.head = "regression"  # The seed's dense layers.
+  model = models.create_model(config)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 96, 96, 1)),
                                              train=False))
   assert _count(shapes["params"]) == 18_007_710
@@ -35,6 +37,7 @@ def test_tiny_variant_shapes_and_batch_stats():
 
 def test_output_is_linear_in_pixels_by_default_and_relu_on_request():
   config = tiny.get_config()
+  config.model.head = "regression"
   x = jnp.zeros((2, 96, 96, 1))
   lin = models.create_model(config)
   variables = lin.init(jax.random.key(0), x, train=False)
@@ -51,6 +54,7 @@ def test_output_is_linear_in_pixels_by_default_and_relu_on_request():
 
 def test_unknown_output_activation_is_refused():
   config = tiny.get_config()
+  config.model.head = "regression"
   config.model.output_activation = "tanh"
   with pytest.raises(ValueError, match="output_activation"):
     models.create_model(config)
