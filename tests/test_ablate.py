@@ -150,7 +150,9 @@ def test_bad_settings_and_scratch_in_the_repository_are_refused(tmp_path):
   with pytest.raises(SystemExit):
     ablate.main(["--study=flip", f"--scratch={ROOT}/runs/x"])
   with pytest.raises(SystemExit):
-    ablate.main(["--study=rows", "--dataset=mtfl", f"--scratch={tmp_path}"])
+    ablate.main(["--study=rows", "--dataset=kaggle", f"--scratch={tmp_path}"])
+  with pytest.raises(SystemExit):  # Unknown arm: one line, exit 2, before any run.
+    ablate.main(["--study=rows", "--arms=some", f"--scratch={tmp_path}", "--epochs=1"])
   with pytest.raises(KeyError, match="no_such_field"):
     ablate.set_field(ablate.budget_config(ablate.Budget("tiny", 1, 8), "synthetic", "", []),
                      "augment.no_such_field", 1)
