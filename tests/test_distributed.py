@@ -63,15 +63,21 @@ def _finish(procs, timeout=240) -> str:
       proc.wait(timeout=max(1.0, deadline - time.time()))
   finally:
     _kill(procs)
+  outputs = _outputs(procs)
+  codes = [proc.returncode for proc, _ in procs]
+  assert codes == [0] * len(procs), "\n".join(
+      f"process {i} (exit {c}):\n{out[-2000:]}" for i, (c, out) in enumerate(zip(codes, outputs)))
+  return outputs[0]
+
+
+def _outputs(procs) -> list[str]:
+  """Each process's whole log (the logs are closed after)."""
   outputs = []
   for _, log in procs:
     log.seek(0)
     outputs.append(log.read())
     log.close()
-  codes = [proc.returncode for proc, _ in procs]
-  assert codes == [0] * len(procs), "\n".join(
-      f"process {i} (exit {c}):\n{out[-2000:]}" for i, (c, out) in enumerate(zip(codes, outputs)))
-  return outputs[0]
+  return outputs
 
 
 def _kill(procs):
@@ -150,11 +156,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
     codes = [p.wait(timeout=120) for p, _ in pair]
   finally:
     _kill(pair)
-  logs = []
-  for _, log in pair:
-    log.seek(0)
-    logs.append(log.read())
-    log.close()
+  logs = _outputs(pair)
   assert codes == [128 + signal.SIGTERM] * 2, logs
   stopped = [re.findall(r"stopped by SIGTERM at step (\d+); checkpoint saved", t) for t in logs]
   assert stopped[0] and stopped[0] == stopped[1], logs
