@@ -176,6 +176,11 @@ def _third_stage(field: str) -> Relative:
       c.model.stage_blocks[-1],))
 
 
+def _stem(path: str) -> str:
+  """``path`` without a ``.csv`` / ``.csv.gz`` ending."""
+  return re.sub(r"(\.csv)?(\.gz)?$", "", path)
+
+
 def _complete_rows_file(config) -> str:
   """A copy of ``config.data.train_csv`` with only its complete rows: every labelled column.
 
@@ -183,7 +188,7 @@ def _complete_rows_file(config) -> str:
   none of them; "complete" here means every column the file labels anywhere.
   """
   path = config.data.train_csv
-  out = re.sub(r"(\.csv)?(\.gz)?$", "", path) + "-complete.csv"
+  out = _stem(path) + "-complete.csv"
   if not os.path.exists(out):
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     cells = frame[list(keypoints.COLUMNS)].apply(lambda c: c.str.strip() != "")
@@ -367,7 +372,7 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float) -> tuple
   if dataset == "synthetic":
     tag = f"synthetic-{d.synthetic_n}-seed{d.synthetic_seed}" + ("-missing" * d.synthetic_missing)
   else:
-    tag = os.path.basename(re.sub(r"(\.csv)?(\.gz)?$", "", d.train_csv)) + "-partial70"
+    tag = os.path.basename(_stem(d.train_csv)) + "-partial70"
   pool, held = (os.path.join(folder, f"{tag}-{part}.csv") for part in ("pool", "heldout"))
   if os.path.exists(pool) and os.path.exists(held):
     return pool, held
