@@ -85,11 +85,11 @@ def max_pool_3x3(x):
 
 
 def reference_max_pool_2x2(x):
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 def reference_max_pool_3x3(x):
-  return nn.max_pool(x, (3, 3), strides=(2, 2))
+  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
 
 
 class BottleneckBlock(nn.Module):
@@ -190,7 +190,7 @@ class ResNet(nn.Module):
                             name=f"stage{stage + 1}_block{block + 1}")(x)
     if self.head == "heatmap":
       return heads.HeatmapHead(self.heatmap_size, dtype=self.dtype, name="heatmap")(x)
-    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for i, (size, rate) in enumerate(zip(self.dense_sizes, self.dropout_rates)):
       x = nn.relu(nn.Dense(size, dtype=self.dtype, name=f"dense{i + 1}")(x))
