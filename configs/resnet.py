@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 128
   config.learning_rate = 1e-4  # The peak rate of any schedule.
   config.optimizer = "adam"  # "adam" or "adamw" (decoupled decay of kernels only).
+  config.adam_eps = 1e-8  # optax's default; Keras' Adam uses 1e-7.
   config.weight_decay = 1e-4  # AdamW only; optax scales it by the learning rate.
   config.schedule = "constant"  # "constant", "cosine" or "onecycle" (facekp_jax/optim.py).
   config.warmup_epochs = 0.0  # Linear warm-up; onecycle: its rise (0: 30 % of the run).
@@ -45,14 +46,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
   config.keep_checkpoints = 2  # The last two, plus the best by validation RMSE.
   config.tta = False  # Final evaluation averages each face's and its mirror's prediction.
+  # The training loss on pixel coordinates (facekp_jax/losses.py): "mse", "l1", "smooth_l1"
+  # or "wing"; reported figures are in pixels whichever it is.
+  config.loss = "mse"
+  config.smooth_l1_beta = 1.0  # px: quadratic below, linear above.
+  config.wing_w = 10.0  # px: the log region's width.
+  config.wing_epsilon = 2.0  # px: the log region's curvature.
+  # Parameter EMA (0: off). Validation, the best checkpoint, evaluate and predict use it.
+  config.ema_decay = 0.0
 
   config.data = ml_collections.ConfigDict()
   config.data.train_csv = ""  # Empty: the built-in synthetic faces.
   # "all" (every row, missing values masked out of the loss) or "complete" (all 30 values, the
   # seed's choice). All won the `rows` ablation; on the built-in faces (no gaps) they agree.
   config.data.rows = "all"
-  config.data.val_fraction = 0.2
+  config.data.val_fraction = 0.2  # 0: a final fit on every face (the last checkpoint is the model).
+  # A coordinate more than 48 px outside the image: "error", "mask" (it becomes missing) or
+  # "drop" (its row goes). Nearer ones are real labels of faces in strong poses, and kept.
+  config.data.bad_labels = "error"
   config.data.seed_copies = False  # The seed's offline copies (training split only).
+  config.data.flip_copies = False  # Mirrored copies (with label swap) added once, as Keras did.
   config.data.synthetic_n = 2140  # As many faces as Kaggle's complete rows.
   config.data.synthetic_seed = 0
   config.data.synthetic_missing = False  # Kaggle's missing-label pattern.
@@ -63,6 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.vflip_prob = 0.0
   config.augment.brightness_prob = 0.5
   config.augment.brightness_range = (0.8, 1.25)
+  # One affine warp per face (facekp_jax/augment.py): rotation in [-rotate_deg, rotate_deg]
+  # and a scale in scale_range about the frame centre, then a shift of up to shift_px per axis.
+  config.augment.geometry_prob = 0.0
+  config.augment.rotate_deg = 0.0
+  config.augment.scale_range = (1.0, 1.0)
+  config.augment.shift_px = 0.0
 
   config.model = ml_collections.ConfigDict()
   config.model.stage_filters = ((64, 64, 256), (128, 128, 512))
@@ -77,5 +96,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.output_scale = 48.0
   config.model.output_offset = 48.0
   config.model.conv_bias = True
+  config.model.kernel_init = "lecun_normal"  # Or "glorot_uniform" (Keras', the seed's).
   config.model.fast_ops = True  # Same function and parameters, faster on CPU.
   return config

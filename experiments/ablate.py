@@ -75,6 +75,7 @@ DEFAULT_SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", 
 DATASETS = ("synthetic", "mtfl")
 _HELDOUT_SPLIT_SEED = 0xAB1A7E  # One held-out split per data set, whatever the run seeds.
 _SUBSET_SEED = 0xFACE5
+_HELDOUT_FRACTION = 0.2  # The held-out share of a study's faces (configs/resnet.py's split).
 
 # Model sizes of a budget: overrides of configs/resnet.py's model (and the step it suits).
 # Every size keeps the seed's regression head (dense layers): the studies' reference network,
@@ -130,7 +131,12 @@ class Study:
 
   Attributes:
     common: overrides every arm shares (per data set), e.g. labels with gaps.
-    heldout: score every arm on one held-out set split here (the arms change the data).
+    heldout: score every arm on one held-out set split here (the arms change the data, or
+      the question is how well a model does on faces no arm trained on).
+    partial_labels: on real faces, the training pool loses the mouth corners of 70 % of its
+      faces (Kaggle's share of partial rows; study ``rows``).
+    robustness: also score the held-out faces rotated, scaled and shifted
+      (``facekp_jax/robustness.py``); the table gives the RMSE ratios.
     datasets: the data sets the question applies to.
   """
 
@@ -139,6 +145,8 @@ class Study:
   budgets: dict[str, Budget]
   common: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   heldout: bool = False
+  partial_labels: bool = False
+  robustness: bool = False
   datasets: tuple[str, ...] = DATASETS
   note: str = ""
 
@@ -205,6 +213,15 @@ _MTFL_PARTIAL_SHARE = 4909 / 7049
 _MTFL_PARTIAL_DROPS = ("mouth_left_corner", "mouth_right_corner")
 
 
+# The geometric augmentation the accuracy studies share (study `geometry`'s winner), and the
+# defaults before them (for study `defaults`).
+_GEOMETRY = {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
+             "augment.scale_range": (0.8, 1.2), "augment.shift_px": 8.0}
+_OLD_DEFAULTS = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
+                 "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "loss": "mse",
+                 "ema_decay": 0.0, "tta": False}
+
+
 # Proposed budgets: about 25 minutes each on this 2-core CPU when it runs nothing else (the
 # estimate in experiments/README.md: ~4.5 s per small-model epoch of 2140 built-in faces, ~6 s
 # per epoch of 3000 MTFL faces, ~15-25 s of fixed cost per run). Built-in faces: Kaggle's 2140
@@ -232,7 +249,7 @@ STUDIES: dict[str, Study] = {
               Arm("all", {"data.rows": "all"})),
         budgets={"synthetic": Budget("small", 30, 7049), "mtfl": Budget("small", 30, 3000)},
         common={"synthetic": {"data.synthetic_missing": True}},
-        heldout=True,
+        heldout=True, partial_labels=True,
         note="On MTFL, 70 % of the training faces lose their mouth corners (Kaggle's share of "
              "partial rows); held-out faces keep all 5 points."),
     "size": Study(
@@ -263,6 +280,54 @@ STUDIES: dict[str, Study] = {
               Arm("adamw-cosine", {"optimizer": "adamw", "schedule": "cosine",
                                    "weight_decay": 0.05})),
         budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 11, 3000)}),
+    # Studies of accuracy on faces no arm trained on, under robustness perturbations (the
+    # heatmap head, the default since the `head` study, in every arm).
+    "geometry": Study(
+        question="Geometric augmentation (one affine warp per face): none, rotation only, or "
+                 "rotation + scale + shift, at two strengths. Does it help on held-out faces "
+                 "and under rotations, scalings and shifts?",
+        arms=(Arm("none"),
+              Arm("rot15", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 15.0}),
+              Arm("rot30", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 30.0}),
+              Arm("rss-mild", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 15.0,
+                               "augment.scale_range": (0.9, 1.1), "augment.shift_px": 4.0}),
+              Arm("rss-strong", {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
+                                 "augment.scale_range": (0.8, 1.2), "augment.shift_px": 8.0})),
+        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
+        common={d: {"model.head": "heatmap"} for d in DATASETS},
+        heldout=True, robustness=True),
+    "loss": Study(
+        question="The training loss on pixel coordinates: MSE (the seed's), L1, or Wing "
+                 "(w=10, epsilon=2), with geometric augmentation on.",
+        arms=(Arm("mse"), Arm("l1", {"loss": "l1"}), Arm("wing", {"loss": "wing"})),
+        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
+        common={d: {"model.head": "heatmap", **_GEOMETRY} for d in DATASETS},
+        heldout=True, robustness=True),
+    "ema": Study(
+        question="A moving average of the parameters (validation, checkpoints and inference "
+                 "use it): off, decay 0.999, 0.9999.",
+        arms=(Arm("off"), Arm("ema0.999", {"ema_decay": 0.999}),
+              Arm("ema0.9999", {"ema_decay": 0.9999})),
+        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
+        common={d: {"model.head": "heatmap", **_GEOMETRY} for d in DATASETS},
+        heldout=True, robustness=True),
+    "head_geometry": Study(
+        question="The `head` question again with geometric augmentation on: the seed's dense "
+                 "regression vs the heatmap head.",
+        arms=(Arm("regression"), Arm("heatmap", {"model.head": "heatmap"})),
+        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
+        common={d: dict(_GEOMETRY) for d in DATASETS},
+        heldout=True, robustness=True),
+    "defaults": Study(
+        question="The old default recipe (heatmap head, no geometric augmentation, MSE, no "
+                 "EMA) against the new one (configs/resnet.py), on faces no arm trained on.",
+        arms=(Arm("old-default", {"model.head": "heatmap", **_OLD_DEFAULTS}),
+              Arm("new-default", {"model.head": "heatmap"})),
+        budgets={"mtfl": Budget("full", 25, 0)},
+        datasets=("mtfl",), heldout=True, robustness=True,
+        note="Confirmation at the real budget: the full model, 25 epochs of the 6120-face pool "
+             "(run with --set data.val_fraction=0 so that every pool face trains), scored on "
+             "the 1530 held-out faces."),
 }
 
 
@@ -361,18 +426,20 @@ def mtfl_subset(path: str, faces: int | None, folder: str) -> str:
   return out
 
 
-def heldout_files(base, dataset: str, folder: str, val_fraction: float) -> tuple[str, str]:
+def heldout_files(base, dataset: str, folder: str, val_fraction: float,
+                  partial: bool = False) -> tuple[str, str]:
   """Splits the budget's faces once: (training-pool CSV, held-out CSV) under ``folder``.
 
   Built-in faces are generated with the study's settings (e.g. missing labels); images are
   uint8 in both paths, so the files hold exactly the faces the generator would give. Real
-  faces: the pool loses the mouth corners of ``_MTFL_PARTIAL_SHARE`` of its faces.
+  faces: with ``partial``, the pool loses the mouth corners of ``_MTFL_PARTIAL_SHARE`` of
+  its faces.
   """
   d = base.data
   if dataset == "synthetic":
     tag = f"synthetic-{d.synthetic_n}-seed{d.synthetic_seed}" + ("-missing" * d.synthetic_missing)
   else:
-    tag = os.path.basename(_stem(d.train_csv)) + "-partial70"
+    tag = os.path.basename(_stem(d.train_csv)) + ("-partial70" if partial else "")
   pool, held = (os.path.join(folder, f"{tag}-{part}.csv") for part in ("pool", "heldout"))
   if os.path.exists(pool) and os.path.exists(held):
     return pool, held
@@ -386,9 +453,10 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float) -> tuple
   frame = pd.read_csv(d.train_csv, dtype=str, keep_default_na=False)
   pool_idx, held_idx = data.split(len(frame), val_fraction, _HELDOUT_SPLIT_SEED)
   pool_frame = frame.iloc[np.sort(pool_idx)].copy()
-  partial = np.random.default_rng(_HELDOUT_SPLIT_SEED).random(len(pool_frame)) < _MTFL_PARTIAL_SHARE
-  drop = [f"{name}_{axis}" for name in _MTFL_PARTIAL_DROPS for axis in "xy"]
-  pool_frame.loc[partial, drop] = ""
+  if partial:
+    rows = np.random.default_rng(_HELDOUT_SPLIT_SEED).random(len(pool_frame)) < _MTFL_PARTIAL_SHARE
+    drop = [f"{name}_{axis}" for name in _MTFL_PARTIAL_DROPS for axis in "xy"]
+    pool_frame.loc[rows, drop] = ""
   _write_frame(frame.iloc[np.sort(held_idx)], held)
   _write_frame(pool_frame, pool)
   return pool, held
@@ -397,7 +465,7 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float) -> tuple
 # ----------------------------------------------------------------------------- runs
 
 
-def run_one(config, workdir: str, heldout_csv: str | None) -> dict:
+def run_one(config, workdir: str, heldout_csv: str | None, robustness: bool = False) -> dict:
   """Trains (or resumes) one run and returns its record; a finished run is only read."""
   done = os.path.join(workdir, "ablate.json")
   if os.path.exists(done):
@@ -405,14 +473,16 @@ def run_one(config, workdir: str, heldout_csv: str | None) -> dict:
       return dict(json.load(f), skipped=True)
   t0 = time.time()
   results = train.train_and_evaluate(config, workdir)
-  record = {k: results[k] for k in ("val_rmse", "val_nme", "mean_shape_val_rmse", "steps",
-                                    "num_train", "num_val", "source")}
-  record["rmse"], record["nme"] = results["val_rmse"], results["val_nme"]
+  record = {k: results.get(k) for k in ("val_rmse", "val_nme", "mean_shape_val_rmse", "steps",
+                                        "num_train", "num_val", "source")}
+  record["rmse"], record["nme"] = results.get("val_rmse"), results.get("val_nme")
   if heldout_csv:
     # The final state, as the validation numbers above; read-only restore of the latest save.
-    scores, _, _ = evaluate.evaluate(inference.load(workdir, "latest"), heldout_csv)
-    record.update(rmse=scores["rmse"], nme=scores["nme"], heldout_count=scores["count"],
-                  heldout_faces=scores["num_faces"])
+    model = inference.load(workdir, "latest")
+    record.update(_heldout_scores(model, heldout_csv, config.tta, robustness))
+    if config.ema_decay:  # The same run's raw weights, beside its moving average.
+      raw = dataclasses.replace(model, state=model.state.replace(ema_params=None))
+      record["rmse_raw_weights"] = _heldout_scores(raw, heldout_csv, config.tta, False)["rmse"]
   record["wall_seconds"] = time.time() - t0
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     epochs = [json.loads(line)["epoch_seconds"] for line in f if line.strip()]
@@ -420,6 +490,19 @@ def run_one(config, workdir: str, heldout_csv: str | None) -> dict:
   record["epoch_seconds"] = float(np.median(epochs)) if epochs else None
   report.write_json(done, record)
   return dict(record, skipped=False)
+
+
+def _heldout_scores(model, heldout_csv: str, tta: bool, robustness: bool) -> dict:
+  """RMSE, NME, counts, and (``robustness``) the perturbations' RMSE and ratios."""
+  scores, _, _ = evaluate.evaluate(model, heldout_csv, tta=tta, perturbed=robustness)
+  out = {"rmse": scores["rmse"], "nme": scores["nme"], "fr": scores["fr_0.10"],
+         "auc": scores["auc_0.10"], "heldout_count": scores["count"],
+         "heldout_faces": scores["num_faces"]}
+  if robustness:
+    r = scores["robustness"]
+    out["robustness"] = {name: m["rmse"] for name, m in r["perturbations"].items()}
+    out.update({f"ratio_{group}": value for group, value in r["groups"].items()})
+  return out
 
 
 def _mean_sd(values) -> tuple[float | None, float | None]:
@@ -437,12 +520,16 @@ def summarise(arms: list[dict]) -> None:
   for arm in arms:
     done = [r for r in arm["runs"] if "rmse" in r]
     s = {"n": len(done), "failed": len(arm["runs"]) - len(done)}
-    for key in ("rmse", "nme", "wall_seconds", "epoch_seconds", "mean_shape_val_rmse"):
+    for key in ("rmse", "nme", "wall_seconds", "epoch_seconds", "mean_shape_val_rmse",
+                "rmse_raw_weights", *(f"ratio_{g}" for g in _RATIO_COLUMNS)):
       s[f"{key}_mean"], s[f"{key}_sd"] = _mean_sd([r.get(key) for r in done])
     diffs = [r["rmse"] - ref[r["seed"]] for r in done if r["seed"] in ref]
     s["paired_rmse_diff_mean"], s["paired_rmse_diff_sd"] = _mean_sd(diffs)
     s["paired_n"] = len(diffs)
     arm["summary"] = s
+
+
+_RATIO_COLUMNS = ("rot+-20", "rot+-30", "scale0.85", "scale1.15", "shift+-6")
 
 
 def _fmt(mean, sd, digits) -> str:
@@ -474,8 +561,8 @@ def markdown(result: dict) -> str:
       f"- scored on {scored}; errors in pixels of the 96x96 image",
       f"- command: `{result['command']}`", "",
       f"| arm | overrides | RMSE (px) | NME | Δ RMSE vs {ref} (paired) | s/epoch | wall s/run "
-      "| seeds |",
-      "|---|---|---|---|---|---|---|---|"]
+      "| seeds |" + "".join(f" {g} ratio |" for g in _RATIO_COLUMNS) * result["robustness"],
+      "|---|---|---|---|---|---|---|---|" + "---|" * len(_RATIO_COLUMNS) * result["robustness"]]
   for arm in arms:
     s = arm["summary"]
     overrides = ", ".join(f"`{k}={_fmt_value(v)}`" for k, v in arm["overrides"].items()) or "—"
@@ -485,10 +572,23 @@ def markdown(result: dict) -> str:
     lines.append(f"| {arm['name']} | {overrides} | {_fmt(s['rmse_mean'], s['rmse_sd'], 3)} | "
                  f"{_fmt(s['nme_mean'], s['nme_sd'], 4)} | {diff} | "
                  f"{_fmt(s['epoch_seconds_mean'], None, 1)} | "
-                 f"{_fmt(s['wall_seconds_mean'], None, 0)} | {seeds} |")
+                 f"{_fmt(s['wall_seconds_mean'], None, 0)} | {seeds} |" + "".join(
+                     f" {_fmt(s[f'ratio_{g}_mean'], s[f'ratio_{g}_sd'], 3)} |"
+                     for g in _RATIO_COLUMNS) * result["robustness"])
   lines += ["", "s/epoch: median epoch time (training and the epoch's validation pass); wall "
             "s/run: the whole run with compilation, which arms after the first of a seed mostly "
             "find in the compilation cache."]
+  if result["robustness"]:
+    lines += ["", "Ratios: the held-out RMSE under each perturbation over the unperturbed "
+              "held-out RMSE of the same run (mean of the group's perturbations, e.g. -20 and "
+              "+20 degrees), mean ± sd over seeds; labels the perturbation pushes out of the "
+              "frame are not scored (facekp_jax/robustness.py)."]
+  raw = [(a["name"], a["summary"]) for a in arms
+         if a["summary"]["rmse_raw_weights_mean"] is not None]
+  if raw:
+    lines += ["", "EMA arms, the same runs' raw weights on the held-out faces: " + "; ".join(
+        f"{name} {_fmt(s['rmse_raw_weights_mean'], s['rmse_raw_weights_sd'], 3)} px"
+        for name, s in raw) + "."]
   if result["heldout"]:
     lines += ["", "Mean-shape baseline on the held-out faces: "
               f"{result['heldout_baseline_rmse']:.3f} px (the training pool's mean of each "
@@ -551,7 +651,8 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   shared = arm_config(base, study, dataset, Arm("common"), 0)[0]  # The study's common settings.
   heldout_csv = None
   if study.heldout:
-    pool, heldout_csv = heldout_files(shared, dataset, data_dir, base.data.val_fraction)
+    pool, heldout_csv = heldout_files(shared, dataset, data_dir, _HELDOUT_FRACTION,
+                                      partial=study.partial_labels)
     base.data.train_csv = pool
     heldout_baseline = _mean_shape_rmse(pool, heldout_csv)
   configs = {(a.name, s): arm_config(base, study, dataset, a, s) for a in chosen for s in seeds}
@@ -566,10 +667,10 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
              "budget": dataclasses.asdict(budget), "seeds": list(seeds),
              "settings": {k: v for k, v in settings},
              "common": _apply(base.copy_and_resolve_references(), study.common.get(dataset, {})),
-             "heldout": study.heldout,
+             "heldout": study.heldout, "robustness": study.robustness,
              "command": command,
              **({"heldout_baseline_rmse": heldout_baseline} if study.heldout else {}),
-             "source": _source(shared, dataset, mtfl_csv, partial=study.heldout),
+             "source": _source(shared, dataset, mtfl_csv, partial=study.partial_labels),
              "arms": []}
   for arm in chosen:
     entry = {"name": arm.name, "overrides": configs[(arm.name, seeds[0])][1], "runs": []}
@@ -578,7 +679,7 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
       config = configs[(arm.name, seed)][0]
       workdir = os.path.join(runs_dir, arm.name, f"seed{seed}-{config_hash(config)}")
       try:
-        record = run_one(config, workdir, heldout_csv)
+        record = run_one(config, workdir, heldout_csv, study.robustness)
       except (interrupts.Interrupted, KeyboardInterrupt):
         raise  # Stop the study; a re-run resumes this run from its checkpoint.
       except Exception as e:  # pylint: disable=broad-except
@@ -590,8 +691,9 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
       if study.heldout:
         results["heldout_faces"] = record["heldout_faces"]
       status = "done before" if record.pop("skipped") else f"{record['wall_seconds']:.0f}s"
-      log(f"  {arm.name} seed {seed}: RMSE {record['rmse']:.3f} px, NME {record['nme']:.4f} "
-          f"({status})")
+      log(f"  {arm.name} seed {seed}: RMSE {record['rmse']:.3f} px, NME {record['nme']:.4f}"
+          + (f", rot+-20 x{record['ratio_rot+-20']:.2f}, rot+-30 x{record['ratio_rot+-30']:.2f}"
+             if study.robustness else "") + f" ({status})")
       entry["runs"].append(dict(record, seed=seed, run=os.path.relpath(workdir, scratch)))
   summarise(results["arms"])
   folder = os.path.join(out, name, dataset)

@@ -63,10 +63,11 @@ class Conv(nn.Module):
   strides: tuple[int, int] = (1, 1)
   use_bias: bool = True
   dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+    kernel = self.param("kernel", self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
     y = conv_valid(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype), tuple(self.strides))
     if self.use_bias:

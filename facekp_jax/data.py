@@ -17,12 +17,16 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+from absl import logging
 
 from facekp_jax import keypoints
 
 NUM_PIXELS = keypoints.IMAGE_SIZE * keypoints.IMAGE_SIZE
 # Coordinates this far outside the 96x96 frame are treated as corrupt labels.
 _COORD_SLACK = 0.5 * keypoints.IMAGE_SIZE
+# What to do with a coordinate beyond the plausibility bound (the image +- _COORD_SLACK):
+# refuse the file, drop that coordinate (it becomes missing), or drop the whole row.
+BAD_LABELS = ("error", "mask", "drop")
 
 
 class DataError(ValueError):
@@ -111,11 +115,20 @@ def _is_number(text: str) -> bool:
     return False
 
 
-def _parse_coords(path: str, frame: pd.DataFrame, first_row: int = 0) -> np.ndarray:
+def _parse_coords(path: str, frame: pd.DataFrame, first_row: int = 0,
+                  bad_labels: str = "error") -> tuple[np.ndarray, np.ndarray]:
   """Parses the 30 keypoint columns into float32 (N, 30), NaN where empty.
 
+  A coordinate outside the image but within ``_COORD_SLACK`` of it is a real label (faces in
+  strong poses reach past a 96x96 crop) and is kept. One beyond is, by ``bad_labels``, an
+  error ("error"), a missing value ("mask") or the end of its row ("drop").
   ``first_row`` is the file row (0-based) of the frame's first row, so errors name file rows.
+
+  Returns:
+    (coords, rows with an implausible coordinate) — the rows are already NaN-masked or to be
+    dropped by the caller, as ``bad_labels`` says.
   """
+  implausible = np.zeros(len(frame), bool)
   coords = np.full((len(frame), keypoints.NUM_COORDS), np.nan, np.float32)
   for j, column in enumerate(keypoints.COLUMNS):
     cells = frame[column].str.strip()
@@ -127,12 +140,15 @@ def _parse_coords(path: str, frame: pd.DataFrame, first_row: int = 0) -> np.ndar
                       f"{cells.iloc[row]!r:.40}")
     far = np.abs(values - keypoints.IMAGE_SIZE / 2) > keypoints.IMAGE_SIZE / 2 + _COORD_SLACK
     far |= np.isinf(values)
-    if far.any():
+    if far.any() and bad_labels == "error":
       row = int(np.argmax(far))
       raise DataError(f"{path}: row {first_row + row + 1}: column {column} is {values[row]}, "
-                      "far outside the 96x96 image")
-    coords[:, j] = values
-  return coords
+                      f"far outside the 96x96 image (over {_COORD_SLACK:g} px); to go on, mask "
+                      "such values (data.bad_labels=mask, evaluate --bad_labels=mask) or drop "
+                      "their rows (=drop)")
+    implausible |= far
+    coords[:, j] = np.where(far, np.nan, values)
+  return coords, implausible
 
 
 def faces_from_arrays(images_u8: np.ndarray, coords: np.ndarray) -> Faces:
@@ -144,16 +160,32 @@ def faces_from_arrays(images_u8: np.ndarray, coords: np.ndarray) -> Faces:
       mask=mask.astype(np.float32))
 
 
-def read_training_csv(path: str) -> Faces:
+def _faces(images, coords, implausible, bad_labels: str) -> Faces:
+  if bad_labels == "drop":
+    images, coords = images[~implausible], coords[~implausible]
+  return faces_from_arrays(images, coords)
+
+
+def read_training_csv(path: str, bad_labels: str = "error") -> Faces:
   """Reads a Kaggle training.csv-layout file (``.csv`` or ``.csv.gz``).
+
+  ``bad_labels``: see ``_parse_coords``; the rows it touched are logged.
 
   Raises:
     DataError: on any malformed content, naming file, row and problem.
   """
   frame = _read_frame(path, keypoints.COLUMNS + (keypoints.IMAGE_COLUMN,))
-  coords = _parse_coords(path, frame)
+  coords, implausible = _parse_coords(path, frame, bad_labels=bad_labels)
   images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN])
-  return faces_from_arrays(images, coords)
+  _log_bad_labels(path, int(implausible.sum()), bad_labels)
+  return _faces(images, coords, implausible, bad_labels)
+
+
+def _log_bad_labels(path: str, rows: int, bad_labels: str) -> None:
+  if rows:
+    what = "masked those values" if bad_labels == "mask" else "dropped those rows"
+    logging.warning("%s: %d rows with a coordinate beyond %g px outside the image: %s "
+                    "(data.bad_labels=%s)", path, rows, _COORD_SLACK, what, bad_labels)
 
 
 def read_test_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -212,13 +244,16 @@ def read_csv_chunks(path: str, required: tuple[str, ...],
     raise DataError(f"{path}: no data rows")
 
 
-def read_training_chunks(path: str, chunk_rows: int = 1024) -> Iterator[Faces]:
+def read_training_chunks(path: str, chunk_rows: int = 1024,
+                         bad_labels: str = "error") -> Iterator[Faces]:
   """``read_training_csv`` in pieces of at most ``chunk_rows`` faces; errors name file rows."""
   required = keypoints.COLUMNS + (keypoints.IMAGE_COLUMN,)
   for first_row, frame in read_csv_chunks(path, required, chunk_rows):
-    coords = _parse_coords(path, frame, first_row)
+    coords, implausible = _parse_coords(path, frame, first_row, bad_labels)
     images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN], first_row)
-    yield faces_from_arrays(images, coords)
+    _log_bad_labels(f"{path} rows {first_row + 1}-{first_row + len(frame)}",
+                    int(implausible.sum()), bad_labels)
+    yield _faces(images, coords, implausible, bad_labels)
 
 
 def read_test_chunks(path: str,
@@ -256,11 +291,14 @@ def select_rows(faces: Faces, rows: str, source: str) -> Faces:
 
 
 def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Seeded permutation split of ``range(n)`` into (train, validation) indices."""
-  if not 0.0 < val_fraction < 1.0:
-    raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+  """Seeded permutation split of ``range(n)`` into (train, validation) indices.
+
+  ``val_fraction=0`` puts every face into training (a final fit; no validation split).
+  """
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
   perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
-  n_val = max(1, int(round(n * val_fraction)))
+  n_val = max(1, int(round(n * val_fraction))) if val_fraction else 0
   if n_val >= n:
     raise DataError(f"cannot split {n} faces with val_fraction={val_fraction}")
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
@@ -269,7 +307,8 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
 def load_faces(data_config) -> tuple[Faces, str]:
   """Reads ``data.train_csv``, or synthesises the built-in faces when it is empty."""
   if data_config.train_csv:
-    return read_training_csv(data_config.train_csv), data_config.train_csv
+    path = data_config.train_csv
+    return read_training_csv(path, data_config.bad_labels), path
   from facekp_jax import synthetic  # pylint: disable=g-import-not-at-top
   images, coords = synthetic.generate(
       data_config.synthetic_n, seed=data_config.synthetic_seed,

@@ -32,7 +32,11 @@ def _mirror_coords(targets, mask, axis_start: int, swap: bool):
 
 
 def apply_plan(batch: dict, plan: dict, config) -> dict:
-  """``augment.apply_plan`` in jnp: per example hflip (with swap), vflip, brightness."""
+  """``augment.apply_plan`` in jnp: per example hflip (with swap), vflip, warp, brightness.
+
+  The warp is ``augment``'s own code on ``jax.numpy``; it is traced only when the
+  config can draw one (``geometry_prob > 0``), so runs without it compile as before.
+  """
   images, targets, mask = batch["images"], batch["targets"], batch["mask"]
   h, v = plan["hflip"], plan["vflip"]
   t, m = _mirror_coords(targets, mask, 0, config.hflip_swap)
@@ -41,6 +45,12 @@ def apply_plan(batch: dict, plan: dict, config) -> dict:
   t, m = _mirror_coords(targets, mask, 1, swap=False)
   images = jnp.where(v[:, None, None, None], images[:, ::-1], images)
   targets = jnp.where(v[:, None], t, targets)
+  if config.geometry_prob > 0:
+    g = plan["geometry"]
+    t, m = augment.warp_targets(targets, mask, plan["forward"], xp=jnp)
+    moved = augment.warp_images(images, plan["inverse"], xp=jnp)
+    images = jnp.where(g[:, None, None, None], moved, images)
+    targets, mask = jnp.where(g[:, None], t, targets), jnp.where(g[:, None], m, mask)
   factors = plan["brightness"].reshape(-1, 1, 1, 1)
   images = jnp.where(factors != 1.0, jnp.clip(images * factors, 0.0, 1.0), images)
   return {"images": images, "targets": targets, "mask": mask}

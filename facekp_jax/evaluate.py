@@ -1,6 +1,7 @@
 """Scores a trained workdir on any Kaggle-layout file.
 
   python -m facekp_jax.evaluate --workdir=W --csv=FILE [--checkpoint=best|latest] [--tta]
+      [--robustness]
 
 ``--tta`` / ``--no-tta``: flip test-time augmentation (default: the run's ``config.tta``).
 
@@ -8,8 +9,14 @@ FILE has Kaggle's training.csv layout (the 30 keypoint columns and ``Image``;
 ``.csv`` or ``.csv.gz``); empty cells are missing labels and are not scored, so
 files with only some keypoints work. The file is streamed in chunks. Prints the
 RMSE in pixels (overall and per keypoint), the NME and the number of coordinates
-scored, and writes ``W/eval_<file stem>.json`` and a 4x4 grid of the file's
-first faces, ``W/eval_<file stem>.png``. Bad input: one line, exit code 2.
+scored, the NME (inter-ocular where the faces have outer eye corners, else
+inter-pupil: the JSON says which), FR@0.10 and AUC@0.10, and writes
+``W/eval_<file stem>.json``, a 4x4 grid of the file's first faces
+(``W/eval_<file stem>.png``) and the cumulative error distribution
+(``W/eval_<file stem>_ced.png``). ``--robustness`` also re-scores the faces
+rotated, scaled and shifted (``facekp_jax/robustness.py``) into the JSON's
+``robustness`` entry, a table and ``W/eval_<file stem>_robustness.png``.
+Bad input: one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import os
 
 import numpy as np
 
-from facekp_jax import data, inference, keypoints, report
+from facekp_jax import data, inference, keypoints, report, robustness
+from facekp_jax import metrics as metrics_lib
 
 _GRID = 16
 
@@ -34,7 +42,9 @@ def file_stem(path: str) -> str:
 
 
 def evaluate(model: inference.Model, path: str, tta: bool = False,
-             chunk_rows: int | None = None) -> tuple[dict, data.Faces, np.ndarray]:
+             chunk_rows: int | None = None,
+             perturbed: bool = False,
+             bad_labels: str = "error") -> tuple[dict, data.Faces, np.ndarray]:
   """Scores ``model`` on the labelled faces of ``path``, streamed in chunks.
 
   Args:
@@ -42,18 +52,25 @@ def evaluate(model: inference.Model, path: str, tta: bool = False,
     path: a Kaggle training.csv-layout file.
     tta: flip test-time augmentation.
     chunk_rows: faces per chunk (default: 8 evaluation batches).
+    perturbed: also score the robustness perturbations (``results["robustness"]``).
+    bad_labels: a coordinate beyond the plausibility bound: "error", "mask" or "drop"
+      (``data.BAD_LABELS``); nearer ones outside the frame are scored like any other.
 
   Returns:
-    (results, the first 16 faces, their predictions). ``results`` holds ``rmse``,
-    ``nme``, ``per_keypoint_rmse``, ``count`` (coordinates scored) and ``num_faces``.
+    (results, the first 16 faces, their predictions). ``results`` holds the
+    ``metrics.keypoint_metrics`` figures, ``num_faces``, the per-face NME list
+    ``per_face_nme`` (for the CED) and, when ``perturbed``, ``robustness``.
 
   Raises:
     data.DataError: a malformed file, or one without any keypoint label.
   """
   chunk_rows = chunk_rows or 8 * model.trainer.eval_batch_size
   predictions, targets, mask, shown = [], [], [], []
-  for faces in data.read_training_chunks(path, chunk_rows):
+  scorer = robustness.Scorer(lambda x: model.predict(x, tta=tta)) if perturbed else None
+  for faces in data.read_training_chunks(path, chunk_rows, bad_labels):
     predictions.append(model.predict(faces.images, tta=tta))
+    if scorer:
+      scorer.add(faces)
     targets.append(faces.targets)
     mask.append(faces.mask)
     if sum(map(len, shown)) < _GRID:
@@ -61,8 +78,11 @@ def evaluate(model: inference.Model, path: str, tta: bool = False,
   predictions, targets, mask = map(np.concatenate, (predictions, targets, mask))
   if not mask.any():
     raise data.DataError(f"{path}: no keypoint labels to score")
-  metrics = report.keypoint_metrics(predictions, targets, mask)
+  metrics = metrics_lib.keypoint_metrics(predictions, targets, mask)
   results = dict(metrics, num_faces=len(predictions))
+  results["per_face_nme"] = metrics_lib.per_face_nme(predictions, targets, mask)[0].tolist()
+  if scorer:
+    results["robustness"] = scorer.results()
   shown = data.Faces(*(np.concatenate([getattr(f, a) for f in shown])
                        for a in ("images", "targets", "mask")))
   return results, shown, predictions[:len(shown)]
@@ -77,7 +97,12 @@ def _finite(value):
 
 def table(results: dict) -> str:
   """A readable summary: overall figures, then one line per keypoint."""
-  nme = "n/a (no face with both eye centres)" if results["nme"] is None else f"{results['nme']:.4f}"
+  if results["nme"] is None:
+    nme = "n/a (no face with both eye centres or outer corners)"
+  else:
+    nme = (f"{results['nme']:.4f} ({results['nme_normaliser'].replace('_', '-')}, "
+           f"{results['nme_faces']} faces)   FR@0.10 {results['fr_0.10']:.4f}   "
+           f"AUC@0.10 {results['auc_0.10']:.4f}")
   lines = [f"{results['num_faces']} faces, {results['count']} coordinates scored",
            f"RMSE {results['rmse']:.3f} px   NME {nme}", "",
            f"{'keypoint':<28}{'RMSE (px)':>10}"]
@@ -87,8 +112,9 @@ def table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def run(workdir: str, path: str, which: str = "best", tta: bool | None = None) -> dict:
-  """Restores, scores, prints the table and writes the JSON and the grid; returns the JSON.
+def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
+        perturbed: bool = False, bad_labels: str = "error") -> dict:
+  """Restores, scores, prints the tables and writes the JSON and plots; returns the JSON.
 
   ``tta=None`` follows the run's ``config.tta``.
   """
@@ -96,7 +122,8 @@ def run(workdir: str, path: str, which: str = "best", tta: bool | None = None) -
     raise data.DataError(f"{path}: file not found")  # Before spending time on the model.
   model = inference.load(workdir, which)
   tta = model.config.get("tta", False) if tta is None else tta
-  metrics, shown, shown_predictions = evaluate(model, path, tta)
+  metrics, shown, shown_predictions = evaluate(model, path, tta, perturbed=perturbed,
+                                               bad_labels=bad_labels)
   results = _finite(dict(csv=os.path.abspath(path), workdir=os.path.abspath(workdir),
                          checkpoint=which, step=model.step, tta=tta, **metrics))
   stem = file_stem(path)
@@ -107,7 +134,16 @@ def run(workdir: str, path: str, which: str = "best", tta: bool | None = None) -
       ", flip TTA)" if tta else ")")
   report.save_figure(report.plot_grid(shown.images, shown_predictions, shown.targets, shown.mask,
                                       title=title), png_path)
-  print(f"{model.describe(tta)}\nfile {path}: {table(results)}\n\nwrote {json_path}, {png_path}")
+  written = [json_path, png_path, os.path.join(workdir, f"eval_{stem}_ced.png")]
+  report.save_figure(report.plot_ced(results["per_face_nme"], results["nme_normaliser"],
+                                     title=os.path.basename(path)), written[-1])
+  extra = ""
+  if perturbed:
+    written.append(os.path.join(workdir, f"eval_{stem}_robustness.png"))
+    report.save_figure(robustness.plot(results["robustness"], title=title), written[-1])
+    extra = "\n\nrobustness:\n" + robustness.table(results["robustness"])
+  print(f"{model.describe(tta)}\nfile {path}: {table(results)}{extra}\n\nwrote "
+        f"{', '.join(written)}")
   return results
 
 
@@ -117,10 +153,15 @@ def main(argv=None) -> None:
       description="Score a trained workdir on a Kaggle-layout file (masked cells not scored).")
   inference.add_model_arguments(parser)
   parser.add_argument("--csv", required=True, help="Kaggle training.csv-layout file (.csv/.gz)")
+  parser.add_argument("--robustness", action="store_true",
+                      help="also score the faces rotated, scaled and shifted")
+  parser.add_argument("--bad_labels", choices=data.BAD_LABELS, default="error",
+                      help="a coordinate beyond 48 px outside the image: refuse the file "
+                      "(default), mask that value, or drop its row")
   args = parser.parse_args(argv)
   inference.quiet_libraries()
   try:
-    run(args.workdir, args.csv, args.checkpoint, args.tta)
+    run(args.workdir, args.csv, args.checkpoint, args.tta, args.robustness, args.bad_labels)
   except inference.USER_ERRORS as e:
     inference.fail(e)
   except OSError as e:  # Writing into the workdir.

@@ -58,11 +58,13 @@ class HeatmapHead(nn.Module):
 
   size: int = 48
   dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, features):
     # A dense layer on the channel axis is a 1x1 convolution.
-    logits = nn.Dense(keypoints.NUM_KEYPOINTS, dtype=self.dtype, name="keypoint_maps")(features)
+    logits = nn.Dense(keypoints.NUM_KEYPOINTS, dtype=self.dtype, kernel_init=self.kernel_init,
+                      name="keypoint_maps")(features)
     logits = jnp.asarray(logits, jnp.float32)
     if logits.shape[1:3] != (self.size, self.size):
       logits = jax.image.resize(logits, (logits.shape[0], self.size, self.size, logits.shape[3]),

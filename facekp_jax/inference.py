@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from facekp_jax import checkpoint, data, report, sharding, train
+from facekp_jax import checkpoint, config_upgrade, data, report, sharding, train
 
 CHECKPOINTS = ("best", "latest")
 # Problems with the user's input: one line on stderr, exit code 2.
@@ -81,7 +81,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     raise report.WorkdirError(f"workdir {workdir}: cannot read config.json ({e})") from None
   if not isinstance(saved, dict):
     raise report.WorkdirError(f"workdir {workdir}: config.json does not hold a config")
-  return ml_collections.ConfigDict(_tuples(saved))
+  return ml_collections.ConfigDict(_tuples(config_upgrade.upgrade(saved)))
 
 
 def load(workdir: str, which: str = "best") -> Model:

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from facekp_jax import data, distributed, interrupts, report, sharding, train
+from facekp_jax import data, distributed, interrupts, report, sharding, train, workdir_lock
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -73,7 +73,7 @@ def main(argv):
   logging.info("%s", sharding.topology())
   try:
     train.train_and_evaluate(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
-  except (data.DataError, train.ConfigError, report.WorkdirError) as e:
+  except (data.DataError, train.ConfigError, report.WorkdirError, workdir_lock.WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except FloatingPointError as e:

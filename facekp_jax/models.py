@@ -39,6 +39,9 @@ OUTPUT_ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "relu": nn.relu,
 }
 HEADS = heads.HEADS
+# Kernel initialisers by name: Flax's default, and Keras' (the seed's) for parity studies.
+KERNEL_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
+                "glorot_uniform": nn.initializers.glorot_uniform()}
 
 
 def _matmul_2d(x, kernel_2d):
@@ -62,10 +65,11 @@ class PointwiseConv(nn.Module):
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+    kernel = self.param("kernel", self.kernel_init,
                         (1, 1, x.shape[-1], self.features), jnp.float32)
     y = _matmul_2d(jnp.asarray(x, self.dtype), jnp.asarray(kernel[0, 0], self.dtype))
     if self.use_bias:
@@ -140,6 +144,8 @@ class ResNet(nn.Module):
     output_scale, output_offset: fixed affine map from the last layer to pixels.
     conv_bias: whether convolutions carry a bias (the seed's do; it is redundant
       before batch norm).
+    kernel_init: "lecun_normal" (Flax's default) or "glorot_uniform" (Keras', the
+      seed's) for every convolution and dense kernel; biases start at zero.
     fast_ops: compute 1x1 convolutions as 2-D matrix products, and the stem
       convolution, max-pools and batch norms with cheaper gradients (same
       parameters and function; faster on CPU).
@@ -158,17 +164,21 @@ class ResNet(nn.Module):
   output_scale: float = 48.0
   output_offset: float = 48.0
   conv_bias: bool = True
+  kernel_init: str = "lecun_normal"
   fast_ops: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=self.conv_bias, dtype=self.dtype)
+    init = KERNEL_INITS[self.kernel_init]
+    conv = functools.partial(nn.Conv, use_bias=self.conv_bias, dtype=self.dtype,
+                             kernel_init=init)
     norm = functools.partial(
         norm_lib.BatchNorm if self.fast_ops else nn.BatchNorm, use_running_average=not train,
         momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=self.dtype)
     if self.fast_ops:
-      pointwise = functools.partial(PointwiseConv, use_bias=self.conv_bias, dtype=self.dtype)
+      pointwise = functools.partial(PointwiseConv, use_bias=self.conv_bias, dtype=self.dtype,
+                                    kernel_init=init)
       pool, stem_pool = max_pool_2x2, max_pool_3x3
     else:
       pointwise = lambda features, name: conv(features, (1, 1), name=name)
@@ -177,7 +187,7 @@ class ResNet(nn.Module):
     x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
     if self.fast_ops:
       stem = conv_lib.Conv(self.stem_filters, (7, 7), strides=(2, 2), use_bias=self.conv_bias,
-                           dtype=self.dtype, name="stem_conv")
+                           dtype=self.dtype, kernel_init=init, name="stem_conv")
     else:
       stem = conv(self.stem_filters, (7, 7), strides=(2, 2), padding="VALID", name="stem_conv")
     x = stem(x)
@@ -189,45 +199,64 @@ class ResNet(nn.Module):
                             pointwise=pointwise, pool=pool, norm=norm,
                             name=f"stage{stage + 1}_block{block + 1}")(x)
     if self.head == "heatmap":
-      return heads.HeatmapHead(self.heatmap_size, dtype=self.dtype, name="heatmap")(x)
+      return heads.HeatmapHead(self.heatmap_size, dtype=self.dtype, kernel_init=init,
+                               name="heatmap")(x)
     x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for i, (size, rate) in enumerate(zip(self.dense_sizes, self.dropout_rates)):
-      x = nn.relu(nn.Dense(size, dtype=self.dtype, name=f"dense{i + 1}")(x))
+      x = nn.relu(nn.Dense(size, dtype=self.dtype, kernel_init=init, name=f"dense{i + 1}")(x))
       x = nn.Dropout(rate, deterministic=not train)(x)
-    x = nn.Dense(keypoints.NUM_COORDS, dtype=self.dtype, name="output")(x)
+    x = nn.Dense(keypoints.NUM_COORDS, dtype=self.dtype, kernel_init=init, name="output")(x)
     x = OUTPUT_ACTIVATIONS[self.output_activation](x)
     return jnp.asarray(x, jnp.float32) * self.output_scale + self.output_offset
 
 
-# The seed's network: two stages of three blocks, 18,007,710 parameters.
-SeedResNet = functools.partial(ResNet)
-# A tiny variant that exists for tests and quick looks.
-TinyResNet = functools.partial(
-    ResNet, stage_filters=((4, 4, 8), (8, 8, 16)), stage_blocks=(2, 1), stem_filters=8,
-    dense_sizes=(32,), dropout_rates=(0.1,), conv_bias=False)
+def config_problems(m) -> list[str]:
+  """What is wrong with a ``config.model`` section (empty when it can build a network)."""
+  if m.head not in HEADS:
+    return [f"model.head must be one of {list(HEADS)}, got {m.head!r}"]
+  problems = []
+  if m.output_activation not in OUTPUT_ACTIVATIONS:
+    problems.append(f"model.output_activation must be one of {sorted(OUTPUT_ACTIVATIONS)}, "
+                    f"got {m.output_activation!r}")
+  elif m.head == "heatmap" and m.output_activation != "linear":
+    problems.append("model.output_activation applies to the regression head only; use "
+                    "'linear' with model.head='heatmap'")
+  if m.kernel_init not in KERNEL_INITS:
+    problems.append(f"model.kernel_init must be one of {list(KERNEL_INITS)}, got "
+                    f"{m.kernel_init!r}")
+  if len(m.stage_filters) != len(m.stage_blocks):
+    problems.append("model.stage_filters and model.stage_blocks must have the same length")
+  if len(m.dense_sizes) != len(m.dropout_rates):
+    problems.append("model.dense_sizes and model.dropout_rates must have the same length")
+  counts = [m.heatmap_size, m.stem_filters, *m.stage_blocks, *m.dense_sizes,
+            *(f for stage in m.stage_filters for f in stage)]
+  if not all(isinstance(c, int) and c >= 1 for c in counts):
+    problems.append("model.heatmap_size, stem_filters, stage_filters, stage_blocks and "
+                    "dense_sizes must be whole numbers >= 1")
+  if not all(0.0 <= r < 1.0 for r in m.dropout_rates):
+    problems.append(f"model.dropout_rates must be in [0, 1), got {tuple(m.dropout_rates)}")
+  return problems
 
 
 def create_model(config, dtype=jnp.float32) -> ResNet:
-  """Builds the ResNet that ``config.model`` describes."""
+  """Builds the ResNet that ``config.model`` describes (``config_problems`` must be empty)."""
   m = config.model
-  if m.output_activation not in OUTPUT_ACTIVATIONS:
-    raise ValueError(f"model.output_activation must be one of {sorted(OUTPUT_ACTIVATIONS)}, "
-                     f"got {m.output_activation!r}")
-  head = m.get("head", "regression")  # Absent from configs saved before the heatmap head.
-  if head not in HEADS:
-    raise ValueError(f"model.head must be one of {list(HEADS)}, got {head!r}")
+  problems = config_problems(m)
+  if problems:
+    raise ValueError("; ".join(problems))
   return ResNet(
       stage_filters=tuple(tuple(f) for f in m.stage_filters),
       stage_blocks=tuple(m.stage_blocks),
       stem_filters=m.stem_filters,
       dense_sizes=tuple(m.dense_sizes),
       dropout_rates=tuple(m.dropout_rates),
-      head=head,
-      heatmap_size=m.get("heatmap_size", 48),
+      head=m.head,
+      heatmap_size=m.heatmap_size,
       output_activation=m.output_activation,
       output_scale=m.output_scale,
       output_offset=m.output_offset,
       conv_bias=m.conv_bias,
+      kernel_init=m.kernel_init,
       fast_ops=m.fast_ops,
       dtype=dtype)

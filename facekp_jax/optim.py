@@ -3,6 +3,7 @@
   config.optimizer:      "adam" (default) or "adamw" (decoupled weight decay
                          ``config.weight_decay`` on kernels only: biases and
                          batch-norm scales/offsets are not decayed).
+  config.adam_eps:       Adam's epsilon (optax's 1e-8; Keras uses 1e-7).
   config.schedule:       "constant" (default), "cosine" (decay to 0 over the run)
                          or "onecycle" (rise from lr/25, then cosine down to lr/25e4).
   config.warmup_epochs:  linear warm-up from 0 for "constant" and "cosine"; the
@@ -61,8 +62,10 @@ def make_optimizer(config, steps_per_epoch: int | None = None) -> optax.Gradient
   """Builds ``config.optimizer`` with ``learning_rate(config, steps_per_epoch)``."""
   name = config.get("optimizer", "adam")
   lr = learning_rate(config, steps_per_epoch)
+  eps = config.adam_eps
   if name == "adam":
-    return optax.adam(lr)
+    return optax.adam(lr, eps=eps)
   if name == "adamw":
-    return optax.adamw(lr, weight_decay=config.get("weight_decay", 0.0), mask=_decay_mask)
+    return optax.adamw(lr, eps=eps, weight_decay=config.get("weight_decay", 0.0),
+                       mask=_decay_mask)
   raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")

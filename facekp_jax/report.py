@@ -1,10 +1,6 @@
-"""Keypoint metrics (in pixels) and everything a run writes into its workdir.
+"""Everything a run writes into its workdir: atomic files, plots, the workdir checks.
 
-Metrics are computed from masked sums and counts, so missing coordinates never
-count: RMSE over present coordinates, per-keypoint RMSE over each keypoint's
-present coordinates, and NME: the mean Euclidean error of the present
-keypoints of a face divided by that face's true inter-ocular (eye-centre)
-distance, averaged over faces that have both eye centres.
+The figures themselves come from ``metrics``.
 """
 
 from __future__ import annotations
@@ -20,44 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from facekp_jax import keypoints
+from facekp_jax import config_upgrade
 from facekp_jax.data import Faces
-
-
-def keypoint_metrics(predictions: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dict:
-  """RMSE, per-keypoint RMSE and NME of (N, 30) pixel predictions over present coordinates."""
-  predictions, targets, mask = (np.asarray(a, np.float64) for a in (predictions, targets, mask))
-  sq = mask * np.square(predictions - targets)
-  count = mask.sum()
-  per_kp_sse = sq.reshape(-1, keypoints.NUM_KEYPOINTS, 2).sum(axis=(0, 2))
-  per_kp_count = mask.reshape(-1, keypoints.NUM_KEYPOINTS, 2).sum(axis=(0, 2))
-  per_kp = {name: (float(np.sqrt(s / c)) if c else None)
-            for name, s, c in zip(keypoints.KEYPOINT_NAMES, per_kp_sse, per_kp_count)}
-  return {"rmse": float(np.sqrt(sq.sum() / count)) if count else float("nan"),
-          "nme": normalized_mean_error(predictions, targets, mask),
-          "per_keypoint_rmse": per_kp, "count": int(count)}
-
-
-def normalized_mean_error(predictions, targets, mask) -> float:
-  """Mean point-to-point error / inter-ocular distance, over faces with both eye centres."""
-  p = np.asarray(predictions, np.float64).reshape(-1, keypoints.NUM_KEYPOINTS, 2)
-  t = np.asarray(targets, np.float64).reshape(-1, keypoints.NUM_KEYPOINTS, 2)
-  present = np.asarray(mask).reshape(-1, keypoints.NUM_KEYPOINTS, 2).min(axis=2) > 0
-  iod = np.linalg.norm(t[:, keypoints.LEFT_EYE] - t[:, keypoints.RIGHT_EYE], axis=1)
-  ok = present[:, keypoints.LEFT_EYE] & present[:, keypoints.RIGHT_EYE] & (iod > 0)
-  err = np.linalg.norm(p - t, axis=2)
-  n_present = present.sum(axis=1)
-  ok &= n_present > 0
-  if not ok.any():
-    return float("nan")
-  per_face = (err * present).sum(axis=1)[ok] / n_present[ok] / iod[ok]
-  return float(per_face.mean())
-
-
-def mean_shape_prediction(train: Faces, n: int) -> np.ndarray:
-  """The trivial baseline: every face gets the training set's mean of each coordinate."""
-  mean = (train.targets * train.mask).sum(0) / np.maximum(train.mask.sum(0), 1)
-  return np.tile(mean.astype(np.float32), (n, 1))
 
 
 def _atomic_write(path: str, write) -> None:
@@ -108,12 +68,27 @@ def plot_curves(history: list[dict]):
   epochs = [h["epoch"] for h in history]
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot(epochs, [h["train_rmse"] for h in history], label="train RMSE (augmented batches)")
-  ax.plot(epochs, [h["val_rmse"] for h in history], label="validation RMSE")
+  if history and "val_rmse" in history[0]:
+    ax.plot(epochs, [h["val_rmse"] for h in history], label="validation RMSE")
   ax.set_xlabel("epoch")
   ax.set_ylabel("RMSE (pixels)")
   ax.set_yscale("log")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
+  return fig
+
+
+def plot_ced(per_face_nme, normaliser: str, title: str = "", threshold: float = 0.10):
+  """The cumulative error distribution: share of faces with NME <= x, up to ``threshold``."""
+  errors = np.sort(np.asarray(per_face_nme, np.float64))
+  fig, ax = plt.subplots(figsize=(5, 4))
+  ax.step(errors, np.arange(1, len(errors) + 1) / max(len(errors), 1), where="post")
+  ax.set_xlim(0, threshold)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel(f"NME ({normaliser.replace('_', '-')})")
+  ax.set_ylabel("share of faces")
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
   return fig
 
 
@@ -144,8 +119,11 @@ def _is_nested_seq(v) -> bool:
 
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """Fields whose values differ between a saved config (JSON) and ``config``."""
-  old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
-  # Fields the saved run does not have were added to the project later: not a difference.
+  had, new = _flatten(saved), _flatten(json.loads(config.to_json()))
+  # Fields the saved run predates mean what the project did before them (config_upgrade);
+  # others it does not have were added later without changing anything: not a difference.
+  old = {k: v for k, v in _flatten(config_upgrade.upgrade(saved)).items()
+         if k in had or k in new}
   return [f"{k}: {old[k]!r} -> {new.get(k, '<absent>')!r}"
           for k in sorted(old) if old[k] != new.get(k, object())]
 
@@ -211,7 +189,8 @@ class RunWriter:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(self._path("tensorboard"), flush_secs=30)
     for key in ("train_loss", "train_rmse", "val_rmse", "val_nme"):
-      self._tb.add_scalar(key, record[key], global_step=record["step"])
+      if key in record:  # No validation figures in a final fit on every face.
+        self._tb.add_scalar(key, record[key], global_step=record["step"])
     self._tb.flush()
 
   def close(self) -> None:
@@ -223,13 +202,17 @@ class RunWriter:
     if self.enabled:
       write_json(self._path("results.json"), results)
 
-  def write_plots(self, history, val: Faces, predictions, metrics) -> None:
+  def write_plots(self, history, val: Faces, predictions, per_keypoint_rmse) -> None:
+    """Learning curves; with a validation split, its 4x4 grid and per-keypoint RMSE too."""
     if not self.enabled:
       return
-    n = min(16, len(val))
-    save_figure(plot_grid(val.images[:n], predictions[:n], val.targets[:n], val.mask[:n],
-                          title=f"validation faces, RMSE {metrics['rmse']:.2f} px"),
-                self._path("predictions.png"))
     save_figure(plot_curves(history), self._path("learning_curves.png"))
-    save_figure(plot_per_keypoint(metrics["per_keypoint_rmse"]),
-                self._path("per_keypoint_rmse.png"))
+    if not len(val):
+      return
+    n = min(16, len(val))
+    sq = val.mask[:n] * (predictions[:n] - val.targets[:n]) ** 2
+    save_figure(plot_grid(val.images[:n], predictions[:n], val.targets[:n], val.mask[:n],
+                          title=f"validation faces, RMSE of these {n}: "
+                          f"{np.sqrt(sq.sum() / max(val.mask[:n].sum(), 1)):.2f} px"),
+                self._path("predictions.png"))
+    save_figure(plot_per_keypoint(per_keypoint_rmse), self._path("per_keypoint_rmse.png"))

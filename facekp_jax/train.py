@@ -7,6 +7,7 @@ so parameters never leave the devices between steps.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -25,11 +26,14 @@ from facekp_jax import (
   device_input,
   interrupts,
   keypoints,
+  losses,
   models,
   optim,
   report,
   sharding,
+  workdir_lock,
 )
+from facekp_jax import metrics as metrics_lib
 
 
 class ConfigError(ValueError):
@@ -41,62 +45,69 @@ def check_config(config, num_devices: int) -> None:
   problems = []
   if config.data.rows not in ("complete", "all"):
     problems.append(f"data.rows must be 'complete' or 'all', got {config.data.rows!r}")
-  if not 0.0 < config.data.val_fraction < 1.0:
-    problems.append(f"data.val_fraction must be in (0, 1), got {config.data.val_fraction}")
+  if config.data.bad_labels not in data.BAD_LABELS:
+    problems.append(f"data.bad_labels must be one of {list(data.BAD_LABELS)}, got "
+                    f"{config.data.bad_labels!r}")
+  if not 0.0 <= config.data.val_fraction < 1.0:
+    problems.append(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
   if config.batch_size < 1 or config.batch_size % num_devices:
     problems.append(f"batch_size {config.batch_size} does not divide evenly over {num_devices} "
                     f"devices; use a multiple of {num_devices}")
-  if config.model.output_activation not in models.OUTPUT_ACTIVATIONS:
-    problems.append(f"model.output_activation must be one of {sorted(models.OUTPUT_ACTIVATIONS)}, "
-                    f"got {config.model.output_activation!r}")
-  if len(config.model.stage_filters) != len(config.model.stage_blocks):
-    problems.append("model.stage_filters and model.stage_blocks must have the same length")
-  low, high = config.augment.brightness_range
-  if not 0 < low <= high:
-    problems.append(f"augment.brightness_range must be 0 < low <= high, got {(low, high)}")
-  for name in ("hflip_prob", "vflip_prob", "brightness_prob"):
-    if not 0.0 <= config.augment[name] <= 1.0:
-      problems.append(f"augment.{name} must be in [0, 1], got {config.augment[name]}")
-  if config.get("steps_per_call", 1) < 1:
-    problems.append(f"steps_per_call must be >= 1, got {config.steps_per_call}")
-  problems += _optimizer_problems(config) + _head_problems(config.model)
+  for name, low in (("num_epochs", 1), ("eval_batch_size", 1), ("keep_checkpoints", 1),
+                    ("checkpoint_every_steps", 0), ("steps_per_call", 1)):
+    if not config[name] >= low:
+      problems.append(f"{name} must be >= {low}, got {config[name]}")
+  problems += augment.config_problems(config.augment) + losses.config_problems(config)
+  if not 0.0 <= config.ema_decay < 1.0:
+    problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+  problems += _optimizer_problems(config) + models.config_problems(config.model)
   if problems:
     raise ConfigError("; ".join(problems))
 
 
 def _optimizer_problems(config) -> list[str]:
   problems = []
-  if config.get("optimizer", "adam") not in optim.OPTIMIZERS:
+  if config.optimizer not in optim.OPTIMIZERS:
     problems.append(f"optimizer must be one of {list(optim.OPTIMIZERS)}, got {config.optimizer!r}")
-  if config.get("schedule", "constant") not in optim.SCHEDULES:
+  if config.schedule not in optim.SCHEDULES:
     problems.append(f"schedule must be one of {list(optim.SCHEDULES)}, got {config.schedule!r}")
   if not config.learning_rate > 0:
     problems.append(f"learning_rate must be > 0, got {config.learning_rate}")
-  if not config.get("weight_decay", 0.0) >= 0:
+  if not config.weight_decay >= 0:
     problems.append(f"weight_decay must be >= 0, got {config.weight_decay}")
-  if not 0 <= config.get("warmup_epochs", 0.0) < max(config.num_epochs, 1):
+  if not 0 <= config.warmup_epochs < max(config.num_epochs, 1):
     problems.append(f"warmup_epochs must be in [0, num_epochs={config.num_epochs}), "
                     f"got {config.warmup_epochs}")
   return problems
 
 
-def _head_problems(model_config) -> list[str]:
-  head = model_config.get("head", "regression")
-  if head not in models.HEADS:
-    return [f"model.head must be one of {list(models.HEADS)}, got {head!r}"]
-  if head == "heatmap" and model_config.output_activation != "linear":
-    return ["model.output_activation applies to the regression head only; use 'linear' with "
-            "model.head='heatmap'"]
-  if head == "heatmap" and not model_config.get("heatmap_size", 48) >= 1:
-    return [f"model.heatmap_size must be >= 1, got {model_config.heatmap_size}"]
-  return []
-
-
 class TrainState(train_state.TrainState):
-  """Parameters, optimizer state and step (from flax), plus batch-norm statistics and the RNG."""
+  """Parameters, optimizer state and step (from flax), batch-norm statistics, the RNG and EMA.
+
+  ``ema_params`` is the parameters' exponential moving average when ``config.ema_decay``
+  is on (``None`` otherwise: the state then has the tree of runs from before the EMA), and
+  it is what ``predict_step`` uses: validation, the best checkpoint, evaluate and predict.
+  """
 
   batch_stats: Any
   rng: jax.Array
+  ema_params: Any = None
+
+
+def ema_decay_at(decay: float, step):
+  """The EMA's decay after ``step`` updates: ``min(decay, (1 + step) / (10 + step))``.
+
+  The warm-up (as TensorFlow's ExponentialMovingAverage with ``num_updates``) lets the
+  average follow the fast early changes instead of holding the initial weights for
+  ~1 / (1 - decay) steps.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema, params, decay):
+  """``decay * ema + (1 - decay) * params``, leaf by leaf."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
 def masked_sse(predictions, targets, mask):
@@ -122,39 +133,61 @@ def create_train_state(config, model, mesh, steps_per_epoch: int | None = None) 
   def init():
     variables = model.init({"params": init_key}, jnp.zeros((1, 96, 96, 1), jnp.float32),
                            train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables["batch_stats"], rng=state_key)
+    params = variables["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             batch_stats=variables["batch_stats"], rng=state_key,
+                             ema_params=params if config.ema_decay else None)
 
   return jax.jit(init, out_shardings=sharding.replicated(mesh))()
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
-  """One Adam step on the masked MSE (in pixels^2) of a global batch.
+def in_frame(targets) -> jax.Array:
+  """1 where a keypoint (both its coordinates) lies on the 96x96 frame [-0.5, 95.5]^2."""
+  points = targets.reshape(targets.shape[0], -1, 2)
+  inside = jnp.all((points >= -0.5) & (points <= keypoints.IMAGE_SIZE - 0.5), axis=-1)
+  return jnp.repeat(inside, 2, axis=1).astype(targets.dtype)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_sum=masked_sse,
+               ema_decay: float = 0.0, in_frame_only: bool = False) -> tuple[TrainState, dict]:
+  """One optimizer step on the masked mean loss of a global batch.
 
   Args:
     state: the replicated train state.
     batch: ``images`` (B, 96, 96, 1), ``targets`` (B, 30), ``mask`` (B, 30).
+    loss_sum: ``(predictions, targets, mask) -> (sum, count)`` (``losses.masked_sum``);
+      the default is the masked squared error in pixels^2.
+    ema_decay: the parameter EMA's decay (0: no EMA; the state's ``ema_params`` is None).
+    in_frame_only: leave labels outside the frame out of the loss (the heatmap head, whose
+      maps cover the frame only, cannot reach them); ``count`` then omits them.
 
   Returns:
-    The new state and ``{"sse", "count"}`` of this batch (on device).
+    The new state and ``{"sse", "count"}`` of this batch (on device): the squared error in
+    pixels^2 whatever the loss, so that the reported train RMSE is always in pixels.
   """
   dropout_key = jax.random.fold_in(state.rng, state.step)
+  mask = batch["mask"] * in_frame(batch["targets"]) if in_frame_only else batch["mask"]
 
   def loss_fn(params):
     predictions, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, batch["images"], train=True,
         rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-    sse, count = masked_sse(predictions, batch["targets"], batch["mask"])
-    return sse / jnp.maximum(count, 1.0), (updates["batch_stats"], sse, count)
+    total, count = loss_sum(predictions, batch["targets"], mask)
+    sse, _ = masked_sse(predictions, batch["targets"], mask)
+    return total / jnp.maximum(count, 1.0), (updates["batch_stats"], sse, count)
 
   grads, (batch_stats, sse, count) = jax.grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if ema_decay:
+    state = state.replace(ema_params=ema_update(state.ema_params, state.params,
+                                                ema_decay_at(ema_decay, state.step)))
   return state, {"sse": sse, "count": count}
 
 
 def predict_step(state: TrainState, images: jax.Array) -> jax.Array:
-  """Keypoints in pixels (B, 30) with batch-norm running statistics, no dropout."""
-  return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images,
+  """Keypoints in pixels (B, 30): the EMA parameters when there are, running batch statistics."""
+  params = state.params if state.ema_params is None else state.ema_params
+  return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
                         train=False)
 
 
@@ -167,13 +200,16 @@ class Trainer:
     dtype = jnp.bfloat16 if config.half_precision else jnp.float32
     self.model = models.create_model(config, dtype=dtype)
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    self.train_step = jax.jit(train_step, in_shardings=(rep, shard), out_shardings=(rep, rep),
+    step = functools.partial(train_step, loss_sum=losses.masked_sum(config),
+                             ema_decay=config.ema_decay,
+                             in_frame_only=config.model.head == "heatmap")
+    self.train_step = jax.jit(step, in_shardings=(rep, shard), out_shardings=(rep, rep),
                               donate_argnums=0)
     self.predict_step = jax.jit(predict_step, in_shardings=(rep, shard), out_shardings=rep)
     # Input on the devices: several steps per call over a device copy of the training split.
     steps_shard = sharding.steps_sharded(mesh)
     self.train_steps = jax.jit(
-        device_input.make_train_steps(train_step, config.augment),
+        device_input.make_train_steps(step, config.augment),
         in_shardings=(rep, rep, steps_shard, steps_shard), out_shardings=(rep, rep),
         donate_argnums=0)
     n_dev = mesh.devices.size
@@ -236,27 +272,44 @@ def epoch_batches(train: data.Faces, config, epoch: int, start: int = 0):
 
 
 def prepare_training_faces(train: data.Faces, config) -> data.Faces:
-  """The training split, enlarged with the seed's offline copies when asked."""
+  """The training split, enlarged with the seed's offline copies or mirrored copies when asked.
+
+  ``data.flip_copies``: every face plus its mirror (``augment.hflip`` with the config's label
+  swap), fixed once, as the Keras notebook fed its flips; online flips usually go with it off.
+  """
   if config.data.seed_copies:
     return augment.seed_copies(train, np.random.default_rng([config.seed, 0xC0]), config.augment)
+  if config.data.flip_copies:
+    mirrored = augment.hflip(train, swap_labels=config.augment.hflip_swap)
+    return data.Faces(*(np.concatenate([getattr(train, f), getattr(mirrored, f)])
+                        for f in ("images", "targets", "mask")))
   return train
 
 
 class _LossSums:
-  """Running (sse, count) of an epoch, folded on the host in step order.
+  """Running (sse, count, present) of an epoch, folded on the host in step order.
 
+  ``present`` counts the labelled coordinates of the batches before augmentation, so
+  ``present - count`` is how many the geometric augmentation pushed out of the frame.
   Device results are fetched only at fold points (checkpoints, epoch ends), so
   steps stay asynchronous in between; a non-finite loss is reported with the
   first step that produced it.
   """
 
-  def __init__(self, sse: float = 0.0, count: float = 0.0):
-    self.sse, self.count = sse, count
+  def __init__(self, progress: dict | None = None):
+    progress = progress or {}
+    self.sse, self.count = progress.get("epoch_sse", 0.0), progress.get("epoch_count", 0.0)
+    self.present = progress.get("epoch_present", self.count)  # Absent before geometry.
     self._pending: list[tuple[int, dict]] = []
 
-  def add(self, step: int, metrics: dict) -> None:
+  def add(self, step: int, metrics: dict, present: float) -> None:
     """Metrics of ``step``, or of the steps from ``step`` on when stacked (one call, K steps)."""
     self._pending.append((step, metrics))
+    self.present += present
+
+  def progress(self) -> dict:
+    """The epoch's sums so far, for a checkpoint (call after ``fold``)."""
+    return {"epoch_sse": self.sse, "epoch_count": self.count, "epoch_present": self.present}
 
   def fold(self) -> None:
     for step, m in jax.device_get(self._pending):
@@ -299,40 +352,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train)} training faces "
                       f"of {source}")
   logging.info("data: %s: %d train / %d validation faces", source, len(train), len(val))
-
-  writer = report.RunWriter(workdir, enabled=jax.process_index() == 0)
-  writer.write_config(config)
-  trainer = Trainer(config, mesh)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  try:
-    state = trainer.init_state(len(train) // config.batch_size)
-    progress = {"history": [], "epoch_sse": 0.0, "epoch_count": 0.0}
-    if ckpt.latest_step() is not None:
-      state, progress = ckpt.restore(state)
-      logging.info("resumed from the checkpoint at step %d", int(state.step))
-    writer.rewrite_metrics(progress["history"])
-    state, history = _fit(trainer, state, progress, train, val, ckpt, writer)
-    ckpt.wait()
-    predictions = trainer.predict(state, val.images, tta=config.get("tta", False))
-    final = report.keypoint_metrics(predictions, val.targets, val.mask)
-    baseline = report.keypoint_metrics(report.mean_shape_prediction(train, len(val)),
-                                       val.targets, val.mask)
-    results = {
-        "source": source, "num_train": len(train), "num_val": len(val),
-        "epochs": config.num_epochs, "steps": int(jax.device_get(state.step)),
-        "val_rmse": final["rmse"], "val_nme": final["nme"],
-        "val_per_keypoint_rmse": final["per_keypoint_rmse"], "val_count": final["count"],
-        "mean_shape_val_rmse": baseline["rmse"], "best_checkpoint_step": ckpt.best_step(),
-        "devices": mesh.devices.size, "wall_seconds": time.time() - t_start,
-    }
-    writer.write_results(results)
-    writer.write_plots(history, val, predictions, final)
-  finally:
-    ckpt.close()  # Waits for saves in flight: only good states are ever saved.
-    writer.close()
-  logging.info("validation RMSE %.3f px (mean-shape baseline %.3f px), NME %.4f; outputs in %s",
-               final["rmse"], baseline["rmse"], final["nme"], workdir)
+  with workdir_lock.acquire(workdir):  # Before anything is written: one training per workdir.
+    writer = report.RunWriter(workdir, enabled=jax.process_index() == 0)
+    writer.write_config(config)
+    trainer = Trainer(config, mesh)
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    try:
+      state = trainer.init_state(len(train) // config.batch_size)
+      progress = {"history": []}
+      if ckpt.latest_step() is not None:
+        state, progress = ckpt.restore(state)
+        logging.info("resumed from the checkpoint at step %d", int(state.step))
+      writer.rewrite_metrics(progress["history"])
+      state, history = _fit(trainer, state, progress, train, val, ckpt, writer)
+      ckpt.wait()
+      results = {
+          "source": source, "num_train": len(train), "num_val": len(val),
+          "epochs": config.num_epochs, "steps": int(jax.device_get(state.step)),
+          "train_rmse": history[-1]["train_rmse"] if history else None,
+          "best_checkpoint_step": ckpt.best_step(), "devices": mesh.devices.size,
+      }
+      predictions = None
+      if len(val):
+        predictions, figures = _final_evaluation(trainer, state, train, val)
+        results.update(figures)
+      results["wall_seconds"] = time.time() - t_start
+      writer.write_results(results)
+      writer.write_plots(history, val, predictions, results.get("val_per_keypoint_rmse"))
+    finally:
+      ckpt.close()  # Waits for saves in flight: only good states are ever saved.
+      writer.close()
+  if len(val):
+    logging.info("validation RMSE %.3f px (mean-shape baseline %.3f px), NME %.4f; outputs in %s",
+                 results["val_rmse"], results["mean_shape_val_rmse"], results["val_nme"], workdir)
+  else:
+    logging.info("trained on every face (no validation split); the last checkpoint is the model; "
+                 "outputs in %s", workdir)
   return results
+
+
+def _final_evaluation(trainer: Trainer, state: TrainState, train: data.Faces,
+                      val: data.Faces) -> tuple[np.ndarray, dict]:
+  """(predictions, figures) of the final state on ``val``; with an EMA, the raw weights' too."""
+  tta = trainer.config.tta
+  predictions = trainer.predict(state, val.images, tta=tta)
+  final = metrics_lib.keypoint_metrics(predictions, val.targets, val.mask)
+  baseline = metrics_lib.keypoint_metrics(metrics_lib.mean_shape_prediction(train, len(val)),
+                                          val.targets, val.mask)
+  out = {f"val_{k}": v for k, v in final.items()}
+  out["mean_shape_val_rmse"] = baseline["rmse"]
+  if state.ema_params is not None:
+    raw = trainer.predict(state.replace(ema_params=None), val.images, tta=tta)
+    out["val_rmse_raw_weights"] = metrics_lib.keypoint_metrics(raw, val.targets, val.mask)["rmse"]
+  return predictions, out
 
 
 def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
@@ -343,18 +415,18 @@ def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
   steps_per_epoch = len(train) // config.batch_size
   every = config.checkpoint_every_steps
   start = int(jax.device_get(state.step))
-  dataset = device_input.upload(train, mesh) if config.get("input_on_device", False) else None
+  dataset = device_input.upload(train, mesh) if config.input_on_device else None
   with interrupts.StopRequest() as stop:
     for epoch in range(start // steps_per_epoch, config.num_epochs):
       t0 = time.time()
       first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
-      sums = _LossSums(progress["epoch_sse"], progress["epoch_count"]) if first else _LossSums()
+      sums = _LossSums(progress if first else None)
       bar = tqdm(initial=first, total=steps_per_epoch, leave=False, disable=None,
                  desc=f"epoch {epoch + 1}/{config.num_epochs}")
       steps = epoch_steps(trainer, state, train, dataset, epoch, first)
-      for i, k, state, metrics in steps:
+      for i, k, state, metrics, present in steps:
         step = epoch * steps_per_epoch + i + k
-        sums.add(step - k + 1, metrics)
+        sums.add(step - k + 1, metrics, present)
         bar.update(k)
         if i + k == steps_per_epoch:
           bar.close()
@@ -362,23 +434,29 @@ def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
         stopping = stop.stop_after(step, k)  # A collective vote with several processes.
         if stopping or (every and step % every == 0):
           sums.fold()
-          ckpt.save(state, {"history": history, "epoch_sse": sums.sse, "epoch_count": sums.count})
+          ckpt.save(state, {"history": history, **sums.progress()})
           if stopping:
             raise interrupts.Interrupted(stop.signum, step)
       sums.fold()
-      val_metrics = report.keypoint_metrics(trainer.predict(state, val.images), val.targets,
-                                            val.mask)
       record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                 "train_loss": sums.loss, "train_rmse": float(np.sqrt(sums.loss)),
-                "val_rmse": val_metrics["rmse"], "val_nme": val_metrics["nme"],
-                "epoch_seconds": time.time() - t0}
+                "train_out_of_frame": int(round(sums.present - sums.count))}
+      if len(val):
+        val_metrics = metrics_lib.keypoint_metrics(trainer.predict(state, val.images), val.targets,
+                                               val.mask)
+        record.update(val_rmse=val_metrics["rmse"], val_nme=val_metrics["nme"])
+      record["epoch_seconds"] = time.time() - t0
       history.append(record)
-      ckpt.save(state, {"history": history, "epoch_sse": 0.0, "epoch_count": 0.0},
-                metrics={"val_rmse": record["val_rmse"]})
+      ckpt.save(state, {"history": history},
+                metrics={"val_rmse": record["val_rmse"]} if len(val) else None)
       writer.append_metrics(record)
-      logging.info("epoch %d/%d: train loss %.3f px^2, val RMSE %.3f px, NME %.4f (%.1fs)",
-                   epoch + 1, config.num_epochs, record["train_loss"], record["val_rmse"],
-                   record["val_nme"], record["epoch_seconds"])
+      logging.info("epoch %d/%d: train loss %.3f px^2, %s (%.1fs)", epoch + 1, config.num_epochs,
+                   record["train_loss"], f"val RMSE {record['val_rmse']:.3f} px, NME "
+                   f"{record['val_nme']:.4f}" if len(val) else "no validation split",
+                   record["epoch_seconds"])
+      if record["train_out_of_frame"]:
+        logging.info("  %d labelled coordinates lay outside the frame (after augmentation) and "
+                     "were left out of the loss", record["train_out_of_frame"])
       if epoch + 1 < config.num_epochs and stop.stop_after(record["step"], boundary=True):
         raise interrupts.Interrupted(stop.signum, record["step"])
   return state, history
@@ -386,7 +464,10 @@ def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
 
 def epoch_steps(trainer: Trainer, state: TrainState, train: data.Faces, dataset, epoch: int,
                  first: int):
-  """Runs an epoch's steps from ``first`` on; yields (index, steps taken, state, metrics).
+  """Runs an epoch's steps from ``first`` on.
+
+  Yields (index, steps taken, state, metrics, labelled coordinates of those batches before
+  augmentation).
 
   Host input: one step per call, the batch built and augmented by numpy. Input on
   the devices (``dataset`` given): up to ``config.steps_per_call`` steps per call,
@@ -402,10 +483,10 @@ def epoch_steps(trainer: Trainer, state: TrainState, train: data.Faces, dataset,
                                  {name: p[rows] for name, p in plan.items()}, config.augment)
       local = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
       state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
-      yield i, 1, state, metrics
+      yield i, 1, state, metrics, float(train.mask[indices].sum())
     return
   steps_per_epoch = len(train) // config.batch_size
-  per_call, every = max(1, config.get("steps_per_call", 1)), config.checkpoint_every_steps
+  per_call, every = max(1, config.steps_per_call), config.checkpoint_every_steps
   i = first
   while i < steps_per_epoch:
     room = steps_per_epoch - i
@@ -419,5 +500,5 @@ def epoch_steps(trainer: Trainer, state: TrainState, train: data.Faces, dataset,
     local = jax.tree.map(lambda x: x[:, _process_rows(x.shape[1])], (indices, plan))
     state, metrics = trainer.train_steps(state, dataset,
                                          *sharding.to_global(local, mesh, sharding.steps_sharded))
-    yield i, k, state, metrics
+    yield i, k, state, metrics, float(train.mask[indices].sum())
     i += k

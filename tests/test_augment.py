@@ -15,9 +15,73 @@ def _faces(n=6, seed=0):
 
 def _config(**kw):
   c = ml_collections.ConfigDict(dict(hflip_prob=0.0, hflip_swap=True, vflip_prob=0.0,
-                                     brightness_prob=0.0, brightness_range=(0.8, 1.25)))
+                                     brightness_prob=0.0, brightness_range=(0.8, 1.25),
+                                     geometry_prob=0.0, rotate_deg=0.0, scale_range=(1.0, 1.0),
+                                     shift_px=0.0))
   c.update(kw)
   return c
+
+
+def _dot_face(x: int, y: int, keypoint: int = 0) -> Faces:
+  """One black face with a 3x3 white dot at (x, y), labelled as ``keypoint``."""
+  images = np.zeros((1, 96, 96, 1), np.float32)
+  images[0, y - 1:y + 2, x - 1:x + 2] = 1.0
+  targets, mask = np.zeros((1, 30), np.float32), np.zeros((1, 30), np.float32)
+  targets[0, 2 * keypoint:2 * keypoint + 2] = (x, y)
+  mask[0, 2 * keypoint:2 * keypoint + 2] = 1
+  return Faces(images, targets, mask)
+
+
+def _brightest(image) -> tuple[float, float]:
+  """Intensity-weighted centre (x, y) of an image's bright pixels."""
+  w = np.where(image[..., 0] > 0.2, image[..., 0], 0.0)
+  ys, xs = np.mgrid[:96, :96]
+  return float((w * xs).sum() / w.sum()), float((w * ys).sum() / w.sum())
+
+
+@pytest.mark.parametrize("angle,scale,shift,flip", [
+    (30.0, 1.0, (0.0, 0.0), False), (-20.0, 0.8, (5.0, -7.0), False),
+    (15.0, 1.2, (-6.0, 4.0), True), (0.0, 1.0, (9.0, 3.0), True)])
+def test_a_drawn_dot_lands_on_its_label_after_the_warp(angle, scale, shift, flip):
+  faces = _dot_face(70, 30, keypoint=keypoints.LEFT_EYE)
+  plan = augment.draw_plan(1, np.random.default_rng(0), _config())
+  plan["hflip"] = np.array([flip])
+  plan["geometry"] = np.array([True])
+  plan["forward"], plan["inverse"] = augment.affine_maps([angle], [scale], [shift])
+  out = augment.apply_plan(faces, plan, _config())
+  eye = keypoints.RIGHT_EYE if flip else keypoints.LEFT_EYE  # The flip swaps the label.
+  assert out.mask[0, 2 * eye] == 1 and out.mask.sum() == 2
+  label = out.targets[0, 2 * eye:2 * eye + 2]
+  np.testing.assert_allclose(_brightest(out.images[0]), label, atol=0.15)
+  # And the label is where the map sends the (mirrored) point, by hand.
+  x, y = (95 - 70 if flip else 70) - 47.5, 30 - 47.5
+  t = np.deg2rad(angle)
+  want = (scale * (np.cos(t) * x - np.sin(t) * y) + 47.5 + shift[0],
+          scale * (np.sin(t) * x + np.cos(t) * y) + 47.5 + shift[1])
+  np.testing.assert_allclose(label, want, atol=1e-3)
+
+
+def test_a_label_pushed_out_of_the_frame_is_masked():
+  faces = _dot_face(90, 50, keypoint=0)
+  faces.targets[0, 2:4], faces.mask[0, 2:4] = (50, 50), 1  # A second point, near the centre.
+  forward, inverse = augment.affine_maps([0.0], [1.0], [(10.0, 0.0)])
+  out = augment.warp(faces, forward, inverse)
+  np.testing.assert_array_equal(out.mask[0, :4], [0, 0, 1, 1])  # x = 100 left the frame.
+  np.testing.assert_array_equal(out.targets[0, :2], [0, 0])
+  np.testing.assert_allclose(out.targets[0, 2:4], [60, 50], atol=1e-4)
+  # Edge fill: the strip uncovered on the left repeats the image's first column.
+  np.testing.assert_array_equal(out.images[0, :, :10], np.repeat(faces.images[0, :, :1], 10, 1))
+
+
+def test_identity_geometry_draws_leave_old_plans_unchanged():
+  config = _config(hflip_prob=0.5, brightness_prob=0.5)
+  plan = augment.draw_plan(64, np.random.default_rng(5), config)
+  rng = np.random.default_rng(5)  # The draws of the version before geometry, by hand.
+  assert (plan["hflip"] == (rng.random(64) < 0.5)).all()
+  rng.random(64), rng.random(64)
+  assert not plan["geometry"].any()
+  np.testing.assert_array_equal(plan["forward"], np.tile(np.eye(2, 3, dtype=np.float32),
+                                                         (64, 1, 1)))
 
 
 def test_hflip_moves_a_dot_and_its_label_to_the_mirrored_pixel():

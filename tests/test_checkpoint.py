@@ -98,10 +98,35 @@ def test_sigkill_three_times_then_resume_is_bit_identical(csv, uninterrupted, tm
     rc, _ = _start_and_signal(csv, workdir, after_step, signal.SIGKILL, delay)
     assert rc == -signal.SIGKILL
   assert max(_steps(workdir)) < EPOCHS * 4  # Killed before the end each time.
+  assert (workdir / ".lock").exists()  # The dead holder's lock file stays; the OS lock did not.
   proc = _run(csv, workdir)
   assert proc.returncode == 0, proc.stderr
   assert "resumed from the checkpoint" in proc.stderr
   _assert_same_run(uninterrupted, workdir)
+
+
+def test_a_second_training_on_a_busy_workdir_is_refused_at_once(csv, uninterrupted, tmp_path):
+  workdir = tmp_path / "busy"
+  first = subprocess.Popen(_args(csv, workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=_env(), cwd=ROOT)
+  deadline = time.time() + 240
+  while max(_steps(workdir), default=0) < 2 and first.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.01)
+  first.send_signal(signal.SIGSTOP)  # Holds the lock, frozen mid-run, while the second tries.
+  try:
+    before = sorted(p.name for p in workdir.rglob("*"))
+    second = _run(csv, workdir)
+    after = sorted(p.name for p in workdir.rglob("*"))
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert second.returncode == 2
+  lines = second.stderr.strip().splitlines()
+  assert "in use by another training" in lines[-1] and f"pid {first.pid}" in lines[-1]
+  assert after == before  # The refused run wrote nothing.
+  _, err = first.communicate(timeout=240)
+  assert first.returncode == 0, err
+  _assert_same_run(uninterrupted, workdir)  # The first is unaffected: same state, 6 epochs.
 
 
 def test_sigterm_saves_exits_cleanly_and_resumes(csv, uninterrupted, tmp_path):

@@ -33,3 +33,27 @@ def test_seed_replica_keeps_the_seed_faults_and_resnet_does_not():
   assert seed.data.rows == "complete" and fixed.data.rows == "all"  # The `rows` ablation.
   assert fixed.augment.vflip_prob == 0.0
   assert (fixed.num_epochs, fixed.batch_size) == (50, 32)
+
+
+def test_a_saved_config_gets_the_behaviour_of_the_fields_it_predates():
+  import json
+
+  from configs import resnet
+  from facekp_jax import config_upgrade, report
+  new = resnet.get_config()
+  saved = json.loads(new.to_json())
+  for field in ("loss", "ema_decay"):
+    del saved[field]
+  del saved["model"]["head"], saved["augment"]["geometry_prob"]
+  upgraded = config_upgrade.upgrade(saved)
+  assert (upgraded["model"]["head"], upgraded["loss"], upgraded["ema_decay"]) == (
+      "regression", "mse", 0.0)  # What the project did before these fields existed.
+  assert upgraded["augment"]["geometry_prob"] == 0.0 and "head" not in saved["model"]
+  # Resuming such a run under today's defaults is a change where they differ from the past.
+  diffs = report.config_differences(saved, new)
+  assert any(d.startswith("model.head: 'regression' -> 'heatmap'") for d in diffs)
+  for field, legacy in config_upgrade.LEGACY.items():  # Each names a real config field.
+    node = new
+    for part in field.split("."):
+      node = node[part]
+    assert type(node) is type(legacy) or isinstance(legacy, float), field

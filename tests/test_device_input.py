@@ -40,6 +40,20 @@ def test_device_augmentation_equals_numpy_bit_for_bit(swap):
   np.testing.assert_array_equal(got["mask"], want.mask)
 
 
+def test_device_warp_equals_numpy_with_flips_and_brightness():
+  config = _config(geometry_prob=0.7, rotate_deg=30.0, scale_range=(0.8, 1.2), shift_px=8.0)
+  fn = jax.jit(lambda b, p: device_input.apply_plan(b, p, config.augment))
+  for seed in range(3):
+    faces = _faces(16, seed)
+    plan = augment.draw_plan(16, np.random.default_rng(seed), config.augment)
+    assert plan["geometry"].any() and not plan["geometry"].all()
+    want = augment.apply_plan(faces, plan, config.augment)
+    got = fn({"images": faces.images, "targets": faces.targets, "mask": faces.mask}, plan)
+    np.testing.assert_allclose(got["images"], want.images, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got["targets"], want.targets, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(got["mask"], want.mask)
+
+
 def test_epoch_plans_rebuild_the_host_batches():
   config = _config()
   config.batch_size = 8

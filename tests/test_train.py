@@ -202,3 +202,47 @@ def test_config_check_refuses_impossible_settings():
   msg = str(e.value)
   assert "batch_size 6 does not divide evenly over 4 devices" in msg
   assert "data.rows must be 'complete' or 'all'" in msg and "augment.hflip_prob" in msg
+
+
+def test_final_fit_on_every_face_has_no_validation_and_its_last_checkpoint_is_the_model(
+    tmp_path):
+  from facekp_jax import inference
+  config = _config(**{"num_epochs": 1, "data.synthetic_n": 24, "data.val_fraction": 0.0})
+  results = _run(config, tmp_path / "w")
+  assert results["num_train"] == 24 and results["num_val"] == 0 and results["steps"] == 3
+  assert "val_rmse" not in results and results["best_checkpoint_step"] is None
+  record = json.loads((tmp_path / "w" / "metrics.jsonl").read_text())
+  assert "val_rmse" not in record and record["train_rmse"] > 0
+  assert (tmp_path / "w" / "learning_curves.png").exists()
+  assert not (tmp_path / "w" / "predictions.png").exists()
+  assert inference.load(str(tmp_path / "w"), "best").step == 3  # No best: the latest.
+
+
+def test_new_config_checks_name_their_fields():
+  config = _config(**{"augment.geometry_prob": 2.0, "augment.scale_range": (1.2, 0.8),
+                      "augment.rotate_deg": -5.0, "ema_decay": 1.0, "loss": "l3",
+                      "data.val_fraction": 1.0})
+  with pytest.raises(train.ConfigError) as e:
+    train.check_config(config, num_devices=1)
+  msg = str(e.value)
+  for part in ("augment.geometry_prob must be in [0, 1]", "augment.scale_range must be",
+               "augment.rotate_deg must be in [0, 180]", "ema_decay must be in [0, 1)",
+               "loss must be one of", "data.val_fraction must be in [0, 1)"):
+    assert part in msg, part
+
+
+def test_labels_outside_the_frame_train_the_regression_head_but_not_heatmaps():
+  rng = np.random.default_rng(0)
+  targets = rng.uniform(20, 70, (8, 30)).astype(np.float32)
+  targets[:, 0] = 110.0  # left_eye_center_x past the right edge: a real, plausible label.
+  batch = {"images": rng.random((8, 96, 96, 1), dtype=np.float32), "targets": targets,
+           "mask": np.ones((8, 30), np.float32)}
+  mesh = sharding.make_mesh()
+  counts = {}
+  for head in ("regression", "heatmap"):
+    config = _config(**{"model.head": head})
+    trainer = train.Trainer(config, mesh)
+    _, metrics = trainer.train_step(trainer.init_state(), sharding.to_global(batch, mesh))
+    counts[head] = float(metrics["count"])
+  assert counts == {"regression": 240.0, "heatmap": 224.0}  # Both coordinates of 8 points.
+  np.testing.assert_array_equal(train.in_frame(jnp.asarray(targets))[0, :4], [0, 0, 1, 1])
