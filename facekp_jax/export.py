@@ -57,6 +57,9 @@ def keypoint_function(model: inference.Model, tta: bool = False, input_dtype: st
   config.model.fast_ops = fast
   apply = models.create_model(config).apply
   flip = np.asarray(keypoints.FLIP_COORDS)
+  # x -> 95 - x on the x columns (keypoints.mirror), as arithmetic: no scatter in the graph.
+  sign = np.tile(np.float32([-1.0, 1.0]), keypoints.NUM_KEYPOINTS)
+  shift = np.tile(np.float32([keypoints.mirror(0.0), 0.0]), keypoints.NUM_KEYPOINTS)
 
   def predict(faces):
     x = faces.astype(jnp.float32)
@@ -66,7 +69,7 @@ def keypoint_function(model: inference.Model, tta: bool = False, input_dtype: st
     out = apply(variables, x, train=False).astype(jnp.float32)
     if tta:
       back = apply(variables, x[:, :, ::-1, :], train=False).astype(jnp.float32)[:, flip]
-      back = back.at[:, 0::2].set(keypoints.mirror(back[:, 0::2]))
+      back = back * sign + shift
       out = 0.5 * (out + back)
     return out
 

@@ -1,6 +1,11 @@
 """Your own pictures -> the model's 96x96 grey input, and keypoints back in the picture's pixels.
 
-Pictures (PNG; JPEG and others through Pillow, which matplotlib brings) are
+Photos (the default of ``predict``): every face ``faces.detect`` finds is read in a crop
+aligned to the training framing (``faces.find_keypoints``); ``predict_photos`` gives a
+``Photo`` per file and ``plot_photo`` its overlay (boxes and keypoints). A folder stands for
+the image files in it (``expand_paths``).
+
+Whole pictures (``--no-detect``) (PNG; JPEG and others through Pillow, which matplotlib brings) are
 turned grey (ITU-R 601 luma), made square, and resampled to 96x96 (area
 averaging when shrinking, linear interpolation when enlarging). The model knows
 Kaggle's framing only: an upright face filling most of the frame, eyes about
@@ -20,18 +25,42 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import matplotlib.image
 import matplotlib.pyplot as plt
 import numpy as np
 
-from facekp_jax import data, inference, keypoints
+from facekp_jax import data, faces, inference, keypoints
 
 SIZE = keypoints.IMAGE_SIZE
 CROPS = ("none", "center")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, as Pillow's "L" mode.
 _PREVIEW = 640  # Longest side of the picture kept for the overlay.
+# Files a folder contributes (what matplotlib and Pillow decode), by ending.
+IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+  """Files as given; a folder -> its image files (``IMAGE_ENDINGS``), sorted by name.
+
+  Raises:
+    data.DataError: a path that does not exist, or a folder without image files.
+  """
+  out = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = sorted(os.path.join(path, name) for name in os.listdir(path)
+                     if name.lower().endswith(IMAGE_ENDINGS)
+                     and os.path.isfile(os.path.join(path, name)))
+      if not found:
+        raise data.DataError(f"{path}: folder holds no image files ({', '.join(IMAGE_ENDINGS)})")
+      out.extend(found)
+    elif os.path.isfile(path):
+      out.append(path)
+    else:
+      raise data.DataError(f"{path}: file not found")
+  return out
 
 
 def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -138,6 +167,13 @@ class Picture:
   preview: np.ndarray  # The picture, at most _PREVIEW pixels on its longest side.
 
 
+def preview_of(picture: np.ndarray) -> np.ndarray:
+  """The picture, at most 640 pixels on its longest side (what overlays draw)."""
+  h, w = picture.shape[:2]
+  shrink = min(1.0, _PREVIEW / max(h, w))
+  return resize(picture, max(1, round(h * shrink)), max(1, round(w * shrink)))
+
+
 def predict_pictures(model: inference.Model, paths: list[str], crop: str = "none",
                      tta: bool = False, chunk: int = 64) -> Iterator[Picture]:
   """Predicts the keypoints of image files in batches of ``chunk`` pictures.
@@ -152,9 +188,7 @@ def predict_pictures(model: inference.Model, paths: list[str], crop: str = "none
       image, framing = fit(to_grey(picture), crop)
       inputs.append(image)
       h, w = picture.shape[:2]
-      shrink = min(1.0, _PREVIEW / max(h, w))
-      preview = resize(picture, max(1, round(h * shrink)), max(1, round(w * shrink)))
-      pictures.append(Picture(path, h, w, framing, np.empty(0), preview))
+      pictures.append(Picture(path, h, w, framing, np.empty(0), preview_of(picture)))
     predictions = model.predict(np.stack(inputs), tta=tta)
     for p, prediction in zip(pictures, predictions):
       p.keypoints = p.framing.to_picture(prediction)
@@ -184,4 +218,69 @@ def keypoint_lines(p: Picture, crop: str) -> str:
   lines = [f"{p.path} ({p.width}x{p.height}, crop={crop}): x, y in the picture's pixels"]
   for name, (x, y) in zip(keypoints.KEYPOINT_NAMES, p.keypoints.reshape(-1, 2)):
     lines.append(f"  {name:<26}{x:9.1f}{y:9.1f}")
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Photo:
+  """One photo's faces (``faces.Keypoints``, left to right; keypoints in its pixels)."""
+
+  path: str
+  height: int
+  width: int
+  faces: list[faces.Keypoints]
+  preview: np.ndarray | None  # See ``Picture.preview``.
+
+
+def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str],
+                   refine: bool = True) -> Iterator[Photo]:
+  """Finds and reads every face of each image file (``faces.find_keypoints``).
+
+  Args:
+    predict: the model on aligned crops, (N, 96, 96, 1) in [0, 1] -> (N, 30) pixels.
+    paths: image files.
+    refine: a second, upright crop from the first pass's eyes.
+
+  Raises:
+    data.DataError: a missing or undecodable file.
+  """
+  for path in paths:
+    picture = read_picture(path)
+    found = faces.find_keypoints(predict, to_grey(picture), refine=refine)
+    yield Photo(path, picture.shape[0], picture.shape[1], found, preview_of(picture))
+
+
+def plot_photo(p: Photo):
+  """The photo with each face's box (yellow, numbered) and keypoints (red x)."""
+  scale = 6.0 / max(p.height, p.width)
+  fig, ax = plt.subplots(figsize=(max(2.0, p.width * scale), max(2.0, p.height * scale)))
+  ax.imshow(p.preview, cmap="gray" if p.preview.ndim == 2 else None, vmin=0, vmax=1,
+            extent=(-0.5, p.width - 0.5, p.height - 0.5, -0.5), interpolation="antialiased")
+  for i, k in enumerate(p.faces):
+    x, y, w, h = k.face.box
+    ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="yellow", lw=1.2))
+    ax.text(x - 0.5, y - 1.5, str(i), color="yellow", fontsize=8, va="bottom")
+    xy = k.keypoints.reshape(-1, 2)
+    ax.plot(xy[:, 0], xy[:, 1], "x", ms=4, color="red", mew=1.2)
+  ax.set_xlim(-0.5, p.width - 0.5)
+  ax.set_ylim(p.height - 0.5, -0.5)
+  ax.axis("off")
+  ax.set_title(f"{os.path.basename(p.path)}: {len(p.faces)} face" + "s" * (len(p.faces) != 1),
+               fontsize=9)
+  return fig
+
+
+def face_lines(p: Photo) -> str:
+  """A photo's summary: one line, then one line per face (box, score, eye centres)."""
+  if not p.faces:
+    return f"{p.path} ({p.width}x{p.height}): no face found"
+  lines = [f"{p.path} ({p.width}x{p.height}): {len(p.faces)} face"
+           + "s" * (len(p.faces) != 1) + " (x, y in the photo's pixels)"]
+  for i, k in enumerate(p.faces):
+    x, y, w, h = k.face.box
+    xy = k.keypoints.reshape(-1, 2)
+    left, right = xy[keypoints.LEFT_EYE], xy[keypoints.RIGHT_EYE]
+    lines.append(f"  face {i}: box x {x:.0f} y {y:.0f} w {w:.0f} h {h:.0f}, score "
+                 f"{k.face.score:.1f}; eyes left ({left[0]:.1f}, {left[1]:.1f}) right "
+                 f"({right[0]:.1f}, {right[1]:.1f})")
   return "\n".join(lines)

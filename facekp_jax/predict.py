@@ -3,7 +3,8 @@
   python -m facekp_jax.predict --workdir=W --csv=test.csv --lookup=IdLookupTable.csv \
       --out=submission.csv
   python -m facekp_jax.predict --workdir=W --csv=test.csv --out=predictions.csv
-  python -m facekp_jax.predict --workdir=W [--crop=none|center] [--out_dir=DIR] face1.png ...
+  python -m facekp_jax.predict --workdir=W [--out_dir=DIR] [--out=faces.csv] photo.jpg DIR ...
+  python -m facekp_jax.predict --workdir=W --no-detect [--crop=none|center] face1.png ...
 
 Common flags: ``--checkpoint=best|latest`` (default best by validation RMSE) and
 ``--tta/--no-tta`` (flip test-time augmentation; default: the run's ``config.tta``).
@@ -13,19 +14,27 @@ one row per row of the lookup table, in its order. Without it, ``--out`` has
 ``ImageId`` and the 30 keypoint columns, one row per face of ``--csv``. Written
 coordinates are clipped to the frame, [0, 96]; files appear atomically.
 
-Pictures: see ``facekp_jax.pictures`` for how they are framed (``--crop``);
-keypoints are printed in the original picture's pixels, and each picture gets an
-overlay, ``<out_dir>/<stem>_keypoints.png`` (default ``out_dir``: the workdir).
+Photos (image files, or folders of them): every face OpenCV's detector finds is cropped to
+the training framing, read (``--refine``, the default: twice, the second crop upright and to
+scale from the first pass's eyes; see ``facekp_jax.faces``) and mapped back into the photo's
+pixels. Each photo with faces gets an overlay, ``<out_dir>/<stem>_keypoints.png`` (default
+``out_dir``: the workdir); every face is a row of ``--out`` (default ``<out_dir>/faces.csv``:
+file, face index, box, detector score, the 30 coordinates, unclipped) and an entry of the JSON
+beside it (``faces.json``). A photo without a face is reported in one line and the others go on.
+
+``--no-detect``: each picture is one face, fitted whole into 96x96 (``--crop``; see
+``facekp_jax.pictures``); keypoints are printed in the picture's pixels, with an overlay each.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import numpy as np
 import pandas as pd
 
-from facekp_jax import data, inference, keypoints, pictures, report
+from facekp_jax import data, faces, inference, keypoints, pictures, report
 
 SIZE = keypoints.IMAGE_SIZE
 LOOKUP_COLUMNS = ("RowId", keypoints.ID_COLUMN, "FeatureName")
@@ -155,6 +164,60 @@ def run_pictures(model: inference.Model, paths: list[str], out_dir: str, crop: s
   return done
 
 
+PHOTO_COLUMNS = ("file", "face", "box_x", "box_y", "box_width", "box_height", "score")
+
+
+def photo_table(photos: list[pictures.Photo]) -> pd.DataFrame:
+  """One row per face: file, face index, box (x, y, width, height), score, 30 coordinates."""
+  rows = [(p.path, i, *k.face.box, k.face.score, *k.keypoints)
+          for p in photos for i, k in enumerate(p.faces)]
+  frame = pd.DataFrame(rows, columns=[*PHOTO_COLUMNS, *keypoints.COLUMNS])
+  return frame.astype({"face": np.int64})
+
+
+def photo_record(p: pictures.Photo) -> dict:
+  """A photo's JSON entry: its size and, per face, box, score, crop map and keypoints."""
+  return {"file": p.path, "width": p.width, "height": p.height, "faces": [
+      {"face": i, "box": [round(float(v), 2) for v in k.face.box],
+       "score": round(k.face.score, 4),
+       "crop_transform": np.round(k.transform, 6).tolist(),
+       "keypoints": {name: [round(float(x), 4), round(float(y), 4)] for name, (x, y) in
+                     zip(keypoints.KEYPOINT_NAMES, k.keypoints.reshape(-1, 2))}}
+      for i, k in enumerate(p.faces)]}
+
+
+def run_photos(model: inference.Model, paths: list[str], out_dir: str, tta: bool = False,
+               refine: bool = True, out: str | None = None) -> list[pictures.Photo]:
+  """Finds and reads every face of each photo; writes overlays, ``out`` (CSV) and its JSON.
+
+  ``out`` defaults to ``<out_dir>/faces.csv``; the JSON is ``out`` with ``.json`` for ``.csv``.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  out = out or os.path.join(out_dir, "faces.csv")
+  print(f"{model.describe(tta)}, {faces.CASCADE}, refine {'on' if refine else 'off'}")
+  done = []
+  for p in pictures.predict_photos(lambda x: model.predict(x, tta=tta), paths, refine):
+    print(pictures.face_lines(p))
+    if p.faces:
+      overlay = os.path.join(out_dir, os.path.splitext(os.path.basename(p.path))[0]
+                             + "_keypoints.png")
+      report.save_figure(pictures.plot_photo(p), overlay)
+      print(f"  overlay: {overlay}")
+    p.preview = None  # Keep only the numbers.
+    done.append(p)
+  table = photo_table(done)
+  write_csv(out, table)
+  json_path = os.path.splitext(out)[0] + ".json"
+  report.write_json(json_path, {
+      "workdir": os.path.abspath(model.workdir), "checkpoint": model.checkpoint,
+      "step": model.step, "tta": tta, "refine": refine, "detector": faces.CASCADE,
+      "photos": [photo_record(p) for p in done]})
+  without = sum(not p.faces for p in done)
+  print(f"{len(table)} faces in {len(done) - without} of {len(done)} photos: wrote {out}, "
+        f"{json_path}")
+  return done
+
+
 def main(argv=None) -> None:
   parser = inference.ArgumentParser(
       prog="python -m facekp_jax.predict",
@@ -163,10 +226,14 @@ def main(argv=None) -> None:
   parser.add_argument("--csv", help="Kaggle test.csv-layout file (ImageId, Image)")
   parser.add_argument("--lookup", help="Kaggle IdLookupTable.csv: write a submission")
   parser.add_argument("--out", help="output CSV (with --csv)")
+  parser.add_argument("--detect", action=argparse.BooleanOptionalAction, default=True,
+                      help="photos: find the faces (default); --no-detect: one face per picture")
+  parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                      help="photos: crop each face again from the first pass's eyes (default)")
   parser.add_argument("--crop", choices=pictures.CROPS, default=None,
-                      help="pictures: pad to a square (none, default) or keep the centre square")
+                      help="--no-detect: pad to a square (none, default) or keep the centre square")
   parser.add_argument("--out_dir", help="pictures: where overlays go (default: the workdir)")
-  parser.add_argument("pictures", nargs="*", help="image files (PNG, JPEG, ...)")
+  parser.add_argument("pictures", nargs="*", help="image files (PNG, JPEG, ...) or folders")
   args = parser.parse_args(argv)
   inference.quiet_libraries()
   if bool(args.csv) == bool(args.pictures):
@@ -175,21 +242,28 @@ def main(argv=None) -> None:
     parser.error("--csv needs --out")
   if args.csv and (args.crop or args.out_dir):
     parser.error("--crop and --out_dir apply to image files, not --csv")
-  if args.pictures and (args.lookup or args.out):
-    parser.error("--lookup and --out apply to --csv, not image files")
+  if args.pictures and args.lookup:
+    parser.error("--lookup applies to --csv, not image files")
+  if args.pictures and not args.detect and args.out:
+    parser.error("--out applies to --csv or to photos, not with --no-detect")
+  if args.detect and args.crop:
+    parser.error("--crop applies with --no-detect (detected faces get aligned crops)")
   if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
     parser.error(f"--out {args.out}: its folder does not exist")
   try:
-    for path in [args.csv, args.lookup] if args.csv else args.pictures:
+    for path in [args.csv, args.lookup] if args.csv else []:
       if path and not os.path.isfile(path):
         raise data.DataError(f"{path}: file not found")
+    paths = pictures.expand_paths(args.pictures)  # Check them before the model.
     lookup = read_lookup(args.lookup) if args.lookup else None  # Check it before the model.
     model = inference.load(args.workdir, args.checkpoint)
     tta = model.config.get("tta", False) if args.tta is None else args.tta
     if args.csv:
       run_csv(model, args.csv, args.out, args.lookup, tta, lookup)
+    elif args.detect:
+      run_photos(model, paths, args.out_dir or args.workdir, tta, args.refine, args.out)
     else:
-      run_pictures(model, args.pictures, args.out_dir or args.workdir, args.crop or "none", tta)
+      run_pictures(model, paths, args.out_dir or args.workdir, args.crop or "none", tta)
   except inference.USER_ERRORS as e:
     inference.fail(e)
   except OSError as e:

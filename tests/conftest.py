@@ -37,3 +37,18 @@ def write_csv(tmp_path):
     return str(path)
 
   return write
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+  """A workdir of configs/tiny.py trained one epoch on 24 built-in faces (a few seconds), shared
+  by the tests that only need some trained model: predict, faces, export."""
+  from configs import tiny
+  from facekp_jax import train
+
+  config = tiny.get_config()
+  config.num_epochs = 1
+  config.data.synthetic_n = 24
+  path = str(tmp_path_factory.mktemp("tiny_run") / "w")
+  train.train_and_evaluate(config, path)
+  return path

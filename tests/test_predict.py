@@ -1,5 +1,6 @@
 """Kaggle submissions, prediction files and pictures from a trained workdir."""
 
+import json
 import os
 
 import matplotlib.image
@@ -8,20 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from configs import tiny
-from facekp_jax import inference, keypoints, pictures, predict, synthetic, train
+from facekp_jax import faces, inference, keypoints, pictures, predict, synthetic
 
 K = 5  # Faces in the generated test.csv.
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  config = tiny.get_config()
-  config.num_epochs = 1
-  config.data.synthetic_n = 24
-  path = str(tmp_path_factory.mktemp("run") / "w")
-  train.train_and_evaluate(config, path)
-  return path
+def workdir(tiny_workdir):
+  return tiny_workdir
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +124,7 @@ def test_pictures_are_predicted_in_their_own_pixels(loaded, tmp_path, capsys):
   jpeg = tmp_path / "big.jpg"
   plt.imsave(jpeg, np.repeat(big[..., None], 3, axis=2))
   assert matplotlib.image.imread(jpeg).shape == (192, 192, 3)
-  predict.main(["--workdir=w", f"--out_dir={out_dir}", paths[0], str(jpeg)])
+  predict.main(["--workdir=w", "--no-detect", f"--out_dir={out_dir}", paths[0], str(jpeg)])
   out = capsys.readouterr().out
   assert f"{paths[0]} (192x192, crop=none)" in out and "left_eye_center" in out
   assert (out_dir / "big_keypoints.png").exists()
@@ -137,6 +132,50 @@ def test_pictures_are_predicted_in_their_own_pixels(loaded, tmp_path, capsys):
   nose = keypoints.KEYPOINT_NAMES.index("nose_tip")
   np.testing.assert_allclose([float(v) for v in line.split()[1:]], twice[2 * nose:2 * nose + 2],
                              atol=0.06)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+  """A folder: a real photograph with one face, and a picture of a blank wall."""
+  skimage_data = pytest.importorskip("skimage.data")
+  folder = tmp_path_factory.mktemp("photos")
+  plt.imsave(folder / "astronaut.png", skimage_data.astronaut())
+  plt.imsave(folder / "wall.jpg", np.full((120, 160, 3), 200, np.uint8))
+  return folder
+
+
+def test_photos_give_a_row_per_face_and_one_line_for_a_photo_without(loaded, photos, tmp_path,
+                                                                      capsys):
+  astronaut, wall = str(photos / "astronaut.png"), str(photos / "wall.jpg")
+  out_dir = tmp_path / "out"
+  predict.main(["--workdir=w", f"--out_dir={out_dir}", str(photos)])  # A folder: its files.
+  out = capsys.readouterr().out
+  assert [line for line in out.splitlines() if "wall" in line] == [
+      f"{wall} (160x120): no face found"]
+  table = pd.read_csv(out_dir / "faces.csv")
+  assert list(table.columns) == [*predict.PHOTO_COLUMNS, *keypoints.COLUMNS]
+  assert table["file"].tolist() == [astronaut] and table["face"].tolist() == [0]
+  record = json.loads((out_dir / "faces.json").read_text())
+  assert [p["file"] for p in record["photos"]] == [astronaut, wall]
+  assert record["photos"][1]["faces"] == [] and record["refine"] is True
+  assert (out_dir / "astronaut_keypoints.png").stat().st_size > 0
+  assert not (out_dir / "wall_keypoints.png").exists()
+  # The coordinates are the model's on the face's (second) aligned crop, mapped back.
+  face = record["photos"][0]["faces"][0]
+  t = np.array(face["crop_transform"])
+  crop = faces.crop(pictures.to_grey(pictures.read_picture(astronaut)), t)
+  expected = faces.to_photo(t, loaded.predict(crop[None, ..., None]))[0]
+  np.testing.assert_allclose(table[list(keypoints.COLUMNS)].to_numpy()[0], expected, atol=2e-3)
+  np.testing.assert_allclose(table[["box_x", "box_y", "box_width", "box_height"]].to_numpy()[0],
+                             face["box"], atol=0.01)
+  # Files as a list, one pass only, a CSV of one's own naming (its JSON beside it).
+  mine = tmp_path / "mine.csv"
+  predict.main(["--workdir=w", "--no-refine", f"--out_dir={out_dir}", f"--out={mine}", wall,
+                astronaut])
+  assert pd.read_csv(mine)["file"].tolist() == [astronaut]
+  single = json.loads((tmp_path / "mine.json").read_text())
+  assert single["refine"] is False and single["photos"][0]["faces"] == []
+  assert single["photos"][1]["faces"][0]["box"] == face["box"]
 
 
 @pytest.mark.parametrize("crop", pictures.CROPS)
@@ -205,4 +244,10 @@ def test_one_line_errors(workdir, kaggle_files, tmp_path, capsys, monkeypatch):
   not_image.write_text("not a picture")
   assert "face.png: cannot be read as an image" in _fails(["--workdir=w", str(not_image)], capsys)
   assert "give either --csv or image files" in _fails(["--workdir=w"], capsys)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert _fails(["--workdir=w", str(empty)], capsys).startswith(
+      f"error: {empty}: folder holds no image files")
+  assert "--crop applies with --no-detect" in _fails(["--workdir=w", "--crop=center",
+                                                      str(not_image)], capsys)
   assert not out.exists()

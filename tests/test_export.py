@@ -1,0 +1,72 @@
+"""Exported models (StableHLO, ONNX) run outside the package and equal the JAX model."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from facekp_jax import export, inference, keypoints, synthetic
+
+
+@pytest.fixture(scope="module")
+def model(tiny_workdir):
+  return inference.load(tiny_workdir)
+
+
+@pytest.fixture(scope="module")
+def faces_u8():
+  return synthetic.generate(9, seed=3)[0]
+
+
+def _run(fmt, path, x):
+  """Runs an artefact as a user would: jax.export or onnxruntime, nothing of facekp_jax."""
+  if fmt == "stablehlo":
+    with open(path, "rb") as f:
+      return np.asarray(jax.export.deserialize(bytearray(f.read())).call(x))
+  onnxruntime = pytest.importorskip("onnxruntime")
+  session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  return session.run(["keypoints"], {"faces": x})[0]
+
+
+@pytest.mark.parametrize("fmt, tta, input_dtype", [("stablehlo", False, "uint8"),
+                                                    ("stablehlo", True, "float32"),
+                                                    ("onnx", True, "uint8"),
+                                                    ("onnx", False, "float32")])
+def test_artefact_equals_the_jax_model(model, faces_u8, tmp_path, fmt, tta, input_dtype):
+  if fmt == "onnx":
+    pytest.importorskip("jax2onnx")
+  out = tmp_path / f"model.{fmt}"
+  reported = export.export(model, fmt, str(out), tta=tta, input_dtype=input_dtype)
+  x = faces_u8 if input_dtype == "uint8" else (faces_u8 / np.float32(255)).astype(np.float32)
+  expected = model.predict((faces_u8 / np.float32(255))[..., None].astype(np.float32), tta=tta)
+  for n in (9, 1):  # Any batch size.
+    got = _run(fmt, out, x[:n])
+    assert got.shape == (n, keypoints.NUM_COORDS) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected[:n], atol=1e-4, rtol=0)
+  assert reported < 1e-4
+  meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+  assert meta["input"]["dtype"] == input_dtype and meta["input"]["shape"] == ["N", 96, 96]
+  assert meta["output"]["columns"] == list(keypoints.COLUMNS) and meta["tta"] is tta
+  if tta:  # Baked in: the mirror's prediction differs, so the two functions are not the same.
+    assert np.abs(expected - model.predict(
+        (faces_u8 / np.float32(255))[..., None].astype(np.float32))).max() > 1e-3
+
+
+def test_command_writes_the_artefact_and_refuses_bad_input(tiny_workdir, tmp_path, capsys):
+  out = tmp_path / "m.stablehlo"
+  export.main([f"--workdir={tiny_workdir}", "--format=stablehlo", f"--out={out}"])
+  printed = capsys.readouterr().out
+  assert f"wrote {out}" in printed and "largest difference from the JAX model" in printed
+  assert out.stat().st_size > 0 and (tmp_path / "m.stablehlo.json").exists()
+  for argv, message in [
+      ([f"--workdir={tmp_path}", "--format=stablehlo", f"--out={out}"],
+       f"error: workdir {tmp_path}: no config.json"),
+      ([f"--workdir={tiny_workdir}", "--format=stablehlo", f"--out={tmp_path}/no/m"],
+       "error: bad flag: --out"),
+      ([f"--workdir={tiny_workdir}", "--format=tflite", f"--out={out}"],
+       "error: bad flag: argument --format")]:
+    with pytest.raises(SystemExit) as e:
+      export.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
