@@ -489,10 +489,22 @@ def _ints(text: str) -> list[int]:
   return [int(s) for s in text.split(",") if s.strip()]
 
 
-def plan(args, budget: Budget) -> list[tuple[str, int]]:
-  """(arm, seed) in running order: Keras' seeds, then the JAX arms at --jax_seeds."""
-  runs = [(KERAS, s) for s in args.keras_seeds]
-  runs += [(arm, s) for s in args.jax_seeds for arm in args.arms]
+# Running order of the single differences: the likeliest to matter first, so that a session
+# that runs out of time has measured them.
+_ORDER = (REFERENCE, "all-keras", "raw-pixels", "static-flips", "glorot", "no-brightness",
+          "eps1e-7")
+
+
+def plan(keras_seeds: list[int], jax_seeds: list[int], arms: list[str]) -> list[tuple[str, int]]:
+  """(arm, seed) in running order.
+
+  Keras' first seed, jax-default and all-keras at the first JAX seed (the whole gap, early),
+  Keras' other seeds, then the single differences; then the other JAX seeds.
+  """
+  arms = sorted(arms, key=lambda a: _ORDER.index(a) if a in _ORDER else len(_ORDER))
+  first = [(a, s) for s in jax_seeds[:1] for a in arms if a in (REFERENCE, "all-keras")]
+  runs = [(KERAS, s) for s in keras_seeds[:1]] + first + [(KERAS, s) for s in keras_seeds[1:]]
+  runs += [(a, s) for s in jax_seeds for a in arms if (a, s) not in first]
   return runs
 
 
@@ -529,7 +541,7 @@ def main(argv=None) -> dict | None:
                                        args.train_faces, args.heldout_faces)
   n_train = args.train_faces or len(pd.read_csv(train_csv, usecols=["Image"]))
   budget = Budget(args.keras_epochs, n_train)
-  runs = plan(args, budget)
+  runs = plan(args.keras_seeds, args.jax_seeds, args.arms)
   if args.list:
     print(f"budget: {budget.images:,} images; training faces {train_csv}; held out {heldout_csv}")
     for arm, seed in runs:

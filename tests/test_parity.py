@@ -79,6 +79,15 @@ def test_every_run_sees_the_same_number_of_training_images():
   assert parity.Budget(12, 6120).images == 146_880
 
 
+def test_plan_runs_every_arm_and_seed_once_with_the_whole_gap_early():
+  arms = list(parity.ARMS)
+  runs = parity.plan([0, 1], [0, 2], arms)
+  assert sorted(runs) == sorted([("keras", 0), ("keras", 1)] + [(a, s) for s in (0, 2)
+                                                                 for a in arms])
+  assert runs[:4] == [("keras", 0), ("jax-default", 0), ("all-keras", 0), ("keras", 1)]
+  assert parity.plan([0], [0], ["glorot"]) == [("keras", 0), ("glorot", 0)]
+
+
 def test_keras_predictions_are_scored_by_evaluate_on_the_perturbed_faces(tmp_path):
   images, coords = random_faces(12, seed=3)
   coords[:, [i for i, c in enumerate(keypoints.COLUMNS) if c not in MTFL_COLUMNS]] = np.nan
