@@ -65,9 +65,11 @@ def evaluate(model: inference.Model, path: str, tta: bool = False,
     data.DataError: a malformed file, or one without any keypoint label.
   """
   chunk_rows = chunk_rows or 8 * model.trainer.eval_batch_size
+  trained = report.trained_keypoints(model.workdir)  # Keypoints the run never learnt: unscored.
   predictions, targets, mask, shown = [], [], [], []
   scorer = robustness.Scorer(lambda x: model.predict(x, tta=tta)) if perturbed else None
   for faces in data.read_training_chunks(path, chunk_rows, bad_labels):
+    faces = data.Faces(faces.images, faces.targets * trained, faces.mask * trained)
     predictions.append(model.predict(faces.images, tta=tta))
     if scorer:
       scorer.add(faces)
@@ -77,15 +79,18 @@ def evaluate(model: inference.Model, path: str, tta: bool = False,
       shown.append(faces.take(slice(0, _GRID - sum(map(len, shown)))))
   predictions, targets, mask = map(np.concatenate, (predictions, targets, mask))
   if not mask.any():
-    raise data.DataError(f"{path}: no keypoint labels to score")
+    raise data.DataError(f"{path}: no labels of the keypoints this model was trained on")
   metrics = metrics_lib.keypoint_metrics(predictions, targets, mask)
-  results = dict(metrics, num_faces=len(predictions))
+  results = dict(metrics, num_faces=len(predictions),
+                 untrained_keypoints=[n for n, t in zip(keypoints.KEYPOINT_NAMES, trained[::2])
+                                      if not t])
   results["per_face_nme"] = metrics_lib.per_face_nme(predictions, targets, mask)[0].tolist()
   if scorer:
     results["robustness"] = scorer.results()
   shown = data.Faces(*(np.concatenate([getattr(f, a) for f in shown])
                        for a in ("images", "targets", "mask")))
-  return results, shown, predictions[:len(shown)]
+  drawn = np.where(trained > 0, predictions[:len(shown)], np.nan)  # Untrained: not drawn.
+  return results, shown, drawn
 
 
 def _finite(value):
@@ -106,9 +111,13 @@ def table(results: dict) -> str:
   lines = [f"{results['num_faces']} faces, {results['count']} coordinates scored",
            f"RMSE {results['rmse']:.3f} px   NME {nme}", "",
            f"{'keypoint':<28}{'RMSE (px)':>10}"]
+  untrained = set(results.get("untrained_keypoints", ()))
   for name in keypoints.KEYPOINT_NAMES:
     value = results["per_keypoint_rmse"][name]
-    lines.append(f"{name:<28}{'-' if value is None else f'{value:.3f}':>10}")
+    shown = "untrained" if name in untrained else "-" if value is None else f"{value:.3f}"
+    lines.append(f"{name:<28}{shown:>10}")
+  if untrained:
+    lines.append(f"({len(untrained)} keypoints had no labels in the training split: not scored)")
   return "\n".join(lines)
 
 

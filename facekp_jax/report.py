@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from facekp_jax import config_upgrade
+from facekp_jax import config_upgrade, keypoints
 from facekp_jax.data import Faces
 
 
@@ -150,6 +150,25 @@ def check_workdir(workdir: str, config, allow_config_change: bool = False) -> No
                          "use a new --workdir, or --allow_config_change to continue anyway")
 
 
+TRAINED_KEYPOINTS = "trained_keypoints.json"
+
+
+def trained_keypoints(workdir: str) -> np.ndarray:
+  """(30,) 1 for the coordinates of keypoints the run's training split labelled.
+
+  Workdirs written before the record existed count every keypoint as trained.
+  """
+  path = os.path.join(workdir, TRAINED_KEYPOINTS)
+  if not os.path.exists(path):
+    return np.ones(keypoints.NUM_COORDS, np.float32)
+  try:
+    with open(path) as f:
+      names = set(json.load(f)["trained"])
+  except (OSError, ValueError, KeyError) as e:
+    raise WorkdirError(f"workdir {workdir}: cannot read {TRAINED_KEYPOINTS} ({e})") from None
+  return np.repeat([float(n in names) for n in keypoints.KEYPOINT_NAMES], 2).astype(np.float32)
+
+
 class WorkdirError(ValueError):
   """A workdir that cannot be used, described in one line."""
 
@@ -170,6 +189,14 @@ class RunWriter:
   def write_config(self, config) -> None:
     if self.enabled:
       _atomic_write(self._path("config.json"), lambda f: f.write(config.to_json(indent=2).encode()))
+
+  def write_trained_keypoints(self, mask) -> None:
+    """Records which keypoints the training split labels (``TRAINED_KEYPOINTS``)."""
+    if self.enabled:
+      counts = np.asarray(mask).reshape(-1, keypoints.NUM_KEYPOINTS, 2).min(axis=2).sum(axis=0)
+      write_json(self._path(TRAINED_KEYPOINTS), {
+          "trained": [n for n, c in zip(keypoints.KEYPOINT_NAMES, counts) if c > 0],
+          "labelled_faces": {n: int(c) for n, c in zip(keypoints.KEYPOINT_NAMES, counts)}})
 
   def rewrite_metrics(self, history: list[dict]) -> None:
     """Makes metrics.jsonl hold exactly ``history`` (a resumed run's checkpointed epochs)."""

@@ -355,6 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with workdir_lock.acquire(workdir):  # Before anything is written: one training per workdir.
     writer = report.RunWriter(workdir, enabled=jax.process_index() == 0)
     writer.write_config(config)
+    writer.write_trained_keypoints(train.mask)
     trainer = Trainer(config, mesh)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from facekp_jax import augment, data, evaluate, inference, keypoints, synthetic, train
+from facekp_jax import augment, data, evaluate, inference, keypoints, robustness, synthetic, train
 from tests.conftest import kaggle_frame, random_faces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,3 +175,31 @@ def test_workdir_without_checkpoint_is_one_line_exit_2(workdir, tmp_path):
   assert sorted(os.listdir(empty)) == ["config.json"]  # Nothing created in a workdir it reads.
   with pytest.raises(Exception, match="no config.json"):
     inference.load(str(tmp_path / "nowhere"))
+
+
+def test_untrained_keypoints_are_not_scored_and_robustness_is_written(tmp_path, capsys):
+  images, coords = synthetic.generate(24, seed=4)
+  five = [keypoints.KEYPOINT_NAMES.index(n) for n in (
+      "left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner",
+      "mouth_right_corner")]
+  partial = np.full_like(coords, np.nan)
+  for k in five:  # Like the real 5-point sets: 10 of the 30 columns labelled.
+    partial[:, 2 * k:2 * k + 2] = coords[:, 2 * k:2 * k + 2]
+  config = _config()
+  config.data.train_csv = _write(tmp_path / "five.csv", images, partial)
+  w = str(tmp_path / "w")
+  train.train_and_evaluate(config, w)
+  full = _write(tmp_path / "full.csv", *synthetic.generate(8, seed=5))
+  evaluate.main(["--workdir", w, "--csv", full, "--checkpoint=latest", "--robustness"])
+  out = capsys.readouterr().out
+  scored = json.loads(open(os.path.join(w, "eval_full.json")).read())
+  assert scored["count"] == 8 * 10  # Only the trained keypoints of the 15 labelled.
+  assert len(scored["untrained_keypoints"]) == 10 and "nose_tip" not in scored[
+      "untrained_keypoints"]
+  assert ["left_eye_inner_corner", "untrained"] in [line.split() for line in out.splitlines()]
+  assert "robustness:" in out
+  rob = scored["robustness"]["perturbations"]
+  assert set(rob) == set(robustness.PERTURBATIONS) and rob["rot0"]["rmse"] == pytest.approx(
+      scored["rmse"], rel=1e-5)
+  for name in ("eval_full_ced.png", "eval_full_robustness.png"):
+    assert os.path.getsize(os.path.join(w, name)) > 0
