@@ -217,8 +217,9 @@ class LookupModel:
   did not predict is an error, not a silent mismatch.
   """
 
-  def __init__(self, by_digest: dict[str, np.ndarray]):
+  def __init__(self, by_digest: dict[str, np.ndarray], workdir: str):
     self.by_digest = by_digest
+    self.workdir = workdir  # evaluate asks it which keypoints were trained (none recorded: all).
 
   def predict(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
     if tta:
@@ -275,7 +276,7 @@ def run_keras(seed: int, budget: Budget, train_csv: str, heldout_csv: str, sets:
     columns = [str(c) for c in f["columns"]]
     meta = json.loads(str(f["meta"]))
     by_digest = {digest: to_layout(f[name], columns) for name, (_, digest) in sets.items()}
-  record = dict(score_keras(by_digest, heldout_csv, columns), columns=columns,
+  record = dict(score_keras(by_digest, heldout_csv, columns, workdir), columns=columns,
                 steps=meta["steps"], images_seen=meta["images_seen"],
                 epochs=meta["epochs"], num_train=meta["train_images"],
                 train_seconds=meta["train_seconds"], train_loss=meta["train_loss"],
@@ -284,7 +285,8 @@ def run_keras(seed: int, budget: Budget, train_csv: str, heldout_csv: str, sets:
   return dict(record, skipped=False)
 
 
-def score_keras(by_digest: dict[str, np.ndarray], heldout_csv: str, columns) -> dict:
+def score_keras(by_digest: dict[str, np.ndarray], heldout_csv: str, columns,
+                workdir: str) -> dict:
   """Keras' predictions scored by ``evaluate.evaluate``, the JAX arms' own scoring."""
   faces = data.read_training_csv(heldout_csv)
   n = len(faces)
@@ -292,7 +294,7 @@ def score_keras(by_digest: dict[str, np.ndarray], heldout_csv: str, columns) -> 
   other = np.delete(faces.mask, idx, axis=1)
   if other.any():
     raise ValueError("the held-out faces label columns Keras does not predict")
-  model = LookupModel({k: np.nan_to_num(v, nan=0.0) for k, v in by_digest.items()})
+  model = LookupModel({k: np.nan_to_num(v, nan=0.0) for k, v in by_digest.items()}, workdir)
   # One chunk: the images evaluate re-reads are the very arrays Keras was given.
   scores, _, _ = evaluate.evaluate(model, heldout_csv, tta=False, chunk_rows=n, perturbed=True)
   return heldout_record(scores)

@@ -106,13 +106,13 @@ def test_keras_predictions_are_scored_by_evaluate_on_the_perturbed_faces(tmp_pat
 
   # Perfect predictions of every set score zero everywhere (each set found by its images).
   perfect = {digest: keras_output(name) for name, (_, digest) in sets.items()}
-  record = parity.score_keras(perfect, str(csv), MTFL_COLUMNS)
+  record = parity.score_keras(perfect, str(csv), MTFL_COLUMNS, str(tmp_path))
   assert record["rmse"] == 0.0 and record["heldout_faces"] == 12
   assert record["heldout_count"] == 12 * 10
   assert all(v == 0.0 for v in record["robustness"].values())
   # One pixel off every coordinate: RMSE 1 on the plain faces and under each perturbation.
   off = {digest: keras_output(name, 1.0) for name, (_, digest) in sets.items()}
-  record = parity.score_keras(off, str(csv), MTFL_COLUMNS)
+  record = parity.score_keras(off, str(csv), MTFL_COLUMNS, str(tmp_path))
   assert record["rmse"] == pytest.approx(1.0)
   assert record["rmse_rot+-20"] == pytest.approx(1.0)
   assert record["ratio_rot+-30"] == pytest.approx(1.0)
@@ -120,4 +120,4 @@ def test_keras_predictions_are_scored_by_evaluate_on_the_perturbed_faces(tmp_pat
   missing = dict(perfect)
   del missing[sets["rot+20"][1]]
   with pytest.raises(KeyError, match="no Keras predictions"):
-    parity.score_keras(missing, str(csv), MTFL_COLUMNS)
+    parity.score_keras(missing, str(csv), MTFL_COLUMNS, str(tmp_path))
