@@ -1,4 +1,5 @@
-"""Training and inference throughput of the seed model, comparable with ../shared/bench/.
+"""Training and inference throughput of the seed model, comparable with ../shared/bench/; and
+inference latency of the model and its exported artefacts (``--inference``).
 
 Protocol (as in ../shared/bench/keras_seed.py and torch_seed.py): steady-state
 training epochs over 1712 random 96x96x1 images (80 % of Kaggle's 2140 complete
@@ -13,11 +14,23 @@ host -> device transfer, and the jitted, donated ``train_step``.
 Prints one JSON line per batch size: device kind and count, jax version, batch,
 train_images_per_s, compile_s, infer_images_per_s, input_images_per_s (the
 augmentation + batching pipeline alone), peak_host_mem_mb.
+
+  python experiments/benchmark.py --inference --noseed_network [--workdir=W]
+
+``--inference`` times prediction instead, from a host array of 96x96 faces to host keypoints,
+for three runtimes: the jitted model (``train.predict_step``, the package's own path),
+the StableHLO artefact (``jax.export.deserialize(...).call``) and the ONNX artefact in
+onnxruntime (both from ``facekp_jax.export``, uint8 input). One JSON line each: latency
+at batch 1 (median and 90th percentile of ``--calls`` calls, ms) and throughput at batch 64
+(images/s, the median call). The weights are the config's initial ones, or a trained
+workdir's with ``--workdir`` (timing does not depend on them).
 """
 
 import json
+import os
 import resource
 import sys
+import tempfile
 import time
 
 import jax
@@ -25,7 +38,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from facekp_jax import data, device_input, sharding, train
+from facekp_jax import data, device_input, export, inference, sharding, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/resnet.py", "Model and recipe to time.")
@@ -35,6 +48,9 @@ flags.DEFINE_integer("epochs", 3, "Epochs per batch size (the first one is warm-
 flags.DEFINE_bool("seed_network", True, "Time the seed's network (dense regression head, "
                   "18,007,710 parameters), as ../shared/bench does; --noseed_network times the "
                   "config's own model.head.")
+flags.DEFINE_bool("inference", False, "Time inference: the jitted model, StableHLO, onnxruntime.")
+flags.DEFINE_string("workdir", None, "--inference: time this trained workdir's best checkpoint.")
+flags.DEFINE_integer("calls", 50, "--inference: timed calls per batch size.")
 
 
 def _faces(n: int) -> data.Faces:
@@ -100,8 +116,75 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   }
 
 
+def _timings(run, images: np.ndarray, calls: int) -> list[float]:
+  """Seconds per call of ``run(images)`` after two warm-up calls (compilation, caches)."""
+  for _ in range(2):
+    run(images)
+  out = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    run(images)
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def _inference_model(config) -> inference.Model:
+  if FLAGS.workdir:
+    return inference.load(FLAGS.workdir)
+  config = config.copy_and_resolve_references()
+  if FLAGS.seed_network:
+    config.model.head = "regression"
+  trainer = train.Trainer(config, sharding.make_mesh())
+  return inference.Model("", config, trainer, trainer.init_state(), 0, "initial")
+
+
+def time_inference(config, calls: int) -> list[dict]:
+  """One record per runtime: latency at batch 1, throughput at batch 64."""
+  model = _inference_model(config)
+  faces = (np.random.default_rng(0).random((64, 96, 96)) * 255).astype(np.uint8)
+  state, mesh = model.state, model.trainer.mesh
+
+  def jitted(x):
+    images = (x.astype(np.float32) / np.float32(255.0))[..., None]
+    return np.asarray(model.trainer.predict_step(state, sharding.to_global(images, mesh)))
+
+  runtimes = {"jax.jit": jitted}
+  with tempfile.TemporaryDirectory() as folder:
+    for fmt in export.FORMATS:
+      path = os.path.join(folder, f"model.{fmt}")
+      export.export(model, fmt, path)
+      with open(path, "rb") as f:
+        blob = f.read()
+      if fmt == "stablehlo":
+        call = jax.export.deserialize(bytearray(blob)).call
+        runtimes["stablehlo"] = lambda x, call=call: np.asarray(call(x))
+      else:
+        import onnxruntime  # noqa: PLC0415  # The [export] extra.
+        session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        runtimes[f"onnxruntime {onnxruntime.__version__}"] = (
+            lambda x, s=session: s.run(None, {"faces": x})[0])
+  d = jax.devices()[0]
+  records = []
+  for name, run in runtimes.items():
+    one = np.array(_timings(run, faces[:1], calls)) * 1e3
+    many = np.array(_timings(run, faces, max(3, calls // 5)))
+    records.append({
+        "runtime": name, "device_kind": d.device_kind, "platform": d.platform,
+        "jax": jax.__version__, "head": model.config.model.head,
+        "weights": FLAGS.workdir or "initial",
+        "latency_ms_batch1": round(float(np.median(one)), 2),
+        "latency_ms_batch1_p90": round(float(np.percentile(one, 90)), 2),
+        "throughput_images_per_s_batch64": round(64 / float(np.median(many)), 1)})
+  return records
+
+
 def main(argv):
   del argv
+  if FLAGS.inference:
+    inference.quiet_libraries()
+    for record in time_inference(FLAGS.config, FLAGS.calls):
+      print(json.dumps(record), flush=True)
+    return
   for batch in FLAGS.batch:
     print(json.dumps(time_batch(FLAGS.config, batch, FLAGS.n, FLAGS.epochs)), flush=True)
 

@@ -21,9 +21,12 @@ finds frontal, upright faces; profiles and strongly tilted heads are missed.
 
 From a box, the eyes are placed where they lie in ``alt2``'s boxes on those faces
 (median midpoint at (0.497, 0.389) of the box, distance 0.377 of its width). That guess
-is rough (the distance's interquartile range is ~10 % of it, and it knows no roll), so
-by default a first pass of the model finds the eyes and the crop is made again from
-them, upright and to scale (``refine``; what it buys is measured in the README).
+is rough (the distance's interquartile range is ~10 % of it, and it knows no roll). With
+``refine``, a first pass of the model reads the face in that crop and the face is cropped
+again by the similarity that lays its 15 keypoints on Kaggle's mean shape in the training
+framing (``shape_transform``), then read there. Measured on 600 held-out MTFL faces
+(``experiments/faces_align.py``, README "Using a trained model"): it helps with tilted heads
+and is even on upright ones; re-framing from the two eyes alone made things worse.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from facekp_jax import keypoints
+from facekp_jax import _shape_stats, keypoints
 
 SIZE = keypoints.IMAGE_SIZE
 EYE_DISTANCE = 36.2
@@ -47,8 +50,6 @@ BOX_EYE_MIDPOINT = (0.497, 0.389)
 BOX_EYE_DISTANCE = 0.377
 _DETECT_SIDE = 1280  # Photos are searched at most this large (longest side); boxes scaled back.
 _MIN_FACE = 24  # Smallest face searched for, pixels of the searched image.
-_LEFT_EYE = 2 * keypoints.KEYPOINT_NAMES.index("left_eye_center")
-_RIGHT_EYE = 2 * keypoints.KEYPOINT_NAMES.index("right_eye_center")
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, 96, 96, 1) in [0, 1] -> (N, 30) crop pixels.
 
@@ -133,11 +134,30 @@ def box_transform(box) -> np.ndarray:
   return eye_transform(midpoint, BOX_EYE_DISTANCE * w)
 
 
-def keypoint_transform(coords: np.ndarray) -> np.ndarray:
-  """The crop map from a face's keypoints (30,) in photo pixels: its eye centres, upright."""
-  left, right = coords[_LEFT_EYE:_LEFT_EYE + 2], coords[_RIGHT_EYE:_RIGHT_EYE + 2]
-  dx, dy = left - right  # The subject's left eye is on the image's right.
-  return eye_transform((left + right) / 2, math.hypot(dx, dy), math.atan2(dy, dx))
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+  """The similarity (2x3) that maps points ``src`` (K, 2) closest to ``dst`` (least squares,
+  Umeyama 1991): rotation, one scale, shift; no reflection."""
+  ms, md = src.mean(0), dst.mean(0)
+  s0, d0 = src - ms, dst - md
+  u, sv, vt = np.linalg.svd(d0.T @ s0 / len(src))
+  flip = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+  linear = (np.trace(np.diag(sv) @ flip) / (s0 ** 2).sum(1).mean()) * (u @ flip @ vt)
+  return np.concatenate([linear, (md - linear @ ms)[:, None]], axis=1)
+
+
+def _framed_mean_shape() -> np.ndarray:
+  """Kaggle's mean shape (15, 2), moved so that its eyes sit at the training framing."""
+  mean = _shape_stats.MEAN.reshape(-1, 2)
+  left, right = mean[keypoints.LEFT_EYE], mean[keypoints.RIGHT_EYE]
+  dx, dy = left - right
+  frame = eye_transform((left + right) / 2, math.hypot(dx, dy), math.atan2(dy, dx))
+  return to_crop(frame, mean.reshape(-1)).reshape(-1, 2)
+
+
+def shape_transform(coords: np.ndarray) -> np.ndarray:
+  """The crop map from a face's keypoints (30,) in photo pixels: the similarity that lays all
+  15 on Kaggle's mean shape in the training framing (upright, eyes ~36 px apart)."""
+  return _similarity(np.asarray(coords, np.float64).reshape(-1, 2), MEAN_SHAPE)
 
 
 def to_photo(transform: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -202,8 +222,8 @@ def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None 
     predict: the model on aligned crops, (N, 96, 96, 1) in [0, 1] -> (N, 30) crop pixels.
     grey: the photo, float in [0, 1].
     faces: the faces to read (default: ``detect(grey)``).
-    refine: crop each face a second time from the eyes the first pass found (upright, to
-      scale), and predict again there.
+    refine: crop each face a second time, from the keypoints the first pass found
+      (``shape_transform``: upright, to scale), and predict again there.
   """
   faces = detect(grey) if faces is None else faces
   transforms = [box_transform(f.box) for f in faces]
@@ -217,11 +237,16 @@ def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None 
 
 
 def _refined(first: np.ndarray, coords: np.ndarray) -> np.ndarray | None:
-  """The crop map from a first pass's eyes; None (keep the first) where they are implausible:
-  not finite, or a framing under half or over twice the first crop's scale."""
-  left, right = coords[_LEFT_EYE:_LEFT_EYE + 2], coords[_RIGHT_EYE:_RIGHT_EYE + 2]
-  if not (np.isfinite(coords).all() and np.hypot(*(left - right)) > 0):
+  """The crop map from a first pass's keypoints; None (keep the first) where they are
+  implausible: not finite, or a framing under half or over twice the first crop's scale."""
+  if not np.isfinite(coords).all():
     return None
-  again = keypoint_transform(coords)
+  again = shape_transform(coords)
+  if not np.isfinite(again).all() or abs(np.linalg.det(again[:, :2])) < 1e-12:
+    return None
   ratio = math.sqrt(abs(np.linalg.det(again[:, :2]) / np.linalg.det(first[:, :2])))
   return again if 0.5 <= ratio <= 2.0 else None
+
+
+# Kaggle's mean shape in the training framing (15, 2): what ``shape_transform`` fits to.
+MEAN_SHAPE = _framed_mean_shape()

@@ -16,7 +16,7 @@ coordinates are clipped to the frame, [0, 96]; files appear atomically.
 
 Photos (image files, or folders of them): every face OpenCV's detector finds is cropped to
 the training framing, read (``--refine``, the default: twice, the second crop upright and to
-scale from the first pass's eyes; see ``facekp_jax.faces``) and mapped back into the photo's
+scale from the first pass's keypoints; see ``facekp_jax.faces``) and mapped back into the photo's
 pixels. Each photo with faces gets an overlay, ``<out_dir>/<stem>_keypoints.png`` (default
 ``out_dir``: the workdir); every face is a row of ``--out`` (default ``<out_dir>/faces.csv``:
 file, face index, box, detector score, the 30 coordinates, unclipped) and an entry of the JSON
@@ -225,11 +225,12 @@ def main(argv=None) -> None:
   inference.add_model_arguments(parser)
   parser.add_argument("--csv", help="Kaggle test.csv-layout file (ImageId, Image)")
   parser.add_argument("--lookup", help="Kaggle IdLookupTable.csv: write a submission")
-  parser.add_argument("--out", help="output CSV (with --csv)")
+  parser.add_argument("--out", help="output CSV: with --csv, the predictions; with photos, one row "
+                      "per face (default <out_dir>/faces.csv)")
   parser.add_argument("--detect", action=argparse.BooleanOptionalAction, default=True,
                       help="photos: find the faces (default); --no-detect: one face per picture")
   parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
-                      help="photos: crop each face again from the first pass's eyes (default)")
+                      help="photos: crop each face again from the first pass's keypoints")
   parser.add_argument("--crop", choices=pictures.CROPS, default=None,
                       help="--no-detect: pad to a square (none, default) or keep the centre square")
   parser.add_argument("--out_dir", help="pictures: where overlays go (default: the workdir)")

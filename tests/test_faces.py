@@ -103,11 +103,25 @@ def test_a_pasted_face_comes_back_where_it_was_pasted(scale, roll_deg, centre, r
   got, = faces.find_keypoints(_dot_finder, canvas, [faces.Face(box, 1.0)], refine=refine)
   assert got.face.box == box
   np.testing.assert_array_less(np.hypot(*(got.keypoints - truth).reshape(-1, 2).T), 1.0)
-  if refine:  # The second crop is upright and to scale: the eyes sit at Kaggle's framing.
-    xy = faces.to_crop(got.transform, truth).reshape(-1, 2)
-    np.testing.assert_allclose((xy[keypoints.LEFT_EYE] + xy[keypoints.RIGHT_EYE]) / 2,
-                               faces.EYE_MIDPOINT, atol=0.3)
-    np.testing.assert_allclose(xy[keypoints.LEFT_EYE, 1], xy[keypoints.RIGHT_EYE, 1], atol=0.3)
+  first = faces.box_transform(box)
+  if refine:  # The second crop lays the (perfectly read) face on the framed mean shape.
+    np.testing.assert_allclose(faces.to_crop(got.transform, truth),
+                               faces.to_crop(faces.shape_transform(truth), truth), atol=0.2)
+    assert not np.allclose(got.transform, first, atol=0.05)
+  else:
+    np.testing.assert_array_equal(got.transform, first)
+
+
+def test_shape_transform_undoes_a_similarity_of_the_mean_shape():
+  """The mean shape turned, scaled and moved is brought back onto the framed mean shape."""
+  a = math.radians(25)
+  linear = 3.0 * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+  moved = faces.MEAN_SHAPE @ linear.T + [400.0, 120.0]
+  back = faces.to_crop(faces.shape_transform(moved.reshape(-1)), moved.reshape(-1))
+  np.testing.assert_allclose(back.reshape(-1, 2), faces.MEAN_SHAPE, atol=1e-9)
+  eyes = faces.MEAN_SHAPE[[keypoints.LEFT_EYE, keypoints.RIGHT_EYE]]
+  np.testing.assert_allclose(eyes.mean(0), faces.EYE_MIDPOINT, atol=1e-9)
+  np.testing.assert_allclose(np.hypot(*(eyes[0] - eyes[1])), faces.EYE_DISTANCE, atol=1e-9)
 
 
 def test_maps_round_trip_and_crops_resample_where_the_map_says():
