@@ -180,7 +180,7 @@ def photo_record(p: pictures.Photo) -> dict:
   return {"file": p.path, "width": p.width, "height": p.height, "faces": [
       {"face": i, "box": [round(float(v), 2) for v in k.face.box],
        "score": round(k.face.score, 4),
-       "crop_transform": np.round(k.transform, 6).tolist(),
+       "crop_transform": k.transform.tolist(),
        "keypoints": {name: [round(float(x), 4), round(float(y), 4)] for name, (x, y) in
                      zip(keypoints.KEYPOINT_NAMES, k.keypoints.reshape(-1, 2))}}
       for i, k in enumerate(p.faces)]}

@@ -165,7 +165,7 @@ def test_photos_give_a_row_per_face_and_one_line_for_a_photo_without(loaded, pho
   t = np.array(face["crop_transform"])
   crop = faces.crop(pictures.to_grey(pictures.read_picture(astronaut)), t)
   expected = faces.to_photo(t, loaded.predict(crop[None, ..., None]))[0]
-  np.testing.assert_allclose(table[list(keypoints.COLUMNS)].to_numpy()[0], expected, atol=2e-3)
+  np.testing.assert_allclose(table[list(keypoints.COLUMNS)].to_numpy()[0], expected, atol=1e-3)
   np.testing.assert_allclose(table[["box_x", "box_y", "box_width", "box_height"]].to_numpy()[0],
                              face["box"], atol=0.01)
   # Files as a list, one pass only, a CSV of one's own naming (its JSON beside it).
