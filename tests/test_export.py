@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import onnxruntime
 import pytest
 
 from facekp_jax import export, inference, keypoints, synthetic
@@ -24,7 +25,6 @@ def _run(fmt, path, x):
   if fmt == "stablehlo":
     with open(path, "rb") as f:
       return np.asarray(jax.export.deserialize(bytearray(f.read())).call(x))
-  onnxruntime = pytest.importorskip("onnxruntime")
   session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
   return session.run(["keypoints"], {"faces": x})[0]
 
@@ -34,8 +34,6 @@ def _run(fmt, path, x):
                                                     ("onnx", True, "uint8"),
                                                     ("onnx", False, "float32")])
 def test_artefact_equals_the_jax_model(model, faces_u8, tmp_path, fmt, tta, input_dtype):
-  if fmt == "onnx":
-    pytest.importorskip("jax2onnx")
   out = tmp_path / f"model.{fmt}"
   reported = export.export(model, fmt, str(out), tta=tta, input_dtype=input_dtype)
   x = faces_u8 if input_dtype == "uint8" else (faces_u8 / np.float32(255)).astype(np.float32)

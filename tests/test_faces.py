@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 from scipy import ndimage, optimize
+from skimage import data as skimage_data
 
 from facekp_jax import _shape_stats, faces, keypoints, pictures, synthetic
 
@@ -15,7 +16,6 @@ ASTRONAUT_EYES = {"right_eye_center": (202.5, 100.5), "left_eye_center": (246.5,
 
 @pytest.fixture(scope="module")
 def astronaut():
-  skimage_data = pytest.importorskip("skimage.data")
   return pictures.to_grey(skimage_data.astronaut().astype(np.float32) / 255.0)
 
 

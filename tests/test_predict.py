@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from skimage import data as skimage_data
 
 from facekp_jax import faces, inference, keypoints, pictures, predict, synthetic
 
@@ -137,7 +138,6 @@ def test_pictures_are_predicted_in_their_own_pixels(loaded, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
   """A folder: a real photograph with one face, and a picture of a blank wall."""
-  skimage_data = pytest.importorskip("skimage.data")
   folder = tmp_path_factory.mktemp("photos")
   plt.imsave(folder / "astronaut.png", skimage_data.astronaut())
   plt.imsave(folder / "wall.jpg", np.full((120, 160, 3), 200, np.uint8))
