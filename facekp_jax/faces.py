@@ -204,14 +204,14 @@ def crop(grey: np.ndarray, transform: np.ndarray) -> np.ndarray:
                         borderMode=cv2.BORDER_REPLICATE)
 
 
-def predict_in_crops(predict: Predict, grey: np.ndarray,
-                     transforms: list[np.ndarray]) -> list[np.ndarray]:
-  """Crops the photo under each map, predicts them as one batch, maps keypoints back."""
-  if not transforms:
+def predict_in_crops(predict: Predict,
+                     crops: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+  """Crops (photo, map) pairs, predicts them as one batch, maps keypoints back to each photo."""
+  if not crops:
     return []
-  crops = np.stack([crop(grey, t) for t in transforms])[..., None]
-  predictions = np.asarray(predict(crops), np.float64)
-  return [to_photo(t, p) for t, p in zip(transforms, predictions)]
+  images = np.stack([crop(grey, t) for grey, t in crops])[..., None]
+  predictions = np.asarray(predict(images), np.float64)
+  return [to_photo(t, p) for (_, t), p in zip(crops, predictions)]
 
 
 def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None = None,
@@ -225,15 +225,25 @@ def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None 
     refine: crop each face a second time, from the keypoints the first pass found
       (``shape_transform``: upright, to scale), and predict again there.
   """
-  faces = detect(grey) if faces is None else faces
-  transforms = [box_transform(f.box) for f in faces]
-  coords = predict_in_crops(predict, grey, transforms)
-  if refine and faces:
+  return find_keypoints_in(predict, [(grey, faces)], refine)[0]
+
+
+def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face] | None]],
+                      refine: bool = True) -> list[list[Keypoints]]:
+  """``find_keypoints`` of several (grey photo, faces or None) at once: every face of every
+  photo goes into the same batch (one model call per pass, not one per photo)."""
+  photos = [(grey, detect(grey) if found is None else found) for grey, found in photos]
+  owners = [(grey, f) for grey, found in photos for f in found]
+  transforms = [box_transform(f.box) for _, f in owners]
+  coords = predict_in_crops(predict, [(grey, t) for (grey, _), t in zip(owners, transforms)])
+  if refine and owners:
     again = [_refined(t, c) for t, c in zip(transforms, coords)]
     redo = [i for i, t in enumerate(again) if t is not None]
-    for i, c in zip(redo, predict_in_crops(predict, grey, [again[i] for i in redo])):
+    second = predict_in_crops(predict, [(owners[i][0], again[i]) for i in redo])
+    for i, c in zip(redo, second):
       transforms[i], coords[i] = again[i], c
-  return [Keypoints(f, t, c) for f, t, c in zip(faces, transforms, coords)]
+  results = iter(Keypoints(f, t, c) for (_, f), t, c in zip(owners, transforms, coords))
+  return [[next(results) for _ in found] for _, found in photos]
 
 
 def _refined(first: np.ndarray, coords: np.ndarray) -> np.ndarray | None:

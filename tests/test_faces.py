@@ -138,3 +138,20 @@ def test_maps_round_trip_and_crops_resample_where_the_map_says():
                       .reshape(96, 96 * 2)).reshape(96, 96, 2)
   np.testing.assert_allclose(crop, 0.001 * at[..., 0] + 0.0005 * at[..., 1],
                              atol=0.0015 / 32)
+
+
+def test_several_photos_share_each_pass_and_keep_their_own_faces():
+  photos = [_paste(2.5, 0.0, (170.0, 150.0)), None, _paste(1.6, 14.0, (300.0, 200.0))]
+  calls = []
+
+  def counting(crops):
+    calls.append(len(crops))
+    return _dot_finder(crops)
+
+  blank = np.full((100, 120), 0.5, np.float32)
+  got = faces.find_keypoints_in(counting, [
+      (p[0], [faces.Face(p[2])]) if p else (blank, []) for p in photos])
+  assert calls == [2, 2] and [len(g) for g in got] == [1, 0, 1]
+  for p, g in zip(photos[::2], got[::2]):
+    assert g[0].face.box == p[2]
+    np.testing.assert_array_less(np.hypot(*(g[0].keypoints - p[1]).reshape(-1, 2).T), 1.0)
