@@ -51,8 +51,10 @@ def keypoint_function(model: inference.Model, tta: bool = False, input_dtype: st
   """
   if input_dtype not in INPUT_DTYPES:
     raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
-  variables = jax.device_get({"params": model.state.params,
-                              "batch_stats": model.state.batch_stats})
+  # The parameters train.predict_step uses: their moving average where the run keeps one.
+  params = getattr(model.state, "ema_params", None)
+  params = model.state.params if params is None else params
+  variables = jax.device_get({"params": params, "batch_stats": model.state.batch_stats})
   config = model.config.copy_and_resolve_references()
   config.model.fast_ops = fast
   apply = models.create_model(config).apply

@@ -1,5 +1,6 @@
 """Exported models (StableHLO, ONNX) run outside the package and equal the JAX model."""
 
+import dataclasses
 import json
 
 import jax
@@ -68,3 +69,15 @@ def test_command_writes_the_artefact_and_refuses_bad_input(tiny_workdir, tmp_pat
       export.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
+
+
+def test_artefact_has_the_weights_predict_uses(model, faces_u8, tmp_path):
+  """A run with a parameter moving average predicts with it; so does its artefact."""
+  ema = jax.tree.map(lambda p: p * 1.05, model.state.params)
+  averaged = dataclasses.replace(model, state=model.state.replace(ema_params=ema))
+  out = tmp_path / "model.stablehlo"
+  export.export(averaged, "stablehlo", str(out))
+  images = (faces_u8 / np.float32(255))[..., None].astype(np.float32)
+  expected = averaged.predict(images)
+  assert np.abs(expected - model.predict(images)).max() > 1e-2
+  np.testing.assert_allclose(_run("stablehlo", out, faces_u8), expected, atol=1e-4, rtol=0)
