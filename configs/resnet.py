@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.steps_per_call = 1
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
   config.keep_checkpoints = 2  # The last two, plus the best by validation RMSE.
-  config.tta = False  # Final evaluation averages each face's and its mirror's prediction.
+  config.tta = True  # Evaluation (final, evaluate, predict) averages a face's and its mirror's.
   # The training loss on pixel coordinates (facekp_jax/losses.py): "mse", "l1", "smooth_l1"
   # or "wing"; reported figures are in pixels whichever it is.
   config.loss = "mse"
@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.wing_w = 10.0  # px: the log region's width.
   config.wing_epsilon = 2.0  # px: the log region's curvature.
   # Parameter EMA (0: off). Validation, the best checkpoint, evaluate and predict use it.
-  config.ema_decay = 0.0
+  config.ema_decay = 0.999
 
   config.data = ml_collections.ConfigDict()
   config.data.train_csv = ""  # Empty: the built-in synthetic faces.
@@ -78,10 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.brightness_range = (0.8, 1.25)
   # One affine warp per face (facekp_jax/augment.py): rotation in [-rotate_deg, rotate_deg]
   # and a scale in scale_range about the frame centre, then a shift of up to shift_px per axis.
-  config.augment.geometry_prob = 0.0
-  config.augment.rotate_deg = 0.0
-  config.augment.scale_range = (1.0, 1.0)
-  config.augment.shift_px = 0.0
+  config.augment.geometry_prob = 0.75
+  config.augment.rotate_deg = 30.0
+  config.augment.scale_range = (0.8, 1.2)
+  config.augment.shift_px = 8.0
 
   config.model = ml_collections.ConfigDict()
   config.model.stage_filters = ((64, 64, 256), (128, 128, 512))

@@ -25,6 +25,9 @@ def get_config():
   config.augment.brightness_prob = 0.0
   config.augment.hflip_swap = False
   config.augment.brightness_range = (1.5, 2.0)
+  config.augment.geometry_prob = 0.0  # The seed had no geometric augmentation,
+  config.ema_decay = 0.0  # no weight averaging,
+  config.tta = False  # and no test-time flips.
   config.model.head = "regression"  # The seed's dense layers.
   config.model.output_activation = "relu"
   config.model.output_scale = 1.0

@@ -22,4 +22,9 @@ def get_config():
   config.model.dropout_rates = (0.1,)
   # Conv biases before batch norm only add rounding noise that Adam amplifies.
   config.model.conv_bias = False
+  # The tests' reference recipe: no warp, EMA or flip TTA unless a test asks for them (their
+  # own tests do), so the tests of everything else stay as cheap and exact as they were.
+  config.augment.geometry_prob = 0.0
+  config.ema_decay = 0.0
+  config.tta = False
   return config

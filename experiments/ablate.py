@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -59,6 +60,7 @@ if ROOT not in sys.path:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import resnet, tiny  # noqa: E402
 from facekp_jax import (  # noqa: E402
+  config_upgrade,
   data,
   evaluate,
   inference,
@@ -217,9 +219,10 @@ _MTFL_PARTIAL_DROPS = ("mouth_left_corner", "mouth_right_corner")
 # defaults before them (for study `defaults`).
 _GEOMETRY = {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
              "augment.scale_range": (0.8, 1.2), "augment.shift_px": 8.0}
+_NO_EMA_TTA = {"ema_decay": 0.0, "tta": False}  # The screens score one weight set, no TTA.
 _OLD_DEFAULTS = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
                  "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "loss": "mse",
-                 "ema_decay": 0.0, "tta": False}
+                 **_NO_EMA_TTA}
 
 
 # Proposed budgets: about 25 minutes each on this 2-core CPU when it runs nothing else (the
@@ -286,22 +289,25 @@ STUDIES: dict[str, Study] = {
         question="Geometric augmentation (one affine warp per face): none, rotation only, or "
                  "rotation + scale + shift, at two strengths. Does it help on held-out faces "
                  "and under rotations, scalings and shifts?",
-        arms=(Arm("none"),
-              Arm("rot15", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 15.0}),
-              Arm("rot30", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 30.0}),
+        arms=(Arm("none", {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
+                           "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0}),
+              Arm("rot15", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 15.0,
+                            "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0}),
+              Arm("rot30", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 30.0,
+                            "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0}),
               Arm("rss-mild", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 15.0,
                                "augment.scale_range": (0.9, 1.1), "augment.shift_px": 4.0}),
               Arm("rss-strong", {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
                                  "augment.scale_range": (0.8, 1.2), "augment.shift_px": 8.0})),
         budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: {"model.head": "heatmap"} for d in DATASETS},
+        common={d: {"model.head": "heatmap", **_NO_EMA_TTA} for d in DATASETS},
         heldout=True, robustness=True),
     "loss": Study(
         question="The training loss on pixel coordinates: MSE (the seed's), L1, or Wing "
                  "(w=10, epsilon=2), with geometric augmentation on.",
         arms=(Arm("mse"), Arm("l1", {"loss": "l1"}), Arm("wing", {"loss": "wing"})),
         budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: {"model.head": "heatmap", **_GEOMETRY} for d in DATASETS},
+        common={d: {"model.head": "heatmap", **_GEOMETRY, **_NO_EMA_TTA} for d in DATASETS},
         heldout=True, robustness=True),
     "ema": Study(
         question="A moving average of the parameters (validation, checkpoints and inference "
@@ -309,14 +315,14 @@ STUDIES: dict[str, Study] = {
         arms=(Arm("off"), Arm("ema0.999", {"ema_decay": 0.999}),
               Arm("ema0.9999", {"ema_decay": 0.9999})),
         budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: {"model.head": "heatmap", **_GEOMETRY} for d in DATASETS},
+        common={d: {"model.head": "heatmap", **_GEOMETRY, **_NO_EMA_TTA} for d in DATASETS},
         heldout=True, robustness=True),
     "head_geometry": Study(
         question="The `head` question again with geometric augmentation on: the seed's dense "
                  "regression vs the heatmap head.",
         arms=(Arm("regression"), Arm("heatmap", {"model.head": "heatmap"})),
         budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: dict(_GEOMETRY) for d in DATASETS},
+        common={d: {**_GEOMETRY, **_NO_EMA_TTA} for d in DATASETS},
         heldout=True, robustness=True),
     "defaults": Study(
         question="The old default recipe (heatmap head, no geometric augmentation, MSE, no "
@@ -648,6 +654,8 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   data_dir = os.path.join(scratch, "data")
   train_csv = "" if dataset == "synthetic" else mtfl_subset(mtfl_csv, budget.faces, data_dir)
   base = budget_config(budget, dataset, train_csv, settings)
+  if not study.robustness:  # The earlier studies ran before these defaults: their recipe.
+    _apply(base, _OLD_DEFAULTS)
   shared = arm_config(base, study, dataset, Arm("common"), 0)[0]  # The study's common settings.
   heldout_csv = None
   if study.heldout:
@@ -678,6 +686,7 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
     for seed in seeds:
       config = configs[(arm.name, seed)][0]
       workdir = os.path.join(runs_dir, arm.name, f"seed{seed}-{config_hash(config)}")
+      workdir = _same_run(scratch, dataset, seed, config, study.robustness) or workdir
       try:
         record = run_one(config, workdir, heldout_csv, study.robustness)
       except (interrupts.Interrupted, KeyboardInterrupt):
@@ -704,6 +713,29 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   report.save_figure(plot(results), os.path.join(folder, "rmse_nme.png"))
   log(f"wrote {folder}/table.md, rmse_nme.png, results.json")
   return results
+
+
+def _same_run(scratch: str, dataset: str, seed: int, config, robustness: bool) -> str | None:
+  """A finished run (of any study) that trained this very config and seed, hence the same
+  data, held-out faces and model, and whose record has the scores this study needs.
+
+  Configs compare as a workdir reads them (``config_upgrade``: a field added since the run
+  means what the run did), so new config fields do not orphan finished runs.
+  """
+  want = config_upgrade.upgrade(json.loads(config.to_json()))
+  for done in sorted(glob.glob(os.path.join(scratch, "*", dataset, "*", f"seed{seed}-*",
+                                            "ablate.json"))):
+    folder = os.path.dirname(done)
+    try:
+      with open(done) as f:
+        record = json.load(f)
+      with open(os.path.join(folder, "config.json")) as f:
+        saved = config_upgrade.upgrade(json.load(f))
+    except (OSError, ValueError):
+      continue
+    if saved == want and "rmse" in record and (not robustness or "ratio_rot+-20" in record):
+      return folder
+  return None
 
 
 def _mean_shape_rmse(train_csv: str, test_csv: str) -> float:

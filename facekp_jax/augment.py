@@ -1,4 +1,4 @@
-"""Online, per-batch augmentation: flips that respect labels, one affine warp, brightness.
+"""Augmentation and its sampler: flips that respect labels, one affine warp, brightness.
 
 Conventions (see ``keypoints``): pixel column j is centred at x = j, so a
 horizontal mirror maps x -> 95 - x. A mirrored face's left eye is the original
@@ -21,6 +21,8 @@ All functions are pure: they return new arrays and leave their inputs alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from facekp_jax import keypoints
@@ -41,6 +43,22 @@ def hflip(faces: Faces, swap_labels: bool = True) -> Faces:
   if swap_labels:
     targets, mask = targets[:, keypoints.FLIP_COORDS], mask[:, keypoints.FLIP_COORDS]
   return Faces(faces.images[:, :, ::-1], np.where(mask > 0, targets, 0.0).astype(np.float32), mask)
+
+
+def flip_average(predict, images: np.ndarray) -> np.ndarray:
+  """Flip test-time augmentation: the mean prediction of each image and of its mirror.
+
+  The mirror's prediction is mapped back into the image's frame by ``hflip`` itself
+  (x -> 95 - x, left/right keypoints swapped), the flip training augments with.
+
+  Args:
+    predict: maps (N, 96, 96, 1) images to (N, 30) pixel predictions.
+    images: (N, 96, 96, 1).
+  """
+  present = np.ones((len(images), keypoints.NUM_COORDS), np.float32)
+  mirrored = hflip(Faces(images, present, present)).images
+  back = hflip(Faces(mirrored, predict(mirrored), present)).targets
+  return 0.5 * (predict(images) + back)
 
 
 def vflip(faces: Faces) -> Faces:
@@ -162,7 +180,7 @@ def draw_plan(n: int, rng: np.random.Generator, config) -> dict[str, np.ndarray]
   Every random number is drawn up front, in a fixed order (the geometry's after the
   older knobs', so plans without geometry are the ones earlier versions drew), and
   each knob's draws don't depend on the others. ``apply_plan`` (numpy) and
-  ``device_input.apply_plan`` (on the devices) turn a plan into the same batch.
+  ``device_input.apply_plan_jnp`` (on the devices) turn a plan into the same batch.
   """
   do_h = rng.random(n) < config.hflip_prob
   do_v = rng.random(n) < config.vflip_prob
@@ -177,6 +195,21 @@ def draw_plan(n: int, rng: np.random.Generator, config) -> dict[str, np.ndarray]
                                  np.where(do_g[:, None], shift, 0.0))
   return {"hflip": do_h, "vflip": do_v, "geometry": do_g, "forward": forward,
           "inverse": inverse, "brightness": np.where(do_b, factors, 1.0).astype(np.float32)}
+
+
+def epoch_plans(num_faces: int, config, epoch: int, start: int = 0) -> Iterator[tuple]:
+  """(indices, plan) of each step of an epoch from ``start`` on: the one sampler of training.
+
+  The order comes from ``(seed, epoch)``, each batch's plan from ``(seed, epoch, batch)``, so
+  a resumed run replays exactly the batches an uninterrupted run would have seen. The host
+  pipeline (``train``) and the on-device one (``device_input``) both draw from here;
+  an epoch's last partial batch is dropped.
+  """
+  order = np.random.default_rng([config.seed, epoch]).permutation(num_faces)
+  b = config.batch_size
+  for i in range(start, num_faces // b):
+    plan = draw_plan(b, np.random.default_rng([config.seed, epoch, i]), config.augment)
+    yield order[i * b:(i + 1) * b].astype(np.int32), plan
 
 
 def apply_plan(faces: Faces, plan: dict[str, np.ndarray], config) -> Faces:

@@ -4,15 +4,13 @@ With ``config.input_on_device`` the host only draws each step's indices and
 augmentation plan (a few numbers per face, from the very generators the host
 pipeline uses), and one compiled call runs ``config.steps_per_call`` training
 steps (``lax.scan``): gather the batch from the device copy of the training
-split, apply the plan (``apply_plan``, the jnp twin of ``augment.apply_plan``),
-take the step. The batches are bit-identical to the host pipeline's, so the two
+split, apply the plan (``apply_plan_jnp``, the jnp twin of ``augment.apply_plan``),
+take the step. The batches are the same to the host pipeline's, so the two
 modes train the same model; this one skips the per-step host work and
 transfers that dominate on accelerators.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +29,7 @@ def _mirror_coords(targets, mask, axis_start: int, swap: bool):
   return jnp.where(mask > 0, targets, 0.0), mask
 
 
-def apply_plan(batch: dict, plan: dict, config) -> dict:
+def apply_plan_jnp(batch: dict, plan: dict, config) -> dict:
   """``augment.apply_plan`` in jnp: per example hflip (with swap), vflip, warp, brightness.
 
   The warp is ``augment``'s own code on ``jax.numpy``; it is traced only when the
@@ -56,19 +54,6 @@ def apply_plan(batch: dict, plan: dict, config) -> dict:
   return {"images": images, "targets": targets, "mask": mask}
 
 
-def epoch_plans(num_faces: int, config, epoch: int, start: int = 0) -> Iterator[tuple]:
-  """(indices, plan) of each step of an epoch from ``start`` on, as the host pipeline draws them.
-
-  The same generators as ``train.epoch_batches``: the order from ``(seed, epoch)``,
-  each batch's augmentation from ``(seed, epoch, batch)``.
-  """
-  order = np.random.default_rng([config.seed, epoch]).permutation(num_faces)
-  b = config.batch_size
-  for i in range(start, num_faces // b):
-    plan = augment.draw_plan(b, np.random.default_rng([config.seed, epoch, i]), config.augment)
-    yield order[i * b:(i + 1) * b].astype(np.int32), plan
-
-
 def upload(faces: data.Faces, mesh) -> dict:
   """The training split as arrays replicated on every device of ``mesh`` (all processes)."""
   rep = sharding.replicated(mesh)
@@ -83,7 +68,8 @@ def make_train_steps(train_step, augment_config):
   def steps(state, dataset, indices, plans):
     def one(state, xs):
       idx, plan = xs
-      batch = apply_plan({name: dataset[name][idx] for name in dataset}, plan, augment_config)
+      batch = apply_plan_jnp({name: dataset[name][idx] for name in dataset}, plan,
+                             augment_config)
       return train_step(state, batch)
 
     # Fully unrolled: XLA:CPU ran the rolled loop's body 5x slower (35 vs 169 img/s, batch 32);

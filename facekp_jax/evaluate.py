@@ -130,7 +130,7 @@ def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
   if not os.path.isfile(path):
     raise data.DataError(f"{path}: file not found")  # Before spending time on the model.
   model = inference.load(workdir, which)
-  tta = model.config.get("tta", False) if tta is None else tta
+  tta = model.config.tta if tta is None else tta
   metrics, shown, shown_predictions = evaluate(model, path, tta, perturbed=perturbed,
                                                bad_labels=bad_labels)
   results = _finite(dict(csv=os.path.abspath(path), workdir=os.path.abspath(workdir),

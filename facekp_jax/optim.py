@@ -35,8 +35,8 @@ def learning_rate(config, steps_per_epoch: int | None):
       but the optimizer state is the same tree of the same shapes.
   """
   lr = config.learning_rate
-  schedule = config.get("schedule", "constant")
-  warmup_epochs = config.get("warmup_epochs", 0.0)
+  schedule = config.schedule
+  warmup_epochs = config.warmup_epochs
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
   if schedule == "constant" and not warmup_epochs:
@@ -60,12 +60,12 @@ def _decay_mask(params):
 
 def make_optimizer(config, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
   """Builds ``config.optimizer`` with ``learning_rate(config, steps_per_epoch)``."""
-  name = config.get("optimizer", "adam")
+  name = config.optimizer
   lr = learning_rate(config, steps_per_epoch)
   eps = config.adam_eps
   if name == "adam":
     return optax.adam(lr, eps=eps)
   if name == "adamw":
-    return optax.adamw(lr, eps=eps, weight_decay=config.get("weight_decay", 0.0),
+    return optax.adamw(lr, eps=eps, weight_decay=config.weight_decay,
                        mask=_decay_mask)
   raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")

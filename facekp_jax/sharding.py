@@ -2,7 +2,7 @@
 
 With several processes the mesh spans all their devices, ordered by process, so process ``p``
 holds rows ``[p * B / P, (p + 1) * B / P)`` of every global batch of ``B`` rows over ``P``
-processes: each process feeds exactly that contiguous share (``train._process_slice``).
+processes: each process feeds exactly that contiguous share (``process_slice``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,17 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+def process_rows(n: int) -> slice:
+  """This process's contiguous share of ``n`` global batch rows."""
+  per = n // jax.process_count()
+  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def process_slice(x: np.ndarray) -> np.ndarray:
+  """This process's contiguous share of a global batch."""
+  return x[process_rows(len(x))]
 
 
 def make_mesh(devices=None) -> Mesh:

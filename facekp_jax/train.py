@@ -221,44 +221,17 @@ class Trainer:
   def predict(self, state: TrainState, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """Predicts every image (N, 96, 96, 1) in fixed-size batches; returns (N, 30) pixels.
 
-    With ``tta``, each prediction is the flip test-time average (``flip_average``).
+    With ``tta``, each prediction is the flip test-time average (``augment.flip_average``).
     """
     if tta:
-      return flip_average(lambda x: self.predict(state, x), images)
+      return augment.flip_average(lambda x: self.predict(state, x), images)
     n = len(images)
     faces = data.Faces(images, np.zeros((n, 30), np.float32), np.zeros((n, 30), np.float32))
     out = []
     for batch in data.eval_batches(faces, self.eval_batch_size):
-      local = _process_slice(batch.images)
+      local = sharding.process_slice(batch.images)
       out.append(self.predict_step(state, sharding.to_global(local, self.mesh)))
     return np.concatenate(jax.device_get(out))[:n]
-
-
-def flip_average(predict, images: np.ndarray) -> np.ndarray:
-  """Flip test-time augmentation: the mean prediction of each image and of its mirror.
-
-  The mirror's prediction is mapped back into the image's frame by ``augment.hflip``
-  itself (x -> 95 - x, left/right keypoints swapped), the flip training augments with.
-
-  Args:
-    predict: maps (N, 96, 96, 1) images to (N, 30) pixel predictions.
-    images: (N, 96, 96, 1).
-  """
-  present = np.ones((len(images), keypoints.NUM_COORDS), np.float32)
-  mirrored = augment.hflip(data.Faces(images, present, present)).images
-  back = augment.hflip(data.Faces(mirrored, predict(mirrored), present)).targets
-  return 0.5 * (predict(images) + back)
-
-
-def _process_rows(n: int) -> slice:
-  """This process's contiguous share of ``n`` global batch rows."""
-  per = n // jax.process_count()
-  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-
-
-def _process_slice(x: np.ndarray) -> np.ndarray:
-  """This process's contiguous share of a global batch."""
-  return x[_process_rows(len(x))]
 
 
 def epoch_batches(train: data.Faces, config, epoch: int, start: int = 0):
@@ -267,7 +240,7 @@ def epoch_batches(train: data.Faces, config, epoch: int, start: int = 0):
   A pure function of (seed, epoch, batch index), so a resumed run replays
   exactly the batches an uninterrupted run would have seen.
   """
-  for indices, plan in device_input.epoch_plans(len(train), config, epoch, start=start):
+  for indices, plan in augment.epoch_plans(len(train), config, epoch, start=start):
     yield augment.apply_plan(train.take(indices), plan, config.augment)
 
 
@@ -476,10 +449,10 @@ def epoch_steps(trainer: Trainer, state: TrainState, train: data.Faces, dataset,
   land on the same steps in both modes.
   """
   config, mesh = trainer.config, trainer.mesh
-  plans = device_input.epoch_plans(len(train), config, epoch, start=first)
+  plans = augment.epoch_plans(len(train), config, epoch, start=first)
   if dataset is None:
     for i, (indices, plan) in enumerate(plans, start=first):
-      rows = _process_rows(len(indices))  # Build and augment only this process's rows.
+      rows = sharding.process_rows(len(indices))  # Build and augment only this process's rows.
       batch = augment.apply_plan(train.take(indices[rows]),
                                  {name: p[rows] for name, p in plan.items()}, config.augment)
       local = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
@@ -498,7 +471,7 @@ def epoch_steps(trainer: Trainer, state: TrainState, train: data.Faces, dataset,
     chunk = [next(plans) for _ in range(k)]
     indices = np.stack([c[0] for c in chunk])
     plan = {name: np.stack([c[1][name] for c in chunk]) for name in chunk[0][1]}
-    local = jax.tree.map(lambda x: x[:, _process_rows(x.shape[1])], (indices, plan))
+    local = jax.tree.map(lambda x: x[:, sharding.process_rows(x.shape[1])], (indices, plan))
     state, metrics = trainer.train_steps(state, dataset,
                                          *sharding.to_global(local, mesh, sharding.steps_sharded))
     yield i, k, state, metrics, float(train.mask[indices].sum())

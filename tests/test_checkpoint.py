@@ -11,8 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
-from facekp_jax import checkpoint, sharding, train
+from facekp_jax import checkpoint, inference, sharding, train
 from tests.conftest import kaggle_frame, random_faces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +28,9 @@ def csv(tmp_path_factory):
 def _args(csv, workdir, *extra):
   return [sys.executable, "-m", "facekp_jax.main", "--config=configs/tiny.py",
           f"--workdir={workdir}", f"--config.data.train_csv={csv}",
-          f"--config.num_epochs={EPOCHS}", "--config.checkpoint_every_steps=1", *extra]
+          f"--config.num_epochs={EPOCHS}", "--config.checkpoint_every_steps=1",
+          # The EMA (in the state) and the warp (drawn per step) must resume exactly as well.
+          "--config.ema_decay=0.9", "--config.augment.geometry_prob=0.5", *extra]
 
 
 def _env():
@@ -62,7 +63,7 @@ def _start_and_signal(csv, workdir, after_step, signum, delay=0.0):
 
 def _final_params(workdir):
   mesh = sharding.make_mesh()
-  trainer = train.Trainer(tiny.get_config(), mesh)
+  trainer = train.Trainer(inference.read_config(str(workdir)), mesh)
   ckpt = checkpoint.Checkpointer(workdir)
   state, progress = ckpt.restore(trainer.init_state())
   ckpt.close()

@@ -33,7 +33,7 @@ def test_device_augmentation_equals_numpy_bit_for_bit(swap):
   plan = augment.draw_plan(16, np.random.default_rng(3), config.augment)
   assert plan["hflip"].any() and plan["vflip"].any() and (plan["brightness"] != 1).any()
   want = augment.apply_plan(faces, plan, config.augment)
-  got = jax.jit(lambda b, p: device_input.apply_plan(b, p, config.augment))(
+  got = jax.jit(lambda b, p: device_input.apply_plan_jnp(b, p, config.augment))(
       {"images": faces.images, "targets": faces.targets, "mask": faces.mask}, plan)
   np.testing.assert_array_equal(got["images"], want.images)
   np.testing.assert_array_equal(got["targets"], want.targets)
@@ -42,7 +42,7 @@ def test_device_augmentation_equals_numpy_bit_for_bit(swap):
 
 def test_device_warp_equals_numpy_with_flips_and_brightness():
   config = _config(geometry_prob=0.7, rotate_deg=30.0, scale_range=(0.8, 1.2), shift_px=8.0)
-  fn = jax.jit(lambda b, p: device_input.apply_plan(b, p, config.augment))
+  fn = jax.jit(lambda b, p: device_input.apply_plan_jnp(b, p, config.augment))
   for seed in range(3):
     faces = _faces(16, seed)
     plan = augment.draw_plan(16, np.random.default_rng(seed), config.augment)
@@ -59,7 +59,7 @@ def test_epoch_plans_rebuild_the_host_batches():
   config.batch_size = 8
   faces = _faces(36)  # 4 full batches, 4 faces dropped as in the host pipeline.
   host = list(train.epoch_batches(faces, config, epoch=2, start=1))
-  plans = list(device_input.epoch_plans(len(faces), config, epoch=2, start=1))
+  plans = list(augment.epoch_plans(len(faces), config, epoch=2, start=1))
   assert len(host) == len(plans) == 3
   for batch, (indices, plan) in zip(host, plans):
     rebuilt = augment.apply_plan(faces.take(indices), plan, config.augment)

@@ -115,7 +115,7 @@ def test_flip_average_maps_the_mirror_prediction_back():
   mirrored = augment.hflip(faces)
   truth = {im.tobytes(): t for f in (faces, mirrored) for im, t in zip(f.images, f.targets)}
   oracle = lambda images: np.stack([truth[np.ascontiguousarray(im).tobytes()] for im in images])
-  np.testing.assert_allclose(train.flip_average(oracle, faces.images), faces.targets, atol=1e-5)
+  np.testing.assert_allclose(augment.flip_average(oracle, faces.images), faces.targets, atol=1e-5)
   np.testing.assert_allclose(_unmirror(mirrored.targets), faces.targets, atol=1e-5)
 
 

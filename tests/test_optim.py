@@ -1,13 +1,16 @@
 """Optimizer and schedule from the config: the default is exactly constant Adam."""
 
+import json
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from configs import resnet, tiny
-from facekp_jax import optim, train
+from facekp_jax import config_upgrade, optim, train
 
 
 def _params():
@@ -44,9 +47,10 @@ def test_default_is_bit_identical_to_constant_adam():
 
 
 def test_configs_saved_before_the_fields_still_build_constant_adam():
-  config = tiny.get_config()
-  for field in ("optimizer", "schedule", "warmup_epochs", "weight_decay"):
-    del config[field]
+  saved = json.loads(tiny.get_config().to_json())
+  for field in ("optimizer", "schedule", "warmup_epochs", "weight_decay", "adam_eps"):
+    del saved[field]
+  config = ml_collections.ConfigDict(config_upgrade.upgrade(saved))  # As a workdir is read.
   assert optim.learning_rate(config, 10) == config.learning_rate
 
 
