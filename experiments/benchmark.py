@@ -62,7 +62,7 @@ def _faces(n: int) -> data.Faces:
 
 def _epoch(trainer, state, faces, dataset, epoch):
   t0 = time.perf_counter()
-  *_, (_, _, state, metrics) = train.epoch_steps(trainer, state, faces, dataset, epoch, 0)
+  *_, (_, _, state, metrics, _) = train.epoch_steps(trainer, state, faces, dataset, epoch, 0)
   jax.block_until_ready(metrics)
   return state, time.perf_counter() - t0
 
@@ -81,7 +81,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   on_device = bool(config.get("input_on_device", False))
   dataset = device_input.upload(faces, mesh) if on_device else None
   t0 = time.perf_counter()
-  _, k, state, m = next(train.epoch_steps(trainer, state, faces, dataset, 0, 0))
+  _, k, state, m, _ = next(train.epoch_steps(trainer, state, faces, dataset, 0, 0))
   jax.block_until_ready(m)
   first_call = time.perf_counter() - t0
 
