@@ -71,8 +71,26 @@ DIFFERENCES: dict[str, dict] = {
     "static-flips": {"data.flip_copies": True, "augment.hflip_prob": 0.0},
     "no-brightness": {"augment.brightness_prob": 0.0},
 }
-ARMS: dict[str, dict] = {REFERENCE: {}, **DIFFERENCES,
-                         "all-keras": {k: v for d in DIFFERENCES.values() for k, v in d.items()}}
+# The recipe issue 17 compares (configs/resnet.py's before its geometric augmentation, EMA and
+# TTA defaults): pinned in every arm, so that each arm's only difference is its own. None of
+# them is what Keras does; arm `current-defaults` takes configs/resnet.py's values instead.
+PINNED: dict = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
+                "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "ema_decay": 0.0,
+                "tta": False}
+
+
+def _resnet_value(path: str):
+  node = resnet.get_config()
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+ARMS: dict[str, dict] = {
+    REFERENCE: {}, **DIFFERENCES,
+    "all-keras": {k: v for d in DIFFERENCES.values() for k, v in d.items()},
+    "current-defaults": {k: _resnet_value(k) for k in PINNED if _resnet_value(k) != PINNED[k]},
+}
 # What each JAX arm changes, in words (the table's notes).
 WHY = {
     "glorot": "Keras' glorot-uniform kernels (Flax: lecun-normal) in every conv and dense layer",
@@ -82,6 +100,9 @@ WHY = {
                     "(reference: online flips, p = 0.5)",
     "no-brightness": "no brightness augmentation (Keras has none)",
     "all-keras": "all of the above together",
+    "current-defaults": "not a Keras behaviour: configs/resnet.py's current values of the fields "
+                        "the other arms pin to issue 17's recipe (geometric augmentation, "
+                        "parameter EMA; TTA stays off in scoring)",
 }
 
 
@@ -129,6 +150,8 @@ def base_config(train_csv: str):
   config.data.rows = "all"  # 5 of 15 keypoints labelled: the masked loss.
   config.data.val_fraction = 0.0
   config.batch_size = BATCH_SIZE
+  for path, value in PINNED.items():
+    ablate.set_field(config, path, value)
   return config
 
 
@@ -321,6 +344,15 @@ def run_jax(config, workdir: str, heldout_csv: str) -> dict:
   return dict(record, skipped=False)
 
 
+def config_changes(workdir: str, config) -> list[str]:
+  """Fields where a finished run's config.json differs from ``config`` (a later code change)."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = flat(json.loads(json.dumps(json.load(f))))
+  now = flat(json.loads(config.to_json()))
+  return [f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -389,7 +421,7 @@ def markdown(result: dict) -> str:
       "errors in pixels of the 96x96 image",
       f"- command: `{result['command']}`", "",
       "| arm | overrides | seeds | images seen | RMSE (px) | NME | Δ vs jax-default (paired) | "
-      "Δ vs keras | vs keras | rot±20 RMSE | rot±20 ratio | Δ rot±20 vs keras | rot±30 RMSE | "
+      "Δ vs keras | vs keras | rot±20 RMSE | rot±20 ratio | rot±20 vs keras | rot±30 RMSE | "
       "rot±30 ratio | scale0.85 ratio | scale1.15 ratio | shift±6 ratio | wall s/run |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for arm in arms:
@@ -422,6 +454,9 @@ def markdown(result: dict) -> str:
       "Arms (each switches one difference to Keras' behaviour):", ""]
   lines += [f"- `{name}`: {why}" for name, why in WHY.items()]
   lines += [
+      "", "Pinned in every JAX arm to the recipe issue 17 compares (configs/resnet.py's defaults "
+      "before its geometric augmentation, EMA and TTA): " + ", ".join(
+          f"`{k}={v!r}`" for k, v in PINNED.items()) + " (arm `current-defaults` unpins them).",
       "", "Equal by construction, so no arm: the architecture (18,007,710 parameters in both), "
       "batch norm (momentum 0.99, epsilon 1e-3: Keras' defaults, `facekp_jax/models.py`), dropout "
       "0.2/0.1, zero biases, Adam 1e-4 (β 0.9/0.999), MSE over the labelled coordinates, batch "
@@ -436,6 +471,11 @@ def markdown(result: dict) -> str:
   if result.get("extra_arm"):
     lines.append(f"Best single difference at seed(s) {result['jax_seeds']}, re-run at seed(s) "
                  f"{result['extra_seeds']}: `{result['extra_arm']}`.")
+  stale = [f"- {a['name']} seed {r['seed']}: {'; '.join(r['config_changes'])}" for a in arms
+           for r in a["runs"] if r.get("config_changes")]
+  if stale:
+    lines += ["", "Runs made under an older config (kept; delete the run's workdir to redo "
+              "it): the fields that differ now (then -> now):"] + stale
   failures = [f"- {a['name']} seed {f['seed']}: {f['error']}" for a in arms
               for f in a.get("failed", [])]
   if failures:
@@ -494,7 +534,7 @@ def _ints(text: str) -> list[int]:
 # Running order of the single differences: the likeliest to matter first, so that a session
 # that runs out of time has measured them.
 _ORDER = (REFERENCE, "all-keras", "raw-pixels", "static-flips", "glorot", "no-brightness",
-          "eps1e-7")
+          "eps1e-7", "current-defaults")
 
 
 def plan(keras_seeds: list[int], jax_seeds: list[int], arms: list[str]) -> list[tuple[str, int]]:
@@ -531,6 +571,8 @@ def main(argv=None) -> dict | None:
   parser.add_argument("--scratch", default=DEFAULT_SCRATCH, help="data and run workdirs")
   parser.add_argument("--out", default=DEFAULT_OUT)
   parser.add_argument("--list", action="store_true", help="print the plan and exit")
+  parser.add_argument("--tables_only", action="store_true",
+                      help="rewrite the table, plot and JSON from the finished runs; train nothing")
   args = parser.parse_args(argv)
   unknown = sorted(set(args.arms) - set(ARMS))
   if unknown:
@@ -583,8 +625,11 @@ def main(argv=None) -> dict | None:
     else:
       config = arm_config(arm, seed, budget, train_csv)
       workdir = os.path.join(scratch, "runs", arm,
-                             f"seed{seed}-{ablate.config_hash(config)}-{tag}")
-      go = lambda: run_jax(config, workdir, heldout_csv)
+                             f"seed{seed}-e{config.num_epochs}-n{n_train}-{tag}")
+      go = lambda: dict(run_jax(config, workdir, heldout_csv),
+                        config_changes=config_changes(workdir, config))
+    if args.tables_only and _done(workdir) is None:
+      return
     print(f"{arm} seed {seed}: {workdir}", flush=True)
     try:
       record = go()

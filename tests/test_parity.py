@@ -50,6 +50,9 @@ def test_each_arm_changes_exactly_its_fields_to_keras_behaviour():
   assert ref["adam_eps"] == 1e-8 and ref["model.output_scale"] == 48.0
   assert ref["augment.hflip_prob"] == 0.5 and ref["augment.brightness_prob"] == 0.5
   assert not ref["data.flip_copies"]
+  assert all(ref[k] == (list(v) if isinstance(v, tuple) else v) or ref[k] == v
+             for k, v in parity.PINNED.items())  # Issue 17's recipe, whatever resnet.py says.
+  assert set(parity.WHY) == set(parity.ARMS) - {parity.REFERENCE}
   assert parity.DIFFERENCES == {  # Issue 17's differences, each set to what Keras does.
       "glorot": {"model.kernel_init": "glorot_uniform"}, "eps1e-7": {"adam_eps": 1e-7},
       "raw-pixels": {"model.output_scale": 1.0, "model.output_offset": 0.0},
