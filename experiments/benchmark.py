@@ -39,6 +39,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from facekp_jax import data, device_input, export, inference, sharding, train
+from facekp_jax.ops import host_memory
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/resnet.py", "Model and recipe to time.")
@@ -180,6 +181,7 @@ def time_inference(config, calls: int) -> list[dict]:
 
 def main(argv):
   del argv
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
   if FLAGS.inference:
     inference.quiet_libraries()
     for record in time_inference(FLAGS.config, FLAGS.calls):

@@ -28,6 +28,7 @@ import numpy as np
 
 from facekp_jax import data, inference, keypoints, report, robustness
 from facekp_jax import metrics as metrics_lib
+from facekp_jax.ops import host_memory
 
 _GRID = 16
 
@@ -157,6 +158,7 @@ def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
 
 
 def main(argv=None) -> None:
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
   parser = inference.ArgumentParser(
       prog="python -m facekp_jax.evaluate",
       description="Score a trained workdir on a Kaggle-layout file (masked cells not scored).")

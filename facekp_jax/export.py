@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from facekp_jax import data, inference, keypoints, models, report, synthetic
+from facekp_jax.ops import host_memory
 
 FORMATS = ("stablehlo", "onnx")
 INPUT_DTYPES = ("uint8", "float32")
@@ -184,6 +185,7 @@ def export(model: inference.Model, fmt: str, out: str, tta: bool = False,
 
 
 def main(argv=None) -> None:
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
   parser = inference.ArgumentParser(
       prog="python -m facekp_jax.export",
       description="Export a trained workdir's model: StableHLO (jax.export) or ONNX.")

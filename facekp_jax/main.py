@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from facekp_jax import data, distributed, interrupts, report, sharding, train, workdir_lock
+from facekp_jax.ops import host_memory
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -59,6 +60,7 @@ def _quiet_libraries(record) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
   logging.get_absl_handler().addFilter(_quiet_libraries)
   try:
     distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,

@@ -26,9 +26,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from facekp_jax import conv as conv_lib
-from facekp_jax import heads, keypoints, pooling
-from facekp_jax import norm as norm_lib
+from facekp_jax import heads, keypoints
+from facekp_jax.ops import layers
 
 # Keras' BatchNormalization defaults, as in the seed.
 _BN_MOMENTUM = 0.99
@@ -42,58 +41,6 @@ HEADS = heads.HEADS
 # Kernel initialisers by name: Flax's default, and Keras' (the seed's) for parity studies.
 KERNEL_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
                 "glorot_uniform": nn.initializers.glorot_uniform()}
-
-
-def _matmul_2d(x, kernel_2d):
-  """(..., K) @ (K, F) as one 2-D matrix product.
-
-  XLA's CPU backend runs the weight gradient of a dot that contracts several
-  leading axes (batch, height, width) several times slower than the same
-  product written over a single flattened axis.
-  """
-  y = jnp.reshape(x, (-1, x.shape[-1])) @ kernel_2d
-  return jnp.reshape(y, x.shape[:-1] + (kernel_2d.shape[-1],))
-
-
-class PointwiseConv(nn.Module):
-  """A 1x1 convolution computed as one 2-D matrix product over channels.
-
-  Same parameters (names, shapes, initialisers) and the same function as
-  ``nn.Conv(features, (1, 1))``, but faster to differentiate on CPU.
-  """
-
-  features: int
-  use_bias: bool = True
-  dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init,
-                        (1, 1, x.shape[-1], self.features), jnp.float32)
-    y = _matmul_2d(jnp.asarray(x, self.dtype), jnp.asarray(kernel[0, 0], self.dtype))
-    if self.use_bias:
-      y = y + jnp.asarray(self.param("bias", nn.initializers.zeros_init(), (self.features,),
-                                     jnp.float32), self.dtype)
-    return y
-
-
-def max_pool_2x2(x):
-  """2x2/2 'VALID' max-pool (same function and gradient as ``nn.max_pool``)."""
-  return pooling.max_pool(x, (2, 2), (2, 2))
-
-
-def max_pool_3x3(x):
-  """The stem's 3x3/2 'VALID' max-pool (same function and gradient as ``nn.max_pool``)."""
-  return pooling.max_pool(x, (3, 3), (2, 2))
-
-
-def reference_max_pool_2x2(x):
-  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
-
-
-def reference_max_pool_3x3(x):
-  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
 
 
 class BottleneckBlock(nn.Module):
@@ -149,7 +96,8 @@ class ResNet(nn.Module):
     fast_ops: compute 1x1 convolutions as 2-D matrix products, and the stem
       convolution, max-pools and batch norms with cheaper gradients (same
       parameters and function; faster on CPU).
-      False uses the plain ``nn.Conv`` / ``nn.max_pool`` reference path.
+      False uses the plain ``nn.Conv`` / ``nn.max_pool`` reference path
+      (``ops.layers.make``).
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -171,32 +119,20 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     init = KERNEL_INITS[self.kernel_init]
-    conv = functools.partial(nn.Conv, use_bias=self.conv_bias, dtype=self.dtype,
-                             kernel_init=init)
-    norm = functools.partial(
-        norm_lib.BatchNorm if self.fast_ops else nn.BatchNorm, use_running_average=not train,
-        momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=self.dtype)
-    if self.fast_ops:
-      pointwise = functools.partial(PointwiseConv, use_bias=self.conv_bias, dtype=self.dtype,
-                                    kernel_init=init)
-      pool, stem_pool = max_pool_2x2, max_pool_3x3
-    else:
-      pointwise = lambda features, name: conv(features, (1, 1), name=name)
-      pool, stem_pool = reference_max_pool_2x2, reference_max_pool_3x3
+    ops = layers.make(self.fast_ops, use_bias=self.conv_bias, dtype=self.dtype, kernel_init=init)
+    norm = functools.partial(ops.batch_norm, use_running_average=not train,
+                             momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=self.dtype)
+    pool = functools.partial(ops.max_pool, window=(2, 2), strides=(2, 2))
     x = jnp.asarray(x, self.dtype)
     x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
-    if self.fast_ops:
-      stem = conv_lib.Conv(self.stem_filters, (7, 7), strides=(2, 2), use_bias=self.conv_bias,
-                           dtype=self.dtype, kernel_init=init, name="stem_conv")
-    else:
-      stem = conv(self.stem_filters, (7, 7), strides=(2, 2), padding="VALID", name="stem_conv")
+    stem = ops.valid_conv(self.stem_filters, (7, 7), (2, 2), name="stem_conv")
     x = stem(x)
     x = nn.relu(norm(name="stem_norm")(x))
-    x = stem_pool(x)
+    x = ops.max_pool(x, (3, 3), (2, 2))
     for stage, (filters, blocks) in enumerate(zip(self.stage_filters, self.stage_blocks)):
       for block in range(blocks):
-        x = BottleneckBlock(tuple(filters), downsample=block == 0, conv=conv,
-                            pointwise=pointwise, pool=pool, norm=norm,
+        x = BottleneckBlock(tuple(filters), downsample=block == 0, conv=ops.conv,
+                            pointwise=ops.pointwise, pool=pool, norm=norm,
                             name=f"stage{stage + 1}_block{block + 1}")(x)
     if self.head == "heatmap":
       return heads.HeatmapHead(self.heatmap_size, dtype=self.dtype, kernel_init=init,

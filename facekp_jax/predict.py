@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from facekp_jax import data, faces, inference, keypoints, pictures, report
+from facekp_jax.ops import host_memory
 
 SIZE = keypoints.IMAGE_SIZE
 LOOKUP_COLUMNS = ("RowId", keypoints.ID_COLUMN, "FeatureName")
@@ -219,6 +220,7 @@ def run_photos(model: inference.Model, paths: list[str], out_dir: str, tta: bool
 
 
 def main(argv=None) -> None:
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
   parser = inference.ArgumentParser(
       prog="python -m facekp_jax.predict",
       description="Predict keypoints with a trained workdir: a Kaggle test file, or pictures.")

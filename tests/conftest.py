@@ -5,6 +5,10 @@ import pandas as pd
 import pytest
 
 from facekp_jax import keypoints
+from facekp_jax.ops import host_memory
+
+# The test session is a run: tune malloc before JAX starts its CPU client, as the commands do.
+host_memory.reuse_freed_memory()
 
 
 def random_faces(n, seed=0, missing_every=0):

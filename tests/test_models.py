@@ -101,7 +101,3 @@ def test_fast_ops_path_is_the_same_function_with_the_same_parameters(conv_bias):
     scale = max(float(jnp.abs(a).max()), floor)
     np.testing.assert_allclose(b / scale, a / scale, atol=1e-4, err_msg=jax.tree_util.keystr(path))
 
-
-def test_reshape_pool_matches_flax_pool_on_odd_sizes():
-  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 23, 23, 3)).astype(np.float32))
-  np.testing.assert_array_equal(models.max_pool_2x2(x), models.reference_max_pool_2x2(x))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from facekp_jax import pooling
+from facekp_jax.ops import pooling
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 

@@ -10,8 +10,9 @@ no ``mmap`` for large blocks and no trimming, the same memory is reused from ste
 to step (0 faults after the first steps).
 
 The settings must be made before JAX starts its CPU client (threads that already
-have their own malloc arena keep it); ``facekp_jax/__init__.py`` applies them on
-import. Set ``FACEKP_JAX_SYSTEM_MALLOC=1`` to leave glibc's defaults alone.
+have their own malloc arena keep it): each command applies them where its run starts
+(``main``, ``evaluate``, ``predict``, ``export``, ``experiments/benchmark.py``), not on import.
+Set ``FACEKP_JAX_SYSTEM_MALLOC=1`` to leave glibc's defaults alone.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facekp_jax import conv
+from facekp_jax.ops import conv
 
 
 @pytest.mark.parametrize("shape,window,strides", [

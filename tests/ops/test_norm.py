@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facekp_jax import norm
+from facekp_jax.ops import norm
 
 
 def _pair(train):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facekp_jax import pooling
+from facekp_jax.ops import pooling
 
 
 @pytest.mark.parametrize("shape,window,strides", [
