@@ -66,10 +66,11 @@ from facekp_jax import (  # noqa: E402
   inference,
   interrupts,
   keypoints,
-  report,
+  plots,
   synthetic,
   train,
 )
+from facekp_jax import workdir as workdir_lib  # noqa: E402
 
 MTFL_CSV = os.path.join(ROOT, "..", "shared", "data", "mtfl_train.csv.gz")
 DEFAULT_OUT = os.path.join(ROOT, "experiments", "results")
@@ -413,9 +414,7 @@ def config_hash(config) -> str:
 def _write_frame(frame: pd.DataFrame, path: str) -> None:
   """Writes a CSV atomically (a killed run never leaves half a file under the final name)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  frame.to_csv(tmp, index=False)
-  os.replace(tmp, path)
+  workdir_lib.write_csv(path, frame)
 
 
 def mtfl_subset(path: str, faces: int | None, folder: str) -> str:
@@ -494,7 +493,7 @@ def run_one(config, workdir: str, heldout_csv: str | None, robustness: bool = Fa
     epochs = [json.loads(line)["epoch_seconds"] for line in f if line.strip()]
   # The median epoch leaves out the first epoch's compilation and the run's fixed costs.
   record["epoch_seconds"] = float(np.median(epochs)) if epochs else None
-  report.write_json(done, record)
+  workdir_lib.write_json(done, record)
   return dict(record, skipped=False)
 
 
@@ -707,10 +706,10 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   summarise(results["arms"])
   folder = os.path.join(out, name, dataset)
   os.makedirs(folder, exist_ok=True)
-  report.write_json(os.path.join(folder, "results.json"), _jsonable(results))
+  workdir_lib.write_json(os.path.join(folder, "results.json"), workdir_lib.jsonable(results))
   with open(os.path.join(folder, "table.md"), "w") as f:
     f.write(markdown(results))
-  report.save_figure(plot(results), os.path.join(folder, "rmse_nme.png"))
+  plots.save_figure(plot(results), os.path.join(folder, "rmse_nme.png"))
   log(f"wrote {folder}/table.md, rmse_nme.png, results.json")
   return results
 
@@ -756,17 +755,6 @@ def _source(base, dataset: str, mtfl_csv: str, partial: bool = False) -> str:
              if partial else ""))
   return "built-in synthetic faces" + (", Kaggle's missing-label pattern"
                                        if base.data.synthetic_missing else "")
-
-
-def _jsonable(obj):
-  """Tuples to lists, NaN to None, so the JSON stays standard."""
-  if isinstance(obj, dict):
-    return {k: _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, float) and not np.isfinite(obj):
-    return None
-  return obj
 
 
 # ----------------------------------------------------------------------------- command line

@@ -50,7 +50,8 @@ import pandas as pd  # noqa: E402
 
 import ablate  # noqa: E402
 from configs import resnet  # noqa: E402
-from facekp_jax import data, evaluate, keypoints, report, robustness  # noqa: E402
+from facekp_jax import data, evaluate, keypoints, plots, robustness  # noqa: E402
+from facekp_jax import workdir as workdir_lib  # noqa: E402
 
 MTFL_CSV = os.path.join(ROOT, "..", "shared", "data", "mtfl_train.csv.gz")
 BENCH = os.path.join(ROOT, "..", "shared", "bench")
@@ -229,7 +230,7 @@ def keras_sets(heldout_csv: str, folder: str) -> dict[str, tuple[str, str]]:
     np.savez(path + ".tmp.npz", images=images)
     os.replace(path + ".tmp.npz", path)
     sets[name] = (path, _digest(images))
-  report.write_json(manifest, sets)
+  workdir_lib.write_json(manifest, sets)
   return sets
 
 
@@ -304,7 +305,7 @@ def run_keras(seed: int, budget: Budget, train_csv: str, heldout_csv: str, sets:
                 epochs=meta["epochs"], num_train=meta["train_images"],
                 train_seconds=meta["train_seconds"], train_loss=meta["train_loss"],
                 tensorflow=meta["tensorflow"], wall_seconds=time.time() - t0)
-  report.write_json(os.path.join(workdir, "parity.json"), record)
+  workdir_lib.write_json(os.path.join(workdir, "parity.json"), record)
   return dict(record, skipped=False)
 
 
@@ -340,7 +341,7 @@ def run_jax(config, workdir: str, heldout_csv: str) -> dict:
                 num_train=results["num_train"],
                 train_seconds=float(sum(h["epoch_seconds"] for h in history)),
                 train_loss=[h["train_loss"] for h in history], wall_seconds=time.time() - t0)
-  report.write_json(os.path.join(workdir, "parity.json"), record)
+  workdir_lib.write_json(os.path.join(workdir, "parity.json"), record)
   return dict(record, skipped=False)
 
 
@@ -517,11 +518,11 @@ def plot(result: dict):
 def write_outputs(result: dict, out: str) -> None:
   summarise(result["arms"])
   os.makedirs(out, exist_ok=True)
-  report.write_json(os.path.join(out, "results.json"), ablate._jsonable(result))  # pylint: disable=protected-access
+  workdir_lib.write_json(os.path.join(out, "results.json"), workdir_lib.jsonable(result))
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(markdown(result))
   if any(a["runs"] for a in result["arms"]):
-    report.save_figure(plot(result), os.path.join(out, "parity.png"))
+    plots.save_figure(plot(result), os.path.join(out, "parity.png"))
 
 
 # ----------------------------------------------------------------------------- command line

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from facekp_jax import report
+from facekp_jax import workdir as workdir_lib
 
 MODES = ("off", "auto", "manual")
 _FLAGS = ("coordinator_address", "num_processes", "process_id")
@@ -94,7 +94,7 @@ def check_shared_folder(folder: str) -> None:
   process 0 created ``folder``; a no-op with one process.
 
   Raises:
-    report.WorkdirError: on every process, naming those that do not see the marker.
+    workdir_lib.WorkdirError: on every process, naming those that do not see the marker.
   """
   if jax.process_count() == 1:
     return
@@ -109,6 +109,6 @@ def check_shared_folder(folder: str) -> None:
     os.remove(marker)
   blind = [i for i, s in enumerate(seen.reshape(-1)) if not s]
   if blind:
-    raise report.WorkdirError(
+    raise workdir_lib.WorkdirError(
         f"{folder}: process(es) {', '.join(map(str, blind))} do not see the files of "
         "process 0; all processes must use the same folder on storage they share")

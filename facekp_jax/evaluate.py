@@ -21,13 +21,13 @@ Bad input: one line, exit code 2.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 
-from facekp_jax import data, inference, keypoints, report, robustness
+from facekp_jax import data, inference, keypoints, plots, robustness
 from facekp_jax import metrics as metrics_lib
+from facekp_jax import workdir as workdir_lib
 from facekp_jax.ops import host_memory
 
 _GRID = 16
@@ -66,7 +66,8 @@ def evaluate(model: inference.Model, path: str, tta: bool = False,
     data.DataError: a malformed file, or one without any keypoint label.
   """
   chunk_rows = chunk_rows or 8 * model.trainer.eval_batch_size
-  trained = report.trained_keypoints(model.workdir)  # Keypoints the run never learnt: unscored.
+  # Keypoints the run never learnt: unscored.
+  trained = workdir_lib.trained_keypoints(model.workdir)
   predictions, targets, mask, shown = [], [], [], []
   scorer = robustness.Scorer(lambda x: model.predict(x, tta=tta)) if perturbed else None
   for faces in data.read_training_chunks(path, chunk_rows, bad_labels):
@@ -92,13 +93,6 @@ def evaluate(model: inference.Model, path: str, tta: bool = False,
                        for a in ("images", "targets", "mask")))
   drawn = np.where(trained > 0, predictions[:len(shown)], np.nan)  # Untrained: not drawn.
   return results, shown, drawn
-
-
-def _finite(value):
-  """NaN -> None, so the JSON stays standard."""
-  if isinstance(value, dict):
-    return {k: _finite(v) for k, v in value.items()}
-  return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def table(results: dict) -> str:
@@ -134,23 +128,23 @@ def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
   tta = model.config.tta if tta is None else tta
   metrics, shown, shown_predictions = evaluate(model, path, tta, perturbed=perturbed,
                                                bad_labels=bad_labels)
-  results = _finite(dict(csv=os.path.abspath(path), workdir=os.path.abspath(workdir),
-                         checkpoint=which, step=model.step, tta=tta, **metrics))
+  results = workdir_lib.jsonable(dict(csv=os.path.abspath(path), workdir=os.path.abspath(workdir),
+                                      checkpoint=which, step=model.step, tta=tta, **metrics))
   stem = file_stem(path)
   json_path = os.path.join(workdir, f"eval_{stem}.json")
   png_path = os.path.join(workdir, f"eval_{stem}.png")
-  report.write_json(json_path, results)
+  workdir_lib.write_json(json_path, results)
   title = f"{os.path.basename(path)}: RMSE {results['rmse']:.2f} px (step {model.step}" + (
       ", flip TTA)" if tta else ")")
-  report.save_figure(report.plot_grid(shown.images, shown_predictions, shown.targets, shown.mask,
+  plots.save_figure(plots.plot_grid(shown.images, shown_predictions, shown.targets, shown.mask,
                                       title=title), png_path)
   written = [json_path, png_path, os.path.join(workdir, f"eval_{stem}_ced.png")]
-  report.save_figure(report.plot_ced(results["per_face_nme"], results["nme_normaliser"],
+  plots.save_figure(plots.plot_ced(results["per_face_nme"], results["nme_normaliser"],
                                      title=os.path.basename(path)), written[-1])
   extra = ""
   if perturbed:
     written.append(os.path.join(workdir, f"eval_{stem}_robustness.png"))
-    report.save_figure(robustness.plot(results["robustness"], title=title), written[-1])
+    plots.save_figure(robustness.plot(results["robustness"], title=title), written[-1])
     extra = "\n\nrobustness:\n" + robustness.table(results["robustness"])
   print(f"{model.describe(tta)}\nfile {path}: {table(results)}{extra}\n\nwrote "
         f"{', '.join(written)}")

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from facekp_jax import data, inference, keypoints, models, report, synthetic
+from facekp_jax import data, inference, keypoints, models, synthetic
+from facekp_jax import workdir as workdir_lib
 from facekp_jax.ops import host_memory
 
 FORMATS = ("stablehlo", "onnx")
@@ -171,8 +172,8 @@ def export(model: inference.Model, fmt: str, out: str, tta: bool = False,
   scaled = faces.astype(np.float32) / (255.0 if input_dtype == "uint8" else 1.0)
   expected = model.predict(scaled[..., None], tta=tta)
   difference = float(np.abs(got - expected).max())
-  report._atomic_write(out, lambda f: f.write(blob))  # pylint: disable=protected-access
-  report.write_json(out + ".json", {
+  workdir_lib.atomic_write(out, lambda f: f.write(blob))
+  workdir_lib.write_json(out + ".json", {
       "format": fmt, "input": {"name": "faces", "shape": ["N", SIZE, SIZE], "dtype": input_dtype,
                                "range": [0, 255] if input_dtype == "uint8" else [0.0, 1.0]},
       "output": {"name": "keypoints", "shape": ["N", keypoints.NUM_COORDS], "dtype": "float32",

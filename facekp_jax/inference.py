@@ -20,11 +20,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from facekp_jax import checkpoint, config_upgrade, data, report, sharding, train
+from facekp_jax import checkpoint, config_upgrade, data, sharding, train
+from facekp_jax import workdir as workdir_lib
 
 CHECKPOINTS = ("best", "latest")
 # Problems with the user's input: one line on stderr, exit code 2.
-USER_ERRORS = (data.DataError, report.WorkdirError, train.ConfigError)
+USER_ERRORS = (data.DataError, workdir_lib.WorkdirError, train.ConfigError)
 
 
 @dataclasses.dataclass
@@ -69,18 +70,18 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (``config.json``), tuples restored.
 
   Raises:
-    report.WorkdirError: no readable ``config.json``.
+    workdir_lib.WorkdirError: no readable ``config.json``.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise report.WorkdirError(f"workdir {workdir}: no config.json (not a training workdir)")
+    raise workdir_lib.WorkdirError(f"workdir {workdir}: no config.json (not a training workdir)")
   try:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise report.WorkdirError(f"workdir {workdir}: cannot read config.json ({e})") from None
+    raise workdir_lib.WorkdirError(f"workdir {workdir}: cannot read config.json ({e})") from None
   if not isinstance(saved, dict):
-    raise report.WorkdirError(f"workdir {workdir}: config.json does not hold a config")
+    raise workdir_lib.WorkdirError(f"workdir {workdir}: config.json does not hold a config")
   return ml_collections.ConfigDict(_tuples(config_upgrade.upgrade(saved)))
 
 
@@ -88,7 +89,7 @@ def load(workdir: str, which: str = "best") -> Model:
   """Restores the ``best`` (by validation RMSE; else the latest) or ``latest`` checkpoint.
 
   Raises:
-    report.WorkdirError: no config, no checkpoint, or a checkpoint that does not fit the
+    workdir_lib.WorkdirError: no config, no checkpoint, or a checkpoint that does not fit the
       config's model; one line.
   """
   if which not in CHECKPOINTS:
@@ -99,7 +100,7 @@ def load(workdir: str, which: str = "best") -> Model:
   try:
     latest = ckpt.latest_step() if ckpt else None
     if latest is None:
-      raise report.WorkdirError(
+      raise workdir_lib.WorkdirError(
           f"workdir {workdir}: no checkpoint to restore (train one first: python -m "
           f"facekp_jax.main --config=... --workdir={workdir})")
     step = latest
@@ -113,8 +114,8 @@ def load(workdir: str, which: str = "best") -> Model:
       state, _ = ckpt.restore(target, step=step)
     except (ValueError, KeyError, TypeError) as e:
       detail = " ".join(str(e).split())[:200]
-      raise report.WorkdirError(f"workdir {workdir}: the checkpoint at step {step} does not fit "
-                                f"the model of config.json ({detail})") from None
+      raise workdir_lib.WorkdirError(f"workdir {workdir}: the checkpoint at step {step} does "
+                                     f"not fit the model of config.json ({detail})") from None
   finally:
     if ckpt:
       ckpt.close()

@@ -14,7 +14,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from facekp_jax import data, distributed, interrupts, report, sharding, train, workdir_lock
+from facekp_jax import data, distributed, interrupts, sharding, train, workdir_lock
+from facekp_jax import workdir as workdir_lib
 from facekp_jax.ops import host_memory
 
 FLAGS = flags.FLAGS
@@ -75,7 +76,8 @@ def main(argv):
   logging.info("%s", sharding.topology())
   try:
     train.train_and_evaluate(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
-  except (data.DataError, train.ConfigError, report.WorkdirError, workdir_lock.WorkdirBusy) as e:
+  except (data.DataError, train.ConfigError, workdir_lib.WorkdirError,
+          workdir_lock.WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except FloatingPointError as e:

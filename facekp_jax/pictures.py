@@ -27,11 +27,9 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
-import matplotlib.image
-import matplotlib.pyplot as plt
 import numpy as np
 
-from facekp_jax import data, faces, inference, keypoints
+from facekp_jax import data, faces, inference, keypoints, plots
 
 SIZE = keypoints.IMAGE_SIZE
 CROPS = ("none", "center")
@@ -97,6 +95,7 @@ def read_picture(path: str) -> np.ndarray:
   """
   if not os.path.isfile(path):
     raise data.DataError(f"{path}: file not found")
+  import matplotlib.image  # pylint: disable=g-import-not-at-top  # Only to decode files.
   try:
     pixels = matplotlib.image.imread(path)
   except Exception as e:  # pylint: disable=broad-except  # Any decoder failure is the file's.
@@ -198,6 +197,7 @@ def predict_pictures(model: inference.Model, paths: list[str], crop: str = "none
 def plot_picture(p: Picture):
   """The picture with its predicted keypoints (red x) and the model's square (dashed)."""
   scale = 6.0 / max(p.height, p.width)
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(max(2.0, p.width * scale), max(2.0, p.height * scale)))
   extent = (-0.5, p.width - 0.5, p.height - 0.5, -0.5)
   ax.imshow(p.preview, cmap="gray" if p.preview.ndim == 2 else None, vmin=0, vmax=1,
@@ -256,6 +256,7 @@ def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str]
 def plot_photo(p: Photo):
   """The photo with each face's box (yellow, numbered) and keypoints (red x)."""
   scale = 6.0 / max(p.height, p.width)
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(max(2.0, p.width * scale), max(2.0, p.height * scale)))
   ax.imshow(p.preview, cmap="gray" if p.preview.ndim == 2 else None, vmin=0, vmax=1,
             extent=(-0.5, p.width - 0.5, p.height - 0.5, -0.5), interpolation="antialiased")

@@ -34,7 +34,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from facekp_jax import data, faces, inference, keypoints, pictures, report
+from facekp_jax import data, faces, inference, keypoints, pictures, plots
+from facekp_jax import workdir as workdir_lib
 from facekp_jax.ops import host_memory
 
 SIZE = keypoints.IMAGE_SIZE
@@ -125,7 +126,7 @@ def prediction_table(ids: np.ndarray, predictions: np.ndarray) -> pd.DataFrame:
 def write_csv(path: str, frame: pd.DataFrame) -> None:
   """Writes ``frame`` without its index, atomically (4 decimals: 1e-4 px)."""
   text = frame.to_csv(index=False, float_format="%.4f", lineterminator="\n")
-  report._atomic_write(path, lambda f: f.write(text.encode()))  # pylint: disable=protected-access
+  workdir_lib.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # ----------------------------------------------------------------------------- command line
@@ -158,7 +159,7 @@ def run_pictures(model: inference.Model, paths: list[str], out_dir: str, crop: s
   for p in pictures.predict_pictures(model, paths, crop, tta):
     overlay = os.path.join(out_dir, os.path.splitext(os.path.basename(p.path))[0]
                            + "_keypoints.png")
-    report.save_figure(pictures.plot_picture(p), overlay)
+    plots.save_figure(pictures.plot_picture(p), overlay)
     print(f"{pictures.keypoint_lines(p, crop)}\n  overlay: {overlay}")
     p.preview = None  # Keep only the numbers.
     done.append(p)
@@ -202,14 +203,14 @@ def run_photos(model: inference.Model, paths: list[str], out_dir: str, tta: bool
     if p.faces:
       overlay = os.path.join(out_dir, os.path.splitext(os.path.basename(p.path))[0]
                              + "_keypoints.png")
-      report.save_figure(pictures.plot_photo(p), overlay)
+      plots.save_figure(pictures.plot_photo(p), overlay)
       print(f"  overlay: {overlay}")
     p.preview = None  # Keep only the numbers.
     done.append(p)
   table = photo_table(done)
   write_csv(out, table)
   json_path = os.path.splitext(out)[0] + ".json"
-  report.write_json(json_path, {
+  workdir_lib.write_json(json_path, {
       "workdir": os.path.abspath(model.workdir), "checkpoint": model.checkpoint,
       "step": model.step, "tta": tta, "refine": refine, "detector": faces.CASCADE,
       "photos": [photo_record(p) for p in done]})

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from facekp_jax import augment
+from facekp_jax import augment, plots
 from facekp_jax import metrics as metrics_lib
 from facekp_jax.data import Faces
 
@@ -96,10 +96,9 @@ def table(results: dict) -> str:
 
 def plot(results: dict, title: str = ""):
   """RMSE against each perturbation (bars), the unperturbed RMSE as a line."""
-  from facekp_jax import report  # pylint: disable=g-import-not-at-top  (matplotlib)
   names = list(results["perturbations"])
   values = [results["perturbations"][n]["rmse"] for n in names]
-  fig, ax = report.plt.subplots(figsize=(8, 4))
+  fig, ax = plots.pyplot().subplots(figsize=(8, 4))
   ax.bar(names, values, color=["#4c72b0" if n != "rot0" else "#55a868" for n in names])
   ax.axhline(values[names.index("rot0")], color="#55a868", lw=1, ls="--")
   ax.set_ylabel("RMSE (pixels)")

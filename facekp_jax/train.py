@@ -29,11 +29,12 @@ from facekp_jax import (
   losses,
   models,
   optim,
-  report,
+  plots,
   sharding,
   workdir_lock,
 )
 from facekp_jax import metrics as metrics_lib
+from facekp_jax import workdir as workdir_lib
 
 
 class ConfigError(ValueError):
@@ -302,10 +303,10 @@ class _LossSums:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict:
-  """Trains on ``config.data``, evaluates on the validation split, writes the report.
+  """Trains on ``config.data``, evaluates on the validation split, writes the workdir.
 
   Resumes from the latest checkpoint in ``workdir`` when there is one. Input
-  problems raise ``data.DataError`` / ``ConfigError`` / ``report.WorkdirError``
+  problems raise ``data.DataError`` / ``ConfigError`` / ``workdir_lib.WorkdirError``
   before anything is written.
 
   Returns:
@@ -318,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_start = time.time()
   mesh = sharding.make_mesh()
   check_config(config, mesh.devices.size)
-  report.check_workdir(workdir, config, allow_config_change)
+  workdir_lib.check_workdir(workdir, config, allow_config_change)
   train, val, source = data.load_dataset(config.data, config.seed)
   train = prepare_training_faces(train, config)
   if config.batch_size > len(train):
@@ -326,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       f"of {source}")
   logging.info("data: %s: %d train / %d validation faces", source, len(train), len(val))
   with workdir_lock.acquire(workdir):  # Before anything is written: one training per workdir.
-    writer = report.RunWriter(workdir, enabled=jax.process_index() == 0)
+    writer = workdir_lib.RunWriter(workdir, enabled=jax.process_index() == 0)
     writer.write_config(config)
     writer.write_trained_keypoints(train.mask)
     trainer = Trainer(config, mesh)
@@ -352,7 +353,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         results.update(figures)
       results["wall_seconds"] = time.time() - t_start
       writer.write_results(results)
-      writer.write_plots(history, val, predictions, results.get("val_per_keypoint_rmse"))
+      if writer.enabled:
+        plots.write_run_plots(workdir, history, val, predictions,
+                              results.get("val_per_keypoint_rmse"))
     finally:
       ckpt.close()  # Waits for saves in flight: only good states are ever saved.
       writer.close()
@@ -382,7 +385,7 @@ def _final_evaluation(trainer: Trainer, state: TrainState, train: data.Faces,
 
 
 def _fit(trainer: Trainer, state: TrainState, progress: dict, train: data.Faces,
-         val: data.Faces, ckpt: checkpoint.Checkpointer, writer: report.RunWriter):
+         val: data.Faces, ckpt: checkpoint.Checkpointer, writer: workdir_lib.RunWriter):
   """The epoch loop from ``state.step`` to the end; returns (state, metric history)."""
   config, mesh = trainer.config, trainer.mesh
   history = list(progress["history"])

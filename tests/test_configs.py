@@ -39,7 +39,8 @@ def test_a_saved_config_gets_the_behaviour_of_the_fields_it_predates():
   import json
 
   from configs import resnet
-  from facekp_jax import config_upgrade, report
+  from facekp_jax import config_upgrade
+  from facekp_jax import workdir as workdir_lib
   new = resnet.get_config()
   saved = json.loads(new.to_json())
   for field in ("loss", "ema_decay"):
@@ -50,7 +51,7 @@ def test_a_saved_config_gets_the_behaviour_of_the_fields_it_predates():
       "regression", "mse", 0.0)  # What the project did before these fields existed.
   assert upgraded["augment"]["geometry_prob"] == 0.0 and "head" not in saved["model"]
   # Resuming such a run under today's defaults is a change where they differ from the past.
-  diffs = report.config_differences(saved, new)
+  diffs = workdir_lib.config_differences(saved, new)
   assert any(d.startswith("model.head: 'regression' -> 'heatmap'") for d in diffs)
   for field, legacy in config_upgrade.LEGACY.items():  # Each names a real config field.
     node = new

@@ -1,8 +1,8 @@
-from facekp_jax import report
+from facekp_jax import workdir as workdir_lib
 
 
 def test_run_writer_writes_files_atomically(tmp_path):
-  writer = report.RunWriter(str(tmp_path / "w"))
+  writer = workdir_lib.RunWriter(str(tmp_path / "w"))
   record = {"step": 10, "train_loss": 4.0, "train_rmse": 2.0, "val_rmse": 3.0, "val_nme": 0.1}
   writer.append_metrics(dict(record, epoch=1))
   writer.append_metrics(dict(record, epoch=2))
@@ -12,7 +12,7 @@ def test_run_writer_writes_files_atomically(tmp_path):
   assert (tmp_path / "w" / "metrics.jsonl").read_text().count("\n") == 1
   writer.close()
   assert not [p for p in (tmp_path / "w").iterdir() if p.name.startswith(".tmp-")]
-  off = report.RunWriter(str(tmp_path / "off"), enabled=False)
+  off = workdir_lib.RunWriter(str(tmp_path / "off"), enabled=False)
   off.write_results({"x": 1})
   assert not (tmp_path / "off").exists()
 
@@ -20,7 +20,7 @@ def test_run_writer_writes_files_atomically(tmp_path):
 def test_config_differences_ignore_fields_a_saved_run_predates():
   import ml_collections
   config = ml_collections.ConfigDict({"a": 1, "b": {"c": (1, 2)}, "new_field": False})
-  assert report.config_differences({"a": 1, "b": {"c": [1, 2]}}, config) == []
-  assert report.config_differences({"a": 2, "b": {"c": [1, 2]}}, config) == ["a: 2 -> 1"]
-  assert report.config_differences({"a": 1, "b": {"c": [1, 2]}, "gone": 3}, config) == [
+  assert workdir_lib.config_differences({"a": 1, "b": {"c": [1, 2]}}, config) == []
+  assert workdir_lib.config_differences({"a": 2, "b": {"c": [1, 2]}}, config) == ["a: 2 -> 1"]
+  assert workdir_lib.config_differences({"a": 1, "b": {"c": [1, 2]}, "gone": 3}, config) == [
       "gone: 3 -> '<absent>'"]

@@ -1,27 +1,30 @@
-"""Everything a run writes into its workdir: atomic files, plots, the workdir checks.
+"""A workdir's files: the one atomic writer and JSON-safe conversion, the checks, RunWriter.
 
-The figures themselves come from ``metrics``.
+Everything the project writes goes through ``atomic_write`` (a reader never sees half a
+file); ``jsonable`` makes figures standard JSON. ``check_workdir`` refuses a workdir before a
+run writes anything; ``RunWriter`` owns a run's files; ``trained_keypoints`` and
+``config_differences`` read what a run wrote. Plots are ``plots``'s, figures ``metrics``'s.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
-import matplotlib
 import ml_collections
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from facekp_jax import config_upgrade, keypoints
-from facekp_jax.data import Faces
 
 
-def _atomic_write(path: str, write) -> None:
-  """Writes through a temporary file in the same folder, then renames it into place."""
+def atomic_write(path: str, write) -> None:
+  """Calls ``write(f)`` on a binary temporary file in ``path``'s folder, then renames it there.
+
+  A killed writer never leaves half a file under the final name, and readers see the old file
+  or the new one. The temporary name keeps ``path``'s ending and starts with ``.tmp-``.
+  """
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
   try:
@@ -37,69 +40,24 @@ def _atomic_write(path: str, write) -> None:
 
 
 def write_json(path: str, obj) -> None:
-  _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+  """Writes ``obj`` as indented JSON, atomically (``jsonable`` makes it standard JSON)."""
+  atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
-def save_figure(fig, path: str) -> None:
-  _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
-  plt.close(fig)
+def write_csv(path: str, frame, **to_csv) -> None:
+  """Writes a pandas frame without its index, atomically (``to_csv``: pandas' options)."""
+  atomic_write(path, lambda f: frame.to_csv(f, index=False, **to_csv))
 
 
-def plot_grid(images: np.ndarray, predictions: np.ndarray, targets=None, mask=None,
-              title: str = "", size: int = 4):
-  """A size x size grid of faces: true keypoints (green dots), predicted (red crosses)."""
-  fig, axes = plt.subplots(size, size, figsize=(2.2 * size, 2.2 * size))
-  for i, ax in enumerate(axes.flat):
-    ax.axis("off")
-    if i >= len(images):
-      continue
-    ax.imshow(images[i].squeeze(), cmap="gray", vmin=0, vmax=1)
-    if targets is not None:
-      present = mask[i].reshape(-1, 2).min(1) > 0
-      t = targets[i].reshape(-1, 2)[present]
-      ax.plot(t[:, 0], t[:, 1], "o", ms=3, mfc="none", mec="lime", mew=1)
-    p = predictions[i].reshape(-1, 2)
-    ax.plot(p[:, 0], p[:, 1], "x", ms=4, color="red", mew=1)
-  fig.suptitle(title + "  (green o: true, red x: predicted)", fontsize=10)
-  return fig
-
-
-def plot_curves(history: list[dict]):
-  epochs = [h["epoch"] for h in history]
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.plot(epochs, [h["train_rmse"] for h in history], label="train RMSE (augmented batches)")
-  if history and "val_rmse" in history[0]:
-    ax.plot(epochs, [h["val_rmse"] for h in history], label="validation RMSE")
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("RMSE (pixels)")
-  ax.set_yscale("log")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  return fig
-
-
-def plot_ced(per_face_nme, normaliser: str, title: str = "", threshold: float = 0.10):
-  """The cumulative error distribution: share of faces with NME <= x, up to ``threshold``."""
-  errors = np.sort(np.asarray(per_face_nme, np.float64))
-  fig, ax = plt.subplots(figsize=(5, 4))
-  ax.step(errors, np.arange(1, len(errors) + 1) / max(len(errors), 1), where="post")
-  ax.set_xlim(0, threshold)
-  ax.set_ylim(0, 1)
-  ax.set_xlabel(f"NME ({normaliser.replace('_', '-')})")
-  ax.set_ylabel("share of faces")
-  ax.set_title(title)
-  ax.grid(True, alpha=0.3)
-  return fig
-
-
-def plot_per_keypoint(per_keypoint_rmse: dict):
-  names = [n for n, v in per_keypoint_rmse.items() if v is not None]
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.barh(names, [per_keypoint_rmse[n] for n in names])
-  ax.invert_yaxis()
-  ax.set_xlabel("validation RMSE (pixels)")
-  ax.grid(True, axis="x", alpha=0.3)
-  return fig
+def jsonable(obj):
+  """Tuples to lists, NaN and infinities to None, recursively: standard JSON."""
+  if isinstance(obj, dict):
+    return {k: jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [jsonable(v) for v in obj]
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -188,7 +146,7 @@ class RunWriter:
 
   def write_config(self, config) -> None:
     if self.enabled:
-      _atomic_write(self._path("config.json"), lambda f: f.write(config.to_json(indent=2).encode()))
+      atomic_write(self._path("config.json"), lambda f: f.write(config.to_json(indent=2).encode()))
 
   def write_trained_keypoints(self, mask) -> None:
     """Records which keypoints the training split labels (``TRAINED_KEYPOINTS``)."""
@@ -202,7 +160,7 @@ class RunWriter:
     """Makes metrics.jsonl hold exactly ``history`` (a resumed run's checkpointed epochs)."""
     if self.enabled:
       text = "".join(json.dumps(r) + "\n" for r in history)
-      _atomic_write(self._path("metrics.jsonl"), lambda f: f.write(text.encode()))
+      atomic_write(self._path("metrics.jsonl"), lambda f: f.write(text.encode()))
 
   def append_metrics(self, record: dict) -> None:
     """Appends one epoch to metrics.jsonl and to the TensorBoard event file."""
@@ -228,18 +186,3 @@ class RunWriter:
   def write_results(self, results: dict) -> None:
     if self.enabled:
       write_json(self._path("results.json"), results)
-
-  def write_plots(self, history, val: Faces, predictions, per_keypoint_rmse) -> None:
-    """Learning curves; with a validation split, its 4x4 grid and per-keypoint RMSE too."""
-    if not self.enabled:
-      return
-    save_figure(plot_curves(history), self._path("learning_curves.png"))
-    if not len(val):
-      return
-    n = min(16, len(val))
-    sq = val.mask[:n] * (predictions[:n] - val.targets[:n]) ** 2
-    save_figure(plot_grid(val.images[:n], predictions[:n], val.targets[:n], val.mask[:n],
-                          title=f"validation faces, RMSE of these {n}: "
-                          f"{np.sqrt(sq.sum() / max(val.mask[:n].sum(), 1)):.2f} px"),
-                self._path("predictions.png"))
-    save_figure(plot_per_keypoint(per_keypoint_rmse), self._path("per_keypoint_rmse.png"))
