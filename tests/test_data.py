@@ -105,3 +105,23 @@ def test_eval_batches_pad_with_masked_rows():
   batches = list(data.eval_batches(faces, 4))
   assert [len(b) for b in batches] == [4, 4]
   assert batches[1].mask.sum() == 30  # One real face, three padded rows with no labels.
+
+
+def test_labels_outside_the_frame_are_kept_and_implausible_ones_follow_bad_labels(write_csv):
+  images, coords = random_faces(4)
+  coords[0, 1] = 140.0  # 44 px below the image: a real label of a face in a strong pose.
+  coords[2, 3] = 150.0  # 54 px below: beyond the plausibility bound.
+  path = write_csv("poses.csv", images, coords)
+  with pytest.raises(data.DataError) as e:
+    data.read_training_csv(path)  # Default "error": the message names the ways on.
+  assert "row 3: column left_eye_center_y" not in str(e.value)
+  assert "row 3: column right_eye_center_y is 150.0" in str(e.value)
+  assert "data.bad_labels=mask" in str(e.value) and "=drop" in str(e.value)
+  masked = data.read_training_csv(path, bad_labels="mask")
+  assert len(masked) == 4 and masked.targets[0, 1] == 140.0 and masked.mask[0, 1] == 1
+  assert masked.mask[2, 3] == 0 and masked.mask[2].sum() == 29  # Only that value goes.
+  dropped = data.read_training_csv(path, bad_labels="drop")
+  assert len(dropped) == 3 and dropped.targets[0, 1] == 140.0
+  np.testing.assert_allclose(dropped.targets[2], coords[3], atol=1e-4)  # Row 3 went.
+  chunks = list(data.read_training_chunks(path, chunk_rows=2, bad_labels="drop"))
+  assert [len(c) for c in chunks] == [2, 1]
