@@ -18,7 +18,7 @@ augmentation + batching pipeline alone), peak_host_mem_mb.
   python experiments/benchmark.py --inference --noseed_network [--workdir=W]
 
 ``--inference`` times prediction instead, from a host array of 96x96 faces to host keypoints,
-for three runtimes: the jitted model (``train.predict_step``, the package's own path),
+for three runtimes: the jitted model (``steps.predict_step``, the package's own path),
 the StableHLO artefact (``jax.export.deserialize(...).call``) and the ONNX artefact in
 onnxruntime (both from ``facekp_jax.export``, uint8 input). One JSON line each: latency
 at batch 1 (median and 90th percentile of ``--calls`` calls, ms) and throughput at batch 64
@@ -38,7 +38,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from facekp_jax import data, device_input, export, inference, sharding, train
+from facekp_jax import data, device_input, export, inference, sharding, steps, train
 from facekp_jax.ops import host_memory
 
 FLAGS = flags.FLAGS
@@ -76,7 +76,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   mesh = sharding.make_mesh()
   faces = _faces(n)
   steps = n // batch_size
-  trainer = train.Trainer(config, mesh)
+  trainer = steps.Trainer(config, mesh)
   state = trainer.init_state()
 
   on_device = bool(config.get("input_on_device", False))
@@ -135,7 +135,7 @@ def _inference_model(config) -> inference.Model:
   config = config.copy_and_resolve_references()
   if FLAGS.seed_network:
     config.model.head = "regression"
-  trainer = train.Trainer(config, sharding.make_mesh())
+  trainer = steps.Trainer(config, sharding.make_mesh())
   return inference.Model("", config, trainer, trainer.init_state(), 0, "initial")
 
 

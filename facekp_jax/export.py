@@ -53,7 +53,7 @@ def keypoint_function(model: inference.Model, tta: bool = False, input_dtype: st
   """
   if input_dtype not in INPUT_DTYPES:
     raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
-  # The parameters train.predict_step uses: their moving average where the run keeps one.
+  # The parameters steps.predict_step uses: their moving average where the run keeps one.
   params = getattr(model.state, "ema_params", None)
   params = model.state.params if params is None else params
   variables = jax.device_get({"params": params, "batch_stats": model.state.batch_stats})

@@ -1,7 +1,7 @@
 """A trained workdir as a predictor: its saved config, its model, one of its checkpoints.
 
 ``evaluate`` and ``predict`` restore a model here and predict through
-``train.Trainer.predict`` (batched, jitted over the device mesh, optional flip
+``steps.Trainer.predict`` (batched, jitted over the device mesh, optional flip
 test-time augmentation), the very path training's own evaluation takes. The
 workdir is only read: nothing in it is created, cleaned up or deleted, so a run
 can still be training there.
@@ -20,12 +20,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from facekp_jax import checkpoint, config_upgrade, data, sharding, train
+from facekp_jax import checkpoint, config_upgrade, data, sharding, steps
 from facekp_jax import workdir as workdir_lib
 
 CHECKPOINTS = ("best", "latest")
 # Problems with the user's input: one line on stderr, exit code 2.
-USER_ERRORS = (data.DataError, workdir_lib.WorkdirError, train.ConfigError)
+USER_ERRORS = (data.DataError, workdir_lib.WorkdirError)
 
 
 @dataclasses.dataclass
@@ -43,8 +43,8 @@ class Model:
 
   workdir: str
   config: ml_collections.ConfigDict
-  trainer: train.Trainer
-  state: train.TrainState
+  trainer: steps.Trainer
+  state: steps.TrainState
   step: int
   checkpoint: str
 
@@ -106,7 +106,7 @@ def load(workdir: str, which: str = "best") -> Model:
     step = latest
     if which == "best" and ckpt.best_step() is not None:
       step = ckpt.best_step()
-    trainer = train.Trainer(config, sharding.make_mesh())
+    trainer = steps.Trainer(config, sharding.make_mesh())
     # The restore target: ``init_state``'s structure, shapes and shardings, traced but not run
     # (compiling the random initialiser would take longer than everything else here).
     target = jax.eval_shape(trainer.init_state)

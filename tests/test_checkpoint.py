@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from facekp_jax import checkpoint, inference, sharding, train
+from facekp_jax import checkpoint, inference, sharding, steps
 from tests.conftest import kaggle_frame, random_faces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def _start_and_signal(csv, workdir, after_step, signum, delay=0.0):
 
 def _final_params(workdir):
   mesh = sharding.make_mesh()
-  trainer = train.Trainer(inference.read_config(str(workdir)), mesh)
+  trainer = steps.Trainer(inference.read_config(str(workdir)), mesh)
   ckpt = checkpoint.Checkpointer(workdir)
   state, progress = ckpt.restore(trainer.init_state())
   ckpt.close()

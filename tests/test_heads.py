@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 
 from configs import resnet, tiny
-from facekp_jax import config_upgrade, data, heads, keypoints, models, sharding, synthetic, train
+from facekp_jax import (
+  config_upgrade,
+  data,
+  heads,
+  keypoints,
+  models,
+  sharding,
+  steps,
+  synthetic,
+  train,
+)
 
 
 def _heatmap_config(**model):
@@ -96,7 +106,7 @@ def test_heatmap_gradients_are_finite_and_reach_the_stem():
     out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
                          faces.images, train=True, mutable=["batch_stats"],
                          rngs={"dropout": jax.random.key(1)})
-    return train.masked_mse(out, faces.targets, faces.mask)
+    return steps.masked_mse(out, faces.targets, faces.mask)
 
   grads = jax.grad(loss)(variables["params"])
   leaves = jax.tree.leaves(grads)
@@ -106,7 +116,7 @@ def test_heatmap_gradients_are_finite_and_reach_the_stem():
 
 def test_a_few_heatmap_steps_reduce_the_loss():
   mesh = sharding.make_mesh()
-  trainer = train.Trainer(_heatmap_config(), mesh)
+  trainer = steps.Trainer(_heatmap_config(), mesh)
   state = trainer.init_state()
   faces = data.faces_from_arrays(*synthetic.generate(8, seed=1))
   batch = sharding.to_global({"images": faces.images, "targets": faces.targets,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from facekp_jax import checkpoint, losses, sharding, train
+from facekp_jax import checkpoint, losses, sharding, steps
 
 
 def _config(loss, **kw):
@@ -58,9 +58,9 @@ def test_loss_config_problems_name_the_field():
 
 
 def test_ema_arithmetic_and_warm_up():
-  assert float(train.ema_decay_at(0.999, 0)) == pytest.approx(0.1)  # (1 + 0) / (10 + 0).
-  assert float(train.ema_decay_at(0.999, 10**6)) == pytest.approx(0.999)
-  ema = train.ema_update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 6.0])}, 0.75)
+  assert float(steps.ema_decay_at(0.999, 0)) == pytest.approx(0.1)  # (1 + 0) / (10 + 0).
+  assert float(steps.ema_decay_at(0.999, 10**6)) == pytest.approx(0.999)
+  ema = steps.ema_update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 6.0])}, 0.75)
   np.testing.assert_allclose(ema["w"], [1.5, 3.0])  # 0.75 * ema + 0.25 * params.
 
 
@@ -68,7 +68,7 @@ def test_ema_lives_in_the_state_follows_the_steps_and_round_trips(tmp_path):
   config = tiny.get_config()
   config.ema_decay = 0.5
   mesh = sharding.make_mesh()
-  trainer = train.Trainer(config, mesh)
+  trainer = steps.Trainer(config, mesh)
   state = trainer.init_state()
   p0 = jax.device_get(state.params)
   rng = np.random.default_rng(0)

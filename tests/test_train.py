@@ -3,13 +3,12 @@ import os
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import tiny
-from facekp_jax import data, sharding, train
+from facekp_jax import data, sharding, steps, train
 from tests.conftest import random_faces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,52 +25,6 @@ def _config(csv=None, **overrides):
       node = node[p]
     node[leaf] = value
   return config
-
-
-def _batch(n=8, seed=0):
-  images, coords = random_faces(n, seed)
-  faces = data.faces_from_arrays(images, coords)
-  return {"images": faces.images, "targets": faces.targets, "mask": faces.mask}
-
-
-def test_masked_mse_arithmetic():
-  p = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-  t = jnp.array([[1.0, 0.0, 0.0], [0.0, 5.0, 9.0]])
-  m = jnp.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-  sse, count = train.masked_sse(p, t, m)
-  assert float(sse) == 4.0 + 9.0 and float(count) == 3.0
-  assert float(train.masked_mse(p, t, m)) == pytest.approx(13.0 / 3.0)
-  assert float(train.masked_mse(p, t, jnp.zeros_like(m))) == 0.0
-
-
-def test_train_step_learns_a_fixed_batch_without_retracing():
-  mesh = sharding.make_mesh()
-  trainer = train.Trainer(_config(), mesh)
-  state = trainer.init_state()
-  batch = sharding.to_global(_batch(), mesh)
-  losses = []
-  for i in range(15):
-    state, metrics = trainer.train_step(state, batch)
-    losses.append(float(metrics["sse"] / metrics["count"]))
-    if i == 0:  # The jit cache is shared by every Trainer in this process: count from here.
-      compiled = trainer.train_step._cache_size()  # pylint: disable=protected-access
-  assert losses[-1] < 0.5 * losses[0]
-  assert int(state.step) == 15
-  assert trainer.train_step._cache_size() == compiled  # pylint: disable=protected-access
-
-
-def test_masked_coordinates_get_no_gradient():
-  """Targets under a zero mask can be anything: the step is identical."""
-  mesh = sharding.make_mesh()
-  trainer = train.Trainer(_config(), mesh)
-  batch = _batch()
-  batch["mask"][:, 4:] = 0
-  other = dict(batch, targets=np.where(batch["mask"] > 0, batch["targets"], 1e4))
-  params = []
-  for b in (batch, other):
-    state, _ = trainer.train_step(trainer.init_state(), sharding.to_global(b, mesh))
-    params.append(jax.device_get(state.params))
-  jax.tree.map(np.testing.assert_array_equal, *params)
 
 
 def test_epoch_batches_cover_each_face_at_most_once_with_fixed_shapes():
@@ -148,13 +101,13 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
 _DEVICE_RUN = """
 import sys, numpy as np, jax
 from configs import tiny
-from facekp_jax import sharding, train
+from facekp_jax import sharding, steps
 from facekp_jax import data, synthetic
 config = tiny.get_config()
 config.learning_rate = 1e-4
 mesh = sharding.make_mesh()
 assert mesh.devices.size == int(sys.argv[2]), mesh
-trainer = train.Trainer(config, mesh)
+trainer = steps.Trainer(config, mesh)
 state = trainer.init_state()
 init = jax.device_get(state.params)
 faces = data.faces_from_arrays(*synthetic.generate(32, seed=1))
@@ -241,8 +194,8 @@ def test_labels_outside_the_frame_train_the_regression_head_but_not_heatmaps():
   counts = {}
   for head in ("regression", "heatmap"):
     config = _config(**{"model.head": head})
-    trainer = train.Trainer(config, mesh)
+    trainer = steps.Trainer(config, mesh)
     _, metrics = trainer.train_step(trainer.init_state(), sharding.to_global(batch, mesh))
     counts[head] = float(metrics["count"])
   assert counts == {"regression": 240.0, "heatmap": 224.0}  # Both coordinates of 8 points.
-  np.testing.assert_array_equal(train.in_frame(jnp.asarray(targets))[0, :4], [0, 0, 1, 1])
+  np.testing.assert_array_equal(steps.in_frame(jnp.asarray(targets))[0, :4], [0, 0, 1, 1])
