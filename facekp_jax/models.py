@@ -1,4 +1,4 @@
-"""The seed's deep residual network in Flax linen, and its named variants.
+"""The architecture: the seed's deep residual network in Flax linen, built from ``ops.layers``.
 
 Architecture (the seed's Keras model, with a linear output by default):
   stem:   zero-pad 3, 7x7/2 conv, batch norm, ReLU, 3x3/2 max-pool;
