@@ -45,10 +45,10 @@ for _path in (ROOT, HERE):  # configs/ from the root, ablate from experiments/.
     sys.path.insert(0, _path)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import ablate  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import ablate  # noqa: E402
 from configs import resnet  # noqa: E402
 from facekp_jax import data, evaluate, keypoints, plots, robustness  # noqa: E402
 from facekp_jax import workdir as workdir_lib  # noqa: E402
@@ -600,6 +600,7 @@ def main(argv=None) -> dict | None:
     return None
 
   import jax  # pylint: disable=g-import-not-at-top
+
   from facekp_jax import inference, interrupts  # pylint: disable=g-import-not-at-top
   inference.quiet_libraries()
   jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "jax_cache"))

@@ -45,8 +45,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   sys.path.insert(0, os.path.abspath(args.bench))
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import keras_seed_real  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   tf.keras.utils.set_random_seed(args.seed)
   t0 = time.perf_counter()
