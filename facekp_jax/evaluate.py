@@ -81,7 +81,8 @@ def evaluate(model: inference.Model, path: str, tta: bool = False,
       shown.append(faces.take(slice(0, _GRID - sum(map(len, shown)))))
   predictions, targets, mask = map(np.concatenate, (predictions, targets, mask))
   if not mask.any():
-    raise data.DataError(f"{path}: no labels of the keypoints this model was trained on")
+    raise data.DataError(f"{path}: no keypoint labels to score (of the keypoints this model "
+                         "was trained on)")
   metrics = metrics_lib.keypoint_metrics(predictions, targets, mask)
   results = dict(metrics, num_faces=len(predictions),
                  untrained_keypoints=[n for n, t in zip(keypoints.KEYPOINT_NAMES, trained[::2])

@@ -110,10 +110,10 @@ def test_rows_study_on_real_faces_blanks_mouth_corners_of_the_pool_only(tmp_path
 def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
   real = ablate.run_one
 
-  def flaky(config, workdir, heldout_csv):
+  def flaky(config, workdir, heldout_csv, robustness=False):
     if config.augment.hflip_prob == 0.0:
       raise FloatingPointError("non-finite training loss at step 3")
-    return real(config, workdir, heldout_csv)
+    return real(config, workdir, heldout_csv, robustness)
 
   monkeypatch.setattr(ablate, "run_one", flaky)
   results = ablate.run_study(
