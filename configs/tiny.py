@@ -27,4 +27,5 @@ def get_config():
   config.augment.geometry_prob = 0.0
   config.ema_decay = 0.0
   config.tta = False
+  config.model.output_scale, config.model.output_offset = 48.0, 48.0  # Unit-scaled outputs.
   return config

@@ -220,7 +220,12 @@ _MTFL_PARTIAL_DROPS = ("mouth_left_corner", "mouth_right_corner")
 # defaults before them (for study `defaults`).
 _GEOMETRY = {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
              "augment.scale_range": (0.8, 1.2), "augment.shift_px": 8.0}
-_NO_EMA_TTA = {"ema_decay": 0.0, "tta": False}  # The screens score one weight set, no TTA.
+# The screens score one weight set without TTA, and keep the unit-scaled regression outputs
+# their runs had (configs/resnet.py now trains the regression head on raw pixels; the heatmap
+# head ignores both fields).
+_NO_EMA_TTA = {"ema_decay": 0.0, "tta": False, "model.output_scale": 48.0,
+               "model.output_offset": 48.0}
+_HEATMAP_UNUSED = {"model.output_scale": 48.0, "model.output_offset": 48.0}  # As its run had.
 _OLD_DEFAULTS = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
                  "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "loss": "mse",
                  **_NO_EMA_TTA}
@@ -329,7 +334,7 @@ STUDIES: dict[str, Study] = {
         question="The old default recipe (heatmap head, no geometric augmentation, MSE, no "
                  "EMA) against the new one (configs/resnet.py), on faces no arm trained on.",
         arms=(Arm("old-default", {"model.head": "heatmap", **_OLD_DEFAULTS}),
-              Arm("new-default", {"model.head": "heatmap"})),
+              Arm("new-default", {"model.head": "heatmap", **_HEATMAP_UNUSED})),
         budgets={"mtfl": Budget("full", 25, 0)},
         datasets=("mtfl",), heldout=True, robustness=True,
         note="Confirmation at the real budget: the full model, 25 epochs of the 6120-face pool "

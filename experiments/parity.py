@@ -72,12 +72,12 @@ DIFFERENCES: dict[str, dict] = {
     "static-flips": {"data.flip_copies": True, "augment.hflip_prob": 0.0},
     "no-brightness": {"augment.brightness_prob": 0.0},
 }
-# The recipe issue 17 compares (configs/resnet.py's before its geometric augmentation, EMA and
-# TTA defaults): pinned in every arm, so that each arm's only difference is its own. None of
-# them is what Keras does; arm `current-defaults` takes configs/resnet.py's values instead.
+# The recipe issue 17 compares (configs/resnet.py's before its geometric augmentation, EMA,
+# TTA and raw-pixel defaults): pinned in every arm, so that each arm's only difference is its
+# own. None of them is what Keras does; arm `current-defaults` takes configs/resnet.py's values.
 PINNED: dict = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
                 "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "ema_decay": 0.0,
-                "tta": False}
+                "tta": False, "model.output_scale": 48.0, "model.output_offset": 48.0}
 
 
 def _resnet_value(path: str):
