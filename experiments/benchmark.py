@@ -38,7 +38,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from facekp_jax import data, device_input, export, inference, sharding, steps, train
+from facekp_jax import data, device_input, export, inference, keypoints, sharding, steps, train
 from facekp_jax.ops import host_memory
 
 FLAGS = flags.FLAGS
@@ -136,7 +136,8 @@ def _inference_model(config) -> inference.Model:
   if FLAGS.seed_network:
     config.model.head = "regression"
   trainer = steps.Trainer(config, sharding.make_mesh())
-  return inference.Model("", config, trainer, trainer.init_state(), 0, "initial")
+  return inference.Model("", config, trainer, trainer.init_state(), 0, "initial",
+                         np.ones(keypoints.NUM_COORDS, np.float32))
 
 
 def time_inference(config, calls: int) -> list[dict]:

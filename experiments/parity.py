@@ -243,7 +243,8 @@ class LookupModel:
 
   def __init__(self, by_digest: dict[str, np.ndarray], workdir: str):
     self.by_digest = by_digest
-    self.workdir = workdir  # evaluate asks it which keypoints were trained (none recorded: all).
+    self.workdir = workdir
+    self.trained = np.ones(keypoints.NUM_COORDS, np.float32)  # Scored: every keypoint labelled.
 
   def predict(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
     if tta:

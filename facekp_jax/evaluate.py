@@ -67,7 +67,7 @@ def evaluate(model: inference.Model, path: str, tta: bool = False,
   """
   chunk_rows = chunk_rows or 8 * model.trainer.eval_batch_size
   # Keypoints the run never learnt: unscored.
-  trained = workdir_lib.trained_keypoints(model.workdir)
+  trained = model.trained
   predictions, targets, mask, shown = [], [], [], []
   scorer = robustness.Scorer(lambda x: model.predict(x, tta=tta)) if perturbed else None
   for faces in data.read_training_chunks(path, chunk_rows, bad_labels):

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from facekp_jax import checkpoint, config_upgrade, data, sharding, steps
+from facekp_jax import checkpoint, config_upgrade, data, keypoints, sharding, steps
 from facekp_jax import workdir as workdir_lib
 
 CHECKPOINTS = ("best", "latest")
@@ -39,6 +39,8 @@ class Model:
     state: the restored train state.
     step: the checkpoint's step.
     checkpoint: which checkpoint was asked for: ``"best"`` or ``"latest"``.
+    trained: (30,) 1 for the coordinates of keypoints the training split labelled
+      (``workdir.trained_keypoints``); the others are the model's guesses, never learnt.
   """
 
   workdir: str
@@ -47,6 +49,15 @@ class Model:
   state: steps.TrainState
   step: int
   checkpoint: str
+  trained: np.ndarray
+
+  def untrained_names(self) -> list[str]:
+    """The keypoints the run never had labels for, in ``keypoints.KEYPOINT_NAMES`` order."""
+    return [n for n, t in zip(keypoints.KEYPOINT_NAMES, self.trained[::2]) if not t]
+
+  def only_trained(self, coords: np.ndarray) -> np.ndarray:
+    """``coords`` (..., 30) with the untrained keypoints' coordinates set to NaN."""
+    return np.where(self.trained > 0, np.asarray(coords, np.float64), np.nan)
 
   def predict(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """(N, 96, 96, 1) images in [0, 1] -> (N, 30) keypoints in pixels."""
@@ -119,7 +130,8 @@ def load(workdir: str, which: str = "best") -> Model:
   finally:
     if ckpt:
       ckpt.close()
-  return Model(workdir, config, trainer, state, int(jax.device_get(state.step)), which)
+  return Model(workdir, config, trainer, state, int(jax.device_get(state.step)), which,
+               workdir_lib.trained_keypoints(workdir))
 
 
 class ArgumentParser(argparse.ArgumentParser):

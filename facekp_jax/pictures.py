@@ -217,7 +217,8 @@ def plot_picture(p: Picture):
 def keypoint_lines(p: Picture, crop: str) -> str:
   lines = [f"{p.path} ({p.width}x{p.height}, crop={crop}): x, y in the picture's pixels"]
   for name, (x, y) in zip(keypoints.KEYPOINT_NAMES, p.keypoints.reshape(-1, 2)):
-    lines.append(f"  {name:<26}{x:9.1f}{y:9.1f}")
+    if np.isfinite(x):  # NaN: a keypoint the model was never trained on.
+      lines.append(f"  {name:<26}{x:9.1f}{y:9.1f}")
   return "\n".join(lines)
 
 
@@ -284,7 +285,8 @@ def face_lines(p: Photo) -> str:
     x, y, w, h = k.face.box
     xy = k.keypoints.reshape(-1, 2)
     left, right = xy[keypoints.LEFT_EYE], xy[keypoints.RIGHT_EYE]
+    eyes = (f"; eyes left ({left[0]:.1f}, {left[1]:.1f}) right ({right[0]:.1f}, {right[1]:.1f})"
+            if np.isfinite([*left, *right]).all() else "")  # NaN: eyes never trained.
     lines.append(f"  face {i}: box x {x:.0f} y {y:.0f} w {w:.0f} h {h:.0f}, score "
-                 f"{k.face.score:.1f}; eyes left ({left[0]:.1f}, {left[1]:.1f}) right "
-                 f"({right[0]:.1f}, {right[1]:.1f})")
+                 f"{k.face.score:.1f}{eyes}")
   return "\n".join(lines)

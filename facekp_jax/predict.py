@@ -14,6 +14,12 @@ one row per row of the lookup table, in its order. Without it, ``--out`` has
 ``ImageId`` and the 30 keypoint columns, one row per face of ``--csv``. Written
 coordinates are clipped to the frame, [0, 96]; files appear atomically.
 
+Keypoints the run never had labels for (``trained_keypoints.json``: a training file that
+labels 5 of the 15, say) are not predictions: their cells stay empty in every CSV, they are
+left out of the JSON, the overlays and the printed lines, and a submission whose lookup
+table asks for one is refused unless ``--allow_untrained`` (then the model's untrained
+guesses are written, clipped like the rest).
+
 Photos (image files, or folders of them): every face OpenCV's detector finds is cropped to
 the training framing, read (``--refine``, the default: twice, the second crop upright and to
 scale from the first pass's keypoints; see ``facekp_jax.faces``) and mapped back into the photo's
@@ -99,6 +105,19 @@ def read_lookup(path: str) -> pd.DataFrame:
                        "column": column.to_numpy(np.int64)})
 
 
+def untrained_lookup_rows(lookup: pd.DataFrame, trained: np.ndarray,
+                          lookup_path: str = "lookup") -> str | None:
+  """The one-line refusal of a lookup table that asks for untrained keypoints (None: none)."""
+  asked = trained[lookup["column"].to_numpy()] == 0
+  if not asked.any():
+    return None
+  names = sorted({keypoints.COLUMNS[c] for c in lookup["column"].to_numpy()[asked]})
+  return (f"{lookup_path}: row {int(np.argmax(asked)) + 1}: {int(asked.sum())} rows ask for "
+          f"keypoints this model was never trained on ({', '.join(names[:4])}"
+          f"{', ...' if len(names) > 4 else ''}); train on labels for them, or pass "
+          "--allow_untrained to submit the untrained guesses")
+
+
 def submission(lookup: pd.DataFrame, ids: np.ndarray, predictions: np.ndarray,
                lookup_path: str = "lookup", test_path: str = "test file") -> pd.DataFrame:
   """Kaggle's submission: ``RowId, Location`` for every lookup row, in order, clipped.
@@ -116,7 +135,7 @@ def submission(lookup: pd.DataFrame, ids: np.ndarray, predictions: np.ndarray,
 
 
 def prediction_table(ids: np.ndarray, predictions: np.ndarray) -> pd.DataFrame:
-  """``ImageId`` and the 30 keypoint columns, clipped to the frame."""
+  """``ImageId`` and the 30 keypoint columns, clipped to the frame (NaN: an empty cell)."""
   frame = pd.DataFrame(clip_locations(np.asarray(predictions, np.float64)),
                        columns=list(keypoints.COLUMNS))
   frame.insert(0, keypoints.ID_COLUMN, ids)
@@ -133,21 +152,33 @@ def write_csv(path: str, frame: pd.DataFrame) -> None:
 
 
 def run_csv(model: inference.Model, path: str, out: str, lookup_path: str | None = None,
-            tta: bool = False, lookup: pd.DataFrame | None = None) -> None:
+            tta: bool = False, lookup: pd.DataFrame | None = None,
+            allow_untrained: bool = False) -> None:
   """Writes a submission (with a lookup table) or a 30-column prediction file to ``out``.
 
   ``lookup`` is ``read_lookup(lookup_path)`` when the caller has already read it.
+
+  Raises:
+    data.DataError: bad files, or a lookup table asking for untrained keypoints (unless
+      ``allow_untrained``); nothing is written then.
   """
   if lookup is None and lookup_path:
     lookup = read_lookup(lookup_path)
+  refusal = None if lookup is None else untrained_lookup_rows(lookup, model.trained, lookup_path)
+  if refusal and not allow_untrained:
+    raise data.DataError(refusal)
   ids, predictions = predict_test_csv(model, path, tta)
   if lookup is not None:
     frame = submission(lookup, ids, predictions, lookup_path, path)
   else:
-    frame = prediction_table(ids, predictions)
+    frame = prediction_table(ids, model.only_trained(predictions))
   write_csv(out, frame)
   what = "submission rows" if lookup is not None else "faces"
   print(f"{model.describe(tta)}\nwrote {len(frame)} {what} to {out}")
+  untrained = model.untrained_names()
+  if untrained:
+    print(f"untrained keypoints {'submitted anyway' if lookup is not None else 'left empty'}: "
+          f"{', '.join(untrained)}")
 
 
 def run_pictures(model: inference.Model, paths: list[str], out_dir: str, crop: str = "none",
@@ -157,6 +188,7 @@ def run_pictures(model: inference.Model, paths: list[str], out_dir: str, crop: s
   print(model.describe(tta))
   done = []
   for p in pictures.predict_pictures(model, paths, crop, tta):
+    p.keypoints = model.only_trained(p.keypoints)
     overlay = os.path.join(out_dir, os.path.splitext(os.path.basename(p.path))[0]
                            + "_keypoints.png")
     plots.save_figure(pictures.plot_picture(p), overlay)
@@ -184,7 +216,8 @@ def photo_record(p: pictures.Photo) -> dict:
        "score": round(k.face.score, 4),
        "crop_transform": k.transform.tolist(),
        "keypoints": {name: [round(float(x), 4), round(float(y), 4)] for name, (x, y) in
-                     zip(keypoints.KEYPOINT_NAMES, k.keypoints.reshape(-1, 2))}}
+                     zip(keypoints.KEYPOINT_NAMES, k.keypoints.reshape(-1, 2))
+                     if np.isfinite(x)}}  # NaN: untrained, left out.
       for i, k in enumerate(p.faces)]}
 
 
@@ -199,6 +232,8 @@ def run_photos(model: inference.Model, paths: list[str], out_dir: str, tta: bool
   print(f"{model.describe(tta)}, {faces.CASCADE}, refine {'on' if refine else 'off'}")
   done = []
   for p in pictures.predict_photos(lambda x: model.predict(x, tta=tta), paths, refine):
+    for k in p.faces:
+      k.keypoints = model.only_trained(k.keypoints)
     print(pictures.face_lines(p))
     if p.faces:
       overlay = os.path.join(out_dir, os.path.splitext(os.path.basename(p.path))[0]
@@ -237,6 +272,9 @@ def main(argv=None) -> None:
   parser.add_argument("--crop", choices=pictures.CROPS, default=None,
                       help="--no-detect: pad to a square (none, default) or keep the centre square")
   parser.add_argument("--out_dir", help="pictures: where overlays go (default: the workdir)")
+  parser.add_argument("--allow_untrained", action="store_true",
+                      help="--lookup: submit keypoints the run had no labels for (refused "
+                      "otherwise)")
   parser.add_argument("pictures", nargs="*", help="image files (PNG, JPEG, ...) or folders")
   args = parser.parse_args(argv)
   inference.quiet_libraries()
@@ -248,6 +286,8 @@ def main(argv=None) -> None:
     parser.error("--crop and --out_dir apply to image files, not --csv")
   if args.pictures and args.lookup:
     parser.error("--lookup applies to --csv, not image files")
+  if args.allow_untrained and not args.lookup:
+    parser.error("--allow_untrained applies to --lookup (a submission)")
   if args.pictures and not args.detect and args.out:
     parser.error("--out applies to --csv or to photos, not with --no-detect")
   if args.detect and args.crop:
@@ -263,7 +303,7 @@ def main(argv=None) -> None:
     model = inference.load(args.workdir, args.checkpoint)
     tta = model.config.get("tta", False) if args.tta is None else args.tta
     if args.csv:
-      run_csv(model, args.csv, args.out, args.lookup, tta, lookup)
+      run_csv(model, args.csv, args.out, args.lookup, tta, lookup, args.allow_untrained)
     elif args.detect:
       run_photos(model, paths, args.out_dir or args.workdir, tta, args.refine, args.out)
     else:

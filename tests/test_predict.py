@@ -1,5 +1,6 @@
 """Kaggle submissions, prediction files and pictures from a trained workdir."""
 
+import dataclasses
 import json
 import os
 
@@ -251,3 +252,39 @@ def test_one_line_errors(workdir, kaggle_files, tmp_path, capsys, monkeypatch):
   assert "--crop applies with --no-detect" in _fails(["--workdir=w", "--crop=center",
                                                       str(not_image)], capsys)
   assert not out.exists()
+
+
+def test_untrained_keypoints_are_left_empty_and_refused_in_submissions(loaded, kaggle_files,
+                                                                      tmp_path, monkeypatch,
+                                                                      capsys):
+  test_csv, lookup_csv, images, lookup = kaggle_files
+  five = [keypoints.KEYPOINT_NAMES.index(n) for n in (
+      "left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner",
+      "mouth_right_corner")]
+  trained = np.zeros(keypoints.NUM_COORDS, np.float32)
+  for k in five:  # A run on a 5-point data set: 10 of the 30 columns learnt.
+    trained[2 * k:2 * k + 2] = 1.0
+  partial = dataclasses.replace(loaded, trained=trained)
+  monkeypatch.setattr(inference, "load", lambda workdir, which="best": partial)
+  out = tmp_path / "predictions.csv"
+  predict.main(["--workdir=w", f"--csv={test_csv}", f"--out={out}"])
+  assert "untrained keypoints left empty: left_eye_inner_corner" in capsys.readouterr().out
+  written = pd.read_csv(out)[list(keypoints.COLUMNS)]
+  expected = np.clip(loaded.predict(images[..., None].astype(np.float32) / 255.0), 0, 96)
+  np.testing.assert_allclose(written.iloc[:, trained > 0], expected[:, trained > 0], atol=1e-3)
+  assert written.iloc[:, trained == 0].isna().all().all()  # Empty cells, not guesses.
+  submission = tmp_path / "submission.csv"
+  err = _fails(["--workdir=w", f"--csv={test_csv}", f"--lookup={lookup_csv}",
+                f"--out={submission}"], capsys)
+  asked = (trained[[keypoints.COLUMNS.index(n) for n in lookup["FeatureName"]]] == 0).sum()
+  assert f"{asked} rows ask for keypoints this model was never trained on" in err
+  assert "--allow_untrained" in err and not submission.exists()
+  predict.main(["--workdir=w", f"--csv={test_csv}", f"--lookup={lookup_csv}",
+                f"--out={submission}", "--allow_untrained"])
+  assert "untrained keypoints submitted anyway" in capsys.readouterr().out
+  assert len(pd.read_csv(submission)) == len(lookup)
+  only_five = lookup[[trained[keypoints.COLUMNS.index(n)] > 0 for n in lookup["FeatureName"]]]
+  only_five.to_csv(tmp_path / "five.csv", index=False)  # Asks for trained keypoints only: fine.
+  predict.main(["--workdir=w", f"--csv={test_csv}", f"--lookup={tmp_path / 'five.csv'}",
+                f"--out={submission}"])
+  assert len(pd.read_csv(submission)) == len(only_five)
