@@ -158,6 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Raises:
     interrupts.Interrupted: after saving a checkpoint in answer to SIGTERM/SIGINT.
     FloatingPointError: on a non-finite loss (nothing is saved past the last good step).
+    workdir_lib.WorkdirError: also when a write fails on a full or failing disk: the last
+      complete checkpoint and metrics.jsonl stay as they were, and the same command resumes.
   """
   t_start = time.time()
   mesh = sharding.make_mesh()
@@ -169,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train)} training faces "
                       f"of {source}")
   logging.info("data: %s: %d train / %d validation faces", source, len(train), len(val))
-  with workdir_lock.acquire(workdir):  # Before anything is written: one training per workdir.
+  # The lock before anything is written: one training per workdir.
+  with workdir_lock.acquire(workdir), workdir_lib.disk_failures_end_the_run(workdir):
     writer = workdir_lib.RunWriter(workdir, enabled=jax.process_index() == 0)
     writer.write_config(config)
     writer.write_trained_keypoints(train.mask)

@@ -8,9 +8,12 @@ run writes anything; ``RunWriter`` owns a run's files; ``trained_keypoints`` and
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import re
 import tempfile
 
 import ml_collections
@@ -131,6 +134,54 @@ class WorkdirError(ValueError):
   """A workdir that cannot be used, described in one line."""
 
 
+# Errors of the storage itself (full, failing, read-only, over quota), not of the program.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS})
+
+
+# TensorStore (Orbax's array writer) reports an OS error inside a ValueError's message.
+_TENSORSTORE_OS_ERROR = re.compile(r"os_error_code='(\d+)'")
+_TENSORSTORE_FILE = re.compile(r'file "([^"]+)"')
+
+
+def disk_failure(error: BaseException) -> OSError | None:
+  """The storage error (``DISK_ERRNOS``) behind ``error``, looking through the exceptions it
+  was raised from (Orbax wraps its writers' errors) and TensorStore's messages, or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+      return error
+    code = _TENSORSTORE_OS_ERROR.search(str(error))
+    if code and int(code.group(1)) in DISK_ERRNOS:
+      path = _TENSORSTORE_FILE.search(str(error))
+      return OSError(int(code.group(1)), os.strerror(int(code.group(1))),
+                     path.group(1) if path else None)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+@contextlib.contextmanager
+def disk_failures_end_the_run(workdir: str):
+  """Turns a write that fails on a full or failing disk (``disk_failure``) into one
+  ``WorkdirError`` line that says how to go on; other errors pass unchanged.
+
+  Every writer of a run leaves the last good state behind when it fails (``atomic_write``
+  renames complete files only, ``RunWriter.append_metrics`` takes back a partial line, Orbax
+  renames complete checkpoints only), so running the same command again resumes.
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    failure = disk_failure(e)
+    if failure is None:
+      raise
+    where = f" {failure.filename}" if failure.filename else ""
+    raise WorkdirError(
+        f"workdir {workdir}: a write{where} failed ({failure.strerror or failure}); the last "
+        "complete checkpoint and metrics.jsonl are intact: free space (or mend the disk) and "
+        "run the same command again to resume") from e
+
+
 class RunWriter:
   """Owns the files of a workdir; a no-op on processes other than the main one."""
 
@@ -167,9 +218,14 @@ class RunWriter:
     if not self.enabled:
       return
     with open(self._path("metrics.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+      size = f.tell()
+      try:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+      except OSError:  # A full or failing disk: no half line stays behind.
+        f.truncate(size)
+        raise
     if self._tb is None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(self._path("tensorboard"), flush_secs=30)

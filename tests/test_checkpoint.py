@@ -204,3 +204,50 @@ def test_many_random_sigkills_still_bit_identical(csv, uninterrupted, tmp_path):
   proc = _run(csv, workdir)
   assert proc.returncode == 0, proc.stderr
   _assert_same_run(uninterrupted, workdir)
+
+
+def _fill(folder):
+  """Writes a file into ``folder`` until its file system is full; returns the file."""
+  path = os.path.join(folder, "filler")
+  with open(path, "wb") as f:
+    try:
+      while True:
+        f.write(b"\0" * (1 << 20))
+        f.flush()
+    except OSError:
+      pass
+  return path
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(csv, uninterrupted,
+                                                                          tmp_path):
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = os.geteuid() == 0 and subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+      capture_output=True).returncode == 0
+  if not mounted:
+    pytest.skip("cannot mount a small tmpfs here (needs root)")
+  try:
+    workdir = disk / "w"
+    proc = subprocess.Popen(_args(csv, workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), cwd=ROOT)
+    deadline = time.time() + 240
+    while max(_steps(workdir), default=0) < 6 and proc.poll() is None:
+      assert time.time() < deadline
+      time.sleep(0.01)
+    filler = _fill(disk)  # The disk is full from here on: the next write fails.
+    _, err = proc.communicate(timeout=240)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 2, err
+    assert last.startswith(f"error: workdir {workdir}: a write") and "No space left" in last
+    assert "run the same command again" in last
+    for line in open(workdir / "metrics.jsonl"):
+      json.loads(line)  # Whole lines only.
+    os.remove(filler)  # Space freed: the same command resumes, bit-identical.
+    again = _run(csv, workdir)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from the checkpoint" in again.stderr
+    _assert_same_run(uninterrupted, workdir)
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=False)
