@@ -101,7 +101,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rates = (0.2, 0.1)
   # "heatmap" (maps + soft-argmax, facekp_jax/heads.py) or "regression" (the seed's dense layers).
   config.model.head = "heatmap"
-  config.model.heatmap_size = 48  # Heatmap head: side of the upsampled maps (2 px cells).
+  config.model.heatmap_size = 48  # Heatmap head: cells of its maps across the frame (2 px).
+  # Heatmap head: pixels its maps reach beyond the frame on each side (whole cells), so that
+  # labels off the 96x96 crop train and can be predicted.
+  config.model.heatmap_margin = 0.0
   config.model.output_activation = "linear"  # Regression head only.
   # Regression head: the last layer's output maps to pixels by y * scale + offset. Raw pixels
   # (1, 0), as the Keras notebook, since experiments/parity.py: 3.01 px held-out vs 4.02 px with

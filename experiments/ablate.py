@@ -228,6 +228,7 @@ _NO_EMA_TTA = {"ema_decay": 0.0, "tta": False, "model.output_scale": 48.0,
 _HEATMAP_UNUSED = {"model.output_scale": 48.0, "model.output_offset": 48.0}  # As its run had.
 _OLD_DEFAULTS = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
                  "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "loss": "mse",
+                 "model.heatmap_margin": 0.0,
                  **_NO_EMA_TTA}
 
 
@@ -330,11 +331,24 @@ STUDIES: dict[str, Study] = {
         budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
         common={d: {**_GEOMETRY, **_NO_EMA_TTA} for d in DATASETS},
         heldout=True, robustness=True),
+    "margin": Study(
+        question="The heatmap head's maps reaching beyond the 96x96 frame (pixels on each "
+                 "side), so that labels off the crop train and can be predicted: 0 (maps end at "
+                 "the frame), 8, 16, 32.",
+        arms=(Arm("margin0"), Arm("margin8", {"model.heatmap_margin": 8.0}),
+              Arm("margin16", {"model.heatmap_margin": 16.0}),
+              Arm("margin32", {"model.heatmap_margin": 32.0})),
+        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
+        common={d: {"model.head": "heatmap", "model.heatmap_margin": 0.0, **_GEOMETRY,
+                    **_NO_EMA_TTA} for d in DATASETS},
+        heldout=True, robustness=True),
     "defaults": Study(
         question="The old default recipe (heatmap head, no geometric augmentation, MSE, no "
                  "EMA) against the new one (configs/resnet.py), on faces no arm trained on.",
         arms=(Arm("old-default", {"model.head": "heatmap", **_OLD_DEFAULTS}),
-              Arm("new-default", {"model.head": "heatmap", **_HEATMAP_UNUSED})),
+              Arm("new-default", {"model.head": "heatmap", **_HEATMAP_UNUSED}),
+              Arm("margin16", {"model.head": "heatmap", "model.heatmap_margin": 16.0,
+                               **_HEATMAP_UNUSED})),
         budgets={"mtfl": Budget("full", 25, 0)},
         datasets=("mtfl",), heldout=True, robustness=True,
         note="Confirmation at the real budget: the full model, 25 epochs of the 6120-face pool "

@@ -36,6 +36,7 @@ LEGACY: dict[str, object] = {
     "augment.shift_px": 0.0,
     "model.head": "regression",
     "model.heatmap_size": 48,
+    "model.heatmap_margin": 0.0,
     "model.kernel_init": "lecun_normal",
 }
 

@@ -7,6 +7,18 @@ softmax gives a probability over cells whose expected centre is the keypoint.
 The expectation is differentiable and not bound to the grid, so coarse maps
 still give sub-pixel coordinates.
 
+Bilinear upsampling holds the logits constant beyond the feature map's outermost
+cell centres (for the seed's 5x5 map, outside [9.1, 85.9] px), so a map peaked on
+an outer cell spreads its mass evenly up to the frame's edge, and the expectation
+stops short of it: predictions of labels at the edge saturate near 90 px. A
+``margin`` (pixels, a whole number of cells) extends that constant strip past the
+frame on every side (edge replication of the upsampled logits): the maps then
+cover [-0.5 - margin, 95.5 + margin]^2, the interior logits are unchanged, and a
+keypoint at or beyond the edge of the crop (faces in strong poses, or pushed off
+by geometric augmentation) can be placed. ``margin=0`` is the original head.
+(Continuing the logits linearly into the margin instead was tried and trains far
+worse: experiments/README.md, study ``margin``.)
+
 Pixel-centre convention (``keypoints``): pixel (row i, col j) is centred at
 (x=j, y=i), so the image spans [-0.5, 95.5] and a cell k of an ``s``-cell axis
 is centred at ``(k + 0.5) * 96 / s - 0.5`` (``k`` itself when ``s`` is 96).
@@ -25,17 +37,26 @@ from facekp_jax import keypoints
 HEADS = ("regression", "heatmap")
 
 
-def cell_centres(size: int) -> jnp.ndarray:
-  """Pixel coordinates of the centres of ``size`` equal cells across the image."""
-  scale = keypoints.IMAGE_SIZE / size
-  return (jnp.arange(size, dtype=jnp.float32) + 0.5) * scale - 0.5
+def cell_centres(size: int, margin: float = 0.0) -> jnp.ndarray:
+  """Pixel coordinates of the centres of ``size`` equal cells across the image and a margin
+  of ``margin`` pixels on both sides."""
+  scale = (keypoints.IMAGE_SIZE + 2 * margin) / size
+  return (jnp.arange(size, dtype=jnp.float32) + 0.5) * scale - 0.5 - margin
 
 
-def soft_argmax(logits: jnp.ndarray) -> jnp.ndarray:
+def margin_cells(size: int, margin: float) -> int:
+  """Cells that a margin of ``margin`` pixels adds on each side of ``size`` cells over the frame
+  (``margin`` must be a whole number of cells: ``models.config_problems`` checks it)."""
+  return int(round(margin * size / keypoints.IMAGE_SIZE))
+
+
+def soft_argmax(logits: jnp.ndarray, margin: float = 0.0) -> jnp.ndarray:
   """Expected pixel position of each map's spatial softmax.
 
   Args:
-    logits: (B, H, W, K) maps over the whole 96x96 image (row = y, column = x).
+    logits: (B, H, W, K) maps over the whole 96x96 image and a margin of ``margin`` pixels
+      on each side (row = y, column = x).
+    margin: the maps' margin beyond the frame, in pixels.
 
   Returns:
     (B, 2K) float32 coordinates ``x0, y0, x1, y1, ...`` in pixels, the Kaggle order.
@@ -43,8 +64,8 @@ def soft_argmax(logits: jnp.ndarray) -> jnp.ndarray:
   b, h, w, k = logits.shape
   flat = jnp.asarray(logits, jnp.float32).reshape(b, h * w, k)
   p = jax.nn.softmax(flat, axis=1).reshape(b, h, w, k)
-  x = jnp.einsum("bhwk,w->bk", p, cell_centres(w))
-  y = jnp.einsum("bhwk,h->bk", p, cell_centres(h))
+  x = jnp.einsum("bhwk,w->bk", p, cell_centres(w, margin))
+  y = jnp.einsum("bhwk,h->bk", p, cell_centres(h, margin))
   return jnp.stack([x, y], axis=-1).reshape(b, 2 * k)
 
 
@@ -52,11 +73,14 @@ class HeatmapHead(nn.Module):
   """Feature map (B, h, w, C) -> keypoints (B, 30) in pixels, by soft-argmax.
 
   Attributes:
-    size: side of the upsampled maps (48: 2 px cells).
+    size: cells of the upsampled maps across the frame (48: 2 px cells).
+    margin: pixels the maps extend beyond the frame on each side (a whole number of cells);
+      the maps then have ``size + 2 * margin_cells(size, margin)`` cells a side.
     dtype: computation dtype of the 1x1 convolution (the softmax is float32).
   """
 
   size: int = 48
+  margin: float = 0.0
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
 
@@ -69,4 +93,7 @@ class HeatmapHead(nn.Module):
     if logits.shape[1:3] != (self.size, self.size):
       logits = jax.image.resize(logits, (logits.shape[0], self.size, self.size, logits.shape[3]),
                                 method="bilinear")
-    return soft_argmax(logits)
+    if self.margin:  # The constant strips beyond the outer feature centres, widened.
+      p = margin_cells(self.size, self.margin)
+      logits = jnp.pad(logits, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+    return soft_argmax(logits, self.margin)

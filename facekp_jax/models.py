@@ -86,7 +86,8 @@ class ResNet(nn.Module):
     head: "regression" (default: pool, dense layers, 30 outputs) or "heatmap"
       (``heads.HeatmapHead`` on the last stage's map; ignores the dense and
       output fields below).
-    heatmap_size: side of the heatmap head's upsampled maps.
+    heatmap_size: cells of the heatmap head's upsampled maps across the frame.
+    heatmap_margin: pixels the heatmap head's maps reach beyond the frame on each side.
     output_activation: "linear" (default) or "relu" (the seed's fault).
     output_scale, output_offset: fixed affine map from the last layer to pixels.
     conv_bias: whether convolutions carry a bias (the seed's do; it is redundant
@@ -108,6 +109,7 @@ class ResNet(nn.Module):
   dropout_rates: Sequence[float] = (0.2, 0.1)
   head: str = "regression"
   heatmap_size: int = 48
+  heatmap_margin: float = 0.0
   output_activation: str = "linear"
   output_scale: float = 48.0
   output_offset: float = 48.0
@@ -135,8 +137,8 @@ class ResNet(nn.Module):
                             pointwise=ops.pointwise, pool=pool, norm=norm,
                             name=f"stage{stage + 1}_block{block + 1}")(x)
     if self.head == "heatmap":
-      return heads.HeatmapHead(self.heatmap_size, dtype=self.dtype, kernel_init=init,
-                               name="heatmap")(x)
+      return heads.HeatmapHead(self.heatmap_size, self.heatmap_margin, dtype=self.dtype,
+                               kernel_init=init, name="heatmap")(x)
     x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for i, (size, rate) in enumerate(zip(self.dense_sizes, self.dropout_rates)):
@@ -170,6 +172,10 @@ def config_problems(m) -> list[str]:
   if not all(isinstance(c, int) and c >= 1 for c in counts):
     problems.append("model.heatmap_size, stem_filters, stage_filters, stage_blocks and "
                     "dense_sizes must be whole numbers >= 1")
+  cells = m.heatmap_margin * m.heatmap_size / keypoints.IMAGE_SIZE
+  if not (m.heatmap_margin >= 0 and abs(cells - round(cells)) < 1e-6):
+    problems.append(f"model.heatmap_margin must be a whole number >= 0 of cells of "
+                    f"{keypoints.IMAGE_SIZE}/heatmap_size px, got {m.heatmap_margin}")
   if not all(0.0 <= r < 1.0 for r in m.dropout_rates):
     problems.append(f"model.dropout_rates must be in [0, 1), got {tuple(m.dropout_rates)}")
   return problems
@@ -189,6 +195,7 @@ def create_model(config, dtype=jnp.float32) -> ResNet:
       dropout_rates=tuple(m.dropout_rates),
       head=m.head,
       heatmap_size=m.heatmap_size,
+      heatmap_margin=m.heatmap_margin,
       output_activation=m.output_activation,
       output_scale=m.output_scale,
       output_offset=m.output_offset,

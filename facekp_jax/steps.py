@@ -79,15 +79,22 @@ def create_train_state(config, model, mesh, steps_per_epoch: int | None = None) 
   return jax.jit(init, out_shardings=sharding.replicated(mesh))()
 
 
-def in_frame(targets) -> jax.Array:
-  """1 where a keypoint (both its coordinates) lies on the 96x96 frame [-0.5, 95.5]^2."""
+def in_frame(targets, margin: float = 0.0) -> jax.Array:
+  """1 where a keypoint (both its coordinates) lies on the 96x96 frame [-0.5, 95.5]^2 widened
+  by ``margin`` pixels on each side."""
   points = targets.reshape(targets.shape[0], -1, 2)
-  inside = jnp.all((points >= -0.5) & (points <= keypoints.IMAGE_SIZE - 0.5), axis=-1)
+  inside = jnp.all((points >= -0.5 - margin) & (points <= keypoints.IMAGE_SIZE - 0.5 + margin),
+                   axis=-1)
   return jnp.repeat(inside, 2, axis=1).astype(targets.dtype)
 
 
+def head_reach(m) -> float | None:
+  """Pixels beyond the frame that a ``config.model``'s head can place a keypoint (None: any)."""
+  return m.heatmap_margin if m.head == "heatmap" else None
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_sum=masked_sse,
-               ema_decay: float = 0.0, in_frame_only: bool = False) -> tuple[TrainState, dict]:
+               ema_decay: float = 0.0, reach: float | None = None) -> tuple[TrainState, dict]:
   """One optimizer step on the masked mean loss of a global batch.
 
   Args:
@@ -96,15 +103,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_sum=maske
     loss_sum: ``(predictions, targets, mask) -> (sum, count)`` (``losses.masked_sum``);
       the default is the masked squared error in pixels^2.
     ema_decay: the parameter EMA's decay (0: no EMA; the state's ``ema_params`` is None).
-    in_frame_only: leave labels outside the frame out of the loss (the heatmap head, whose
-      maps cover the frame only, cannot reach them); ``count`` then omits them.
+    reach: None (every label counts), or how many pixels beyond the frame the model can place
+      a keypoint (the heatmap head's margin): labels further out leave the loss, since its
+      maps cannot reach them; ``count`` then omits them.
 
   Returns:
     The new state and ``{"sse", "count"}`` of this batch (on device): the squared error in
     pixels^2 whatever the loss, so that the reported train RMSE is always in pixels.
   """
   dropout_key = jax.random.fold_in(state.rng, state.step)
-  mask = batch["mask"] * in_frame(batch["targets"]) if in_frame_only else batch["mask"]
+  mask = batch["mask"] if reach is None else batch["mask"] * in_frame(batch["targets"], reach)
 
   def loss_fn(params):
     predictions, updates = state.apply_fn(
@@ -140,7 +148,7 @@ class Trainer:
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     step = functools.partial(train_step, loss_sum=losses.masked_sum(config),
                              ema_decay=config.ema_decay,
-                             in_frame_only=config.model.head == "heatmap")
+                             reach=head_reach(config.model))
     self.train_step = jax.jit(step, in_shardings=(rep, shard), out_shardings=(rep, rep),
                               donate_argnums=0)
     self.predict_step = jax.jit(predict_step, in_shardings=(rep, shard), out_shardings=rep)

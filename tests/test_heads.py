@@ -64,6 +64,48 @@ def test_soft_argmax_finds_a_sub_pixel_gaussian_per_keypoint():
   np.testing.assert_allclose(out[0], centres.reshape(-1), atol=1e-3)
 
 
+def test_a_margin_extends_the_maps_beyond_the_frame():
+  # 48 cells over the frame (2 px) and 16 px = 8 cells on each side: 64 cells over [-16.5, 111.5].
+  assert heads.margin_cells(48, 16.0) == 8
+  centres = np.asarray(heads.cell_centres(64, 16.0))
+  np.testing.assert_allclose(centres[[0, 8, 55, 63]], [-15.5, 0.5, 94.5, 110.5])
+  out = heads.soft_argmax(_peak(64, 63, 0), margin=16.0)
+  np.testing.assert_allclose(out[0, 0::2], -15.5, atol=1e-4)  # Left of the frame,
+  np.testing.assert_allclose(out[0, 1::2], 110.5, atol=1e-4)  # and below it.
+
+
+def test_a_margin_lets_an_edge_peak_reach_the_frame_and_keeps_the_interior():
+  features = np.full((1, 5, 5, keypoints.NUM_KEYPOINTS), -8.0, np.float32)  # The seed's 5x5.
+  kernel = {"params": {"keypoint_maps": {"kernel": np.eye(keypoints.NUM_KEYPOINTS, dtype=np.float32),
+                                         "bias": np.zeros(keypoints.NUM_KEYPOINTS, np.float32)}}}
+
+  def read(margin, row, col):
+    f = features.copy()
+    f[0, row, col] = 8.0
+    return np.asarray(heads.HeatmapHead(48, margin).apply(kernel, jnp.asarray(f)))[0]
+
+  plain, wide = read(0.0, 2, 4), read(16.0, 2, 4)  # Peaked on the rightmost feature cell.
+  assert plain[0] < 92.0 < 95.5 < wide[0]  # Without a margin it cannot reach the edge.
+  np.testing.assert_allclose(read(0.0, 2, 2), [47.5, 47.5] * keypoints.NUM_KEYPOINTS, atol=0.05)
+  np.testing.assert_allclose(read(16.0, 2, 2), read(0.0, 2, 2), atol=0.2)  # Centre: unchanged,
+  np.testing.assert_allclose(plain[1], 47.5, atol=0.05)  # and no drift across the peak's axis.
+  np.testing.assert_allclose(wide[1], 47.5, atol=0.05)
+
+
+def test_heatmap_margin_model_shapes_and_its_config_check():
+  model = models.create_model(_heatmap_config(heatmap_margin=16.0))
+  x = jnp.asarray(np.random.default_rng(0).random((2, 96, 96, 1), np.float32))
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert variables["params"]["heatmap"]["keypoint_maps"]["kernel"].shape == (
+      16, keypoints.NUM_KEYPOINTS)  # The margin adds no parameters.
+  out = np.asarray(model.apply(variables, x, train=False))
+  assert out.shape == (2, keypoints.NUM_COORDS)
+  assert np.all((out > -16.5) & (out < 111.5))  # An expectation over frame and margin.
+  for margin, ok in ((8.0, True), (3.0, False), (-2.0, False)):  # Whole 2 px cells only.
+    problems = models.config_problems(_heatmap_config(heatmap_margin=margin).model)
+    assert (not problems) == ok, (margin, problems)
+
+
 def test_a_mirrored_map_gives_the_mirrored_x():
   logits = jax.random.normal(jax.random.key(0), (2, 24, 24, keypoints.NUM_KEYPOINTS)) * 3
   out, mirrored = heads.soft_argmax(logits), heads.soft_argmax(logits[:, :, ::-1])

@@ -192,10 +192,14 @@ def test_labels_outside_the_frame_train_the_regression_head_but_not_heatmaps():
            "mask": np.ones((8, 30), np.float32)}
   mesh = sharding.make_mesh()
   counts = {}
-  for head in ("regression", "heatmap"):
-    config = _config(**{"model.head": head})
+  for head, margin in (("regression", 0.0), ("heatmap", 0.0), ("heatmap", 16.0)):
+    config = _config(**{"model.head": head, "model.heatmap_margin": margin})
     trainer = steps.Trainer(config, mesh)
     _, metrics = trainer.train_step(trainer.init_state(), sharding.to_global(batch, mesh))
-    counts[head] = float(metrics["count"])
-  assert counts == {"regression": 240.0, "heatmap": 224.0}  # Both coordinates of 8 points.
+    counts[head, margin] = float(metrics["count"])
+  # Both coordinates of 8 points leave the loss of maps that end at the frame, not of maps
+  # with a 16 px margin (x = 110 < 111.5).
+  assert counts == {("regression", 0.0): 240.0, ("heatmap", 0.0): 224.0,
+                    ("heatmap", 16.0): 240.0}
   np.testing.assert_array_equal(steps.in_frame(jnp.asarray(targets))[0, :4], [0, 0, 1, 1])
+  np.testing.assert_array_equal(steps.in_frame(jnp.asarray(targets), 16.0)[0, :4], 1)
