@@ -60,6 +60,7 @@ if ROOT not in sys.path:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import resnet, tiny  # noqa: E402
 from facekp_jax import (  # noqa: E402
+  cli,
   config_upgrade,
   data,
   evaluate,
@@ -850,7 +851,7 @@ def main(argv=None) -> dict | None:
   if scratch == ROOT or scratch.startswith(ROOT + os.sep):
     parser.error(f"--scratch {args.scratch} is inside the repository; checkpoints must stay out")
   if not args.verbose:
-    inference.quiet_libraries()
+    cli.quiet_libraries()
   cache = os.path.join(scratch, "jax_cache") if args.compile_cache is None else args.compile_cache
   if cache:  # Arms that share a model (and seed) then compile it once, not once per run.
     jax.config.update("jax_compilation_cache_dir", cache)

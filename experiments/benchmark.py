@@ -38,7 +38,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from facekp_jax import data, device_input, export, inference, keypoints, sharding, steps, train
+from facekp_jax import cli, data, device_input, export, inference, keypoints, sharding, steps, train
 from facekp_jax.ops import host_memory
 
 FLAGS = flags.FLAGS
@@ -184,7 +184,7 @@ def main(argv):
   del argv
   host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
   if FLAGS.inference:
-    inference.quiet_libraries()
+    cli.quiet_libraries()
     for record in time_inference(FLAGS.config, FLAGS.calls):
       print(json.dumps(record), flush=True)
     return

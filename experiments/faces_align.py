@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, ".")
 
-from facekp_jax import data, export, faces, inference, keypoints  # noqa: E402
+from facekp_jax import cli, data, export, faces, inference, keypoints  # noqa: E402
 
 CASCADES = ("haarcascade_frontalface_alt2.xml", "haarcascade_frontalface_default.xml",
             "haarcascade_frontalface_alt.xml")
@@ -135,7 +135,7 @@ def main():
   parser.add_argument("--tta", action="store_true")
   parser.add_argument("--cascades", default=",".join(CASCADES))
   args = parser.parse_args()
-  inference.quiet_libraries()
+  cli.quiet_libraries()
   chunks = data.read_training_chunks(args.csv, args.rows)
   faces_ = next(iter(chunks))
   for name in filter(None, args.cascades.split(",")):

@@ -602,8 +602,8 @@ def main(argv=None) -> dict | None:
 
   import jax  # pylint: disable=g-import-not-at-top
 
-  from facekp_jax import inference, interrupts  # pylint: disable=g-import-not-at-top
-  inference.quiet_libraries()
+  from facekp_jax import cli, inference, interrupts  # pylint: disable=g-import-not-at-top
+  cli.quiet_libraries()
   jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   tag = f"{os.path.basename(ablate._stem(heldout_csv))}"  # pylint: disable=protected-access

@@ -3,7 +3,7 @@
   python -m facekp_jax.evaluate --workdir=W --csv=FILE [--checkpoint=best|latest] [--tta]
       [--robustness]
 
-``--tta`` / ``--no-tta``: flip test-time augmentation (default: the run's ``config.tta``).
+``--tta`` / ``--notta``: flip test-time augmentation (default: the run's ``config.tta``).
 
 FILE has Kaggle's training.csv layout (the 30 keypoint columns and ``Image``;
 ``.csv`` or ``.csv.gz``); empty cells are missing labels and are not scored, so
@@ -25,7 +25,9 @@ import os
 
 import numpy as np
 
-from facekp_jax import data, inference, keypoints, plots, robustness
+from absl import flags
+
+from facekp_jax import cli, data, inference, keypoints, plots, robustness
 from facekp_jax import metrics as metrics_lib
 from facekp_jax import workdir as workdir_lib
 from facekp_jax.ops import host_memory
@@ -154,24 +156,22 @@ def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
 
 def main(argv=None) -> None:
   host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
-  parser = inference.ArgumentParser(
-      prog="python -m facekp_jax.evaluate",
-      description="Score a trained workdir on a Kaggle-layout file (masked cells not scored).")
-  inference.add_model_arguments(parser)
-  parser.add_argument("--csv", required=True, help="Kaggle training.csv-layout file (.csv/.gz)")
-  parser.add_argument("--robustness", action="store_true",
-                      help="also score the faces rotated, scaled and shifted")
-  parser.add_argument("--bad_labels", choices=data.BAD_LABELS, default="error",
-                      help="a coordinate beyond 48 px outside the image: refuse the file "
-                      "(default), mask that value, or drop its row")
-  args = parser.parse_args(argv)
-  inference.quiet_libraries()
-  try:
-    run(args.workdir, args.csv, args.checkpoint, args.tta, args.robustness, args.bad_labels)
-  except inference.USER_ERRORS as e:
-    inference.fail(e)
-  except OSError as e:  # Writing into the workdir.
-    inference.fail(f"{e.filename or ''}: {e.strerror or e}")
+  fv = cli.command_flags()
+  cli.define_model_flags(fv)
+  flags.DEFINE_string("csv", None, "Kaggle training.csv-layout file (.csv/.gz)", flag_values=fv)
+  flags.mark_flag_as_required("csv", flag_values=fv)
+  flags.DEFINE_bool("robustness", False, "also score the faces rotated, scaled and shifted",
+                    flag_values=fv)
+  flags.DEFINE_enum("bad_labels", "error", data.BAD_LABELS, "a coordinate beyond 48 px outside "
+                    "the image: refuse the file (default), mask that value, or drop its row",
+                    flag_values=fv)
+  rest = cli.parse(fv, "python -m facekp_jax.evaluate", "Score a trained workdir on a "
+                   "Kaggle-layout file (masked cells not scored).", argv)
+  if rest:
+    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  cli.quiet_libraries()
+  with cli.user_errors():
+    run(fv.workdir, fv.csv, fv.checkpoint, fv.tta, fv.robustness, fv.bad_labels)
 
 
 if __name__ == "__main__":

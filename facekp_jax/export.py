@@ -4,7 +4,7 @@
   python -m facekp_jax.export --workdir=W --format=onnx --out=model.onnx   # the [export] extra
 
 Common flags: ``--checkpoint=best|latest`` (default best by validation RMSE, as evaluate),
-``--tta/--no-tta`` (bake flip test-time augmentation in; default: the run's ``config.tta``) and
+``--tta/--notta`` (bake flip test-time augmentation in; default: the run's ``config.tta``) and
 ``--input_dtype=uint8|float32``.
 
 The artefact is one function, ``faces (N, 96, 96) -> keypoints (N, 30)``, any N: grey 96x96
@@ -27,8 +27,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from facekp_jax import data, inference, keypoints, models, synthetic
+from facekp_jax import cli, data, inference, keypoints, models, synthetic
 from facekp_jax import workdir as workdir_lib
 from facekp_jax.ops import host_memory
 
@@ -187,28 +188,27 @@ def export(model: inference.Model, fmt: str, out: str, tta: bool = False,
 
 def main(argv=None) -> None:
   host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
-  parser = inference.ArgumentParser(
-      prog="python -m facekp_jax.export",
-      description="Export a trained workdir's model: StableHLO (jax.export) or ONNX.")
-  inference.add_model_arguments(parser)
-  parser.add_argument("--format", required=True, choices=FORMATS)
-  parser.add_argument("--out", required=True, help="the artefact's path")
-  parser.add_argument("--input_dtype", choices=INPUT_DTYPES, default="uint8",
-                      help="uint8 0..255 (default) or float32 in [0, 1]")
-  args = parser.parse_args(argv)
-  inference.quiet_libraries()
-  if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-    parser.error(f"--out {args.out}: its folder does not exist")
-  try:
-    model = inference.load(args.workdir, args.checkpoint)
-    tta = model.config.get("tta", False) if args.tta is None else args.tta
-    difference = export(model, args.format, args.out, tta, args.input_dtype)
-  except inference.USER_ERRORS as e:
-    inference.fail(e)
-  except OSError as e:
-    inference.fail(f"{e.filename or ''}: {e.strerror or e}")
-  print(f"{model.describe(tta)}\nwrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB, "
-        f"{args.format}, input (N, 96, 96) {args.input_dtype}) and {args.out}.json\n"
+  fv = cli.command_flags()
+  cli.define_model_flags(fv)
+  flags.DEFINE_enum("format", None, FORMATS, "the artefact's format", flag_values=fv)
+  flags.mark_flag_as_required("format", flag_values=fv)
+  flags.DEFINE_string("out", None, "the artefact's path", flag_values=fv)
+  flags.mark_flag_as_required("out", flag_values=fv)
+  flags.DEFINE_enum("input_dtype", "uint8", INPUT_DTYPES,
+                    "uint8 0..255 (default) or float32 in [0, 1]", flag_values=fv)
+  rest = cli.parse(fv, "python -m facekp_jax.export", "Export a trained workdir's model: "
+                   "StableHLO (jax.export) or ONNX.", argv)
+  if rest:
+    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  cli.quiet_libraries()
+  if not os.path.isdir(os.path.dirname(os.path.abspath(fv.out))):
+    cli.usage_error(f"--out {fv.out}: its folder does not exist")
+  with cli.user_errors():
+    model = inference.load(fv.workdir, fv.checkpoint)
+    tta = cli.tta(fv, model.config)
+    difference = export(model, fv.format, fv.out, tta, fv.input_dtype)
+  print(f"{model.describe(tta)}\nwrote {fv.out} ({os.path.getsize(fv.out) / 1e6:.1f} MB, "
+        f"{fv.format}, input (N, 96, 96) {fv.input_dtype}) and {fv.out}.json\n"
         f"reloaded and run: largest difference from the JAX model {difference:.2g} px")
 
 

@@ -9,23 +9,18 @@ can still be training there.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
-from facekp_jax import checkpoint, config_upgrade, data, keypoints, sharding, steps
+from facekp_jax import checkpoint, config_upgrade, keypoints, sharding, steps
 from facekp_jax import workdir as workdir_lib
 
 CHECKPOINTS = ("best", "latest")
-# Problems with the user's input: one line on stderr, exit code 2.
-USER_ERRORS = (data.DataError, workdir_lib.WorkdirError)
 
 
 @dataclasses.dataclass
@@ -132,30 +127,3 @@ def load(workdir: str, which: str = "best") -> Model:
       ckpt.close()
   return Model(workdir, config, trainer, state, int(jax.device_get(state.step)), which,
                workdir_lib.trained_keypoints(workdir))
-
-
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose usage errors are one line on stderr and exit code 2, like ``main``'s."""
-
-  def error(self, message):
-    fail(f"bad flag: {message}")
-
-
-def quiet_libraries() -> None:
-  """Keeps Orbax's and JAX's routine INFO and WARNING lines out of a command's output."""
-  logging.set_verbosity(logging.ERROR)
-
-
-def fail(message) -> None:
-  """Ends a command on a user error: one line on stderr, exit code 2."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-  """The flags every command that loads a trained workdir takes: --workdir, --checkpoint, --tta."""
-  parser.add_argument("--workdir", required=True, help="a training workdir")
-  parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
-                      help="best by validation RMSE (default) or latest")
-  parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                      help="flip test-time augmentation (default: the run's config.tta)")

@@ -14,8 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from facekp_jax import data, distributed, interrupts, sharding, train, workdir_lock
-from facekp_jax import workdir as workdir_lib
+from facekp_jax import cli, distributed, interrupts, sharding, train, workdir_lock
 from facekp_jax.ops import host_memory
 
 FLAGS = flags.FLAGS
@@ -47,8 +46,7 @@ def _parse_flags(argv):
       message = message[1:-1]  # KeyError quotes ml_collections' own (quoted) message.
     if isinstance(e, (KeyError, AttributeError)):
       message = f"unknown config field {message}"
-    print(f"error: bad flag or config override: {message}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"bad flag or config override: {message}")
 
 
 def _quiet_libraries(record) -> bool:
@@ -70,16 +68,13 @@ def main(argv):
       raise distributed.DistributedError("several processes need --workdir, one folder on "
                                          "storage they all share")
   except distributed.DistributedError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   logging.info("%s", sharding.topology())
   try:
     train.train_and_evaluate(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
-  except (data.DataError, train.ConfigError, workdir_lib.WorkdirError,
-          workdir_lock.WorkdirBusy) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except (*cli.USER_ERRORS, train.ConfigError, workdir_lock.WorkdirBusy) as e:
+    cli.fail(e)
   except FloatingPointError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)

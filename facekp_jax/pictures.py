@@ -5,7 +5,7 @@ aligned to the training framing (``faces.find_keypoints``); ``predict_photos`` g
 ``Photo`` per file and ``plot_photo`` its overlay (boxes and keypoints). A folder stands for
 the image files in it (``expand_paths``).
 
-Whole pictures (``--no-detect``) (PNG; JPEG and others through Pillow, which matplotlib brings) are
+Whole pictures (``--nodetect``) (PNG; JPEG and others through Pillow, which matplotlib brings) are
 turned grey (ITU-R 601 luma), made square, and resampled to 96x96 (area
 averaging when shrinking, linear interpolation when enlarging). The model knows
 Kaggle's framing only: an upright face filling most of the frame, eyes about

@@ -4,10 +4,10 @@
       --out=submission.csv
   python -m facekp_jax.predict --workdir=W --csv=test.csv --out=predictions.csv
   python -m facekp_jax.predict --workdir=W [--out_dir=DIR] [--out=faces.csv] photo.jpg DIR ...
-  python -m facekp_jax.predict --workdir=W --no-detect [--crop=none|center] face1.png ...
+  python -m facekp_jax.predict --workdir=W --nodetect [--crop=none|center] face1.png ...
 
 Common flags: ``--checkpoint=best|latest`` (default best by validation RMSE) and
-``--tta/--no-tta`` (flip test-time augmentation; default: the run's ``config.tta``).
+``--tta/--notta`` (flip test-time augmentation; default: the run's ``config.tta``).
 
 With ``--lookup``, ``--out`` is Kaggle's submission: header ``RowId,Location``,
 one row per row of the lookup table, in its order. Without it, ``--out`` has
@@ -21,26 +21,26 @@ table asks for one is refused unless ``--allow_untrained`` (then the model's unt
 guesses are written, clipped like the rest).
 
 Photos (image files, or folders of them): every face OpenCV's detector finds is cropped to
-the training framing, read (``--refine``, the default: twice, the second crop upright and to
+the training framing, read (``--refine``, the default; ``--norefine`` once: twice, the second crop upright and to
 scale from the first pass's keypoints; see ``facekp_jax.faces``) and mapped back into the photo's
 pixels. Each photo with faces gets an overlay, ``<out_dir>/<stem>_keypoints.png`` (default
 ``out_dir``: the workdir); every face is a row of ``--out`` (default ``<out_dir>/faces.csv``:
 file, face index, box, detector score, the 30 coordinates, unclipped) and an entry of the JSON
 beside it (``faces.json``). A photo without a face is reported in one line and the others go on.
 
-``--no-detect``: each picture is one face, fitted whole into 96x96 (``--crop``; see
+``--nodetect``: each picture is one face, fitted whole into 96x96 (``--crop``; see
 ``facekp_jax.pictures``); keypoints are printed in the picture's pixels, with an overlay each.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 import pandas as pd
+from absl import flags
 
-from facekp_jax import data, faces, inference, keypoints, pictures, plots
+from facekp_jax import cli, data, faces, inference, keypoints, pictures, plots
 from facekp_jax import workdir as workdir_lib
 from facekp_jax.ops import host_memory
 
@@ -257,61 +257,58 @@ def run_photos(model: inference.Model, paths: list[str], out_dir: str, tta: bool
 
 def main(argv=None) -> None:
   host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
-  parser = inference.ArgumentParser(
-      prog="python -m facekp_jax.predict",
-      description="Predict keypoints with a trained workdir: a Kaggle test file, or pictures.")
-  inference.add_model_arguments(parser)
-  parser.add_argument("--csv", help="Kaggle test.csv-layout file (ImageId, Image)")
-  parser.add_argument("--lookup", help="Kaggle IdLookupTable.csv: write a submission")
-  parser.add_argument("--out", help="output CSV: with --csv, the predictions; with photos, one row "
-                      "per face (default <out_dir>/faces.csv)")
-  parser.add_argument("--detect", action=argparse.BooleanOptionalAction, default=True,
-                      help="photos: find the faces (default); --no-detect: one face per picture")
-  parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
-                      help="photos: crop each face again from the first pass's keypoints")
-  parser.add_argument("--crop", choices=pictures.CROPS, default=None,
-                      help="--no-detect: pad to a square (none, default) or keep the centre square")
-  parser.add_argument("--out_dir", help="pictures: where overlays go (default: the workdir)")
-  parser.add_argument("--allow_untrained", action="store_true",
-                      help="--lookup: submit keypoints the run had no labels for (refused "
-                      "otherwise)")
-  parser.add_argument("pictures", nargs="*", help="image files (PNG, JPEG, ...) or folders")
-  args = parser.parse_args(argv)
-  inference.quiet_libraries()
-  if bool(args.csv) == bool(args.pictures):
-    parser.error("give either --csv or image files")
-  if args.csv and not args.out:
-    parser.error("--csv needs --out")
-  if args.csv and (args.crop or args.out_dir):
-    parser.error("--crop and --out_dir apply to image files, not --csv")
-  if args.pictures and args.lookup:
-    parser.error("--lookup applies to --csv, not image files")
-  if args.allow_untrained and not args.lookup:
-    parser.error("--allow_untrained applies to --lookup (a submission)")
-  if args.pictures and not args.detect and args.out:
-    parser.error("--out applies to --csv or to photos, not with --no-detect")
-  if args.detect and args.crop:
-    parser.error("--crop applies with --no-detect (detected faces get aligned crops)")
-  if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-    parser.error(f"--out {args.out}: its folder does not exist")
-  try:
-    for path in [args.csv, args.lookup] if args.csv else []:
+  fv = cli.command_flags()
+  cli.define_model_flags(fv)
+  flags.DEFINE_string("csv", None, "Kaggle test.csv-layout file (ImageId, Image)", flag_values=fv)
+  flags.DEFINE_string("lookup", None, "Kaggle IdLookupTable.csv: write a submission",
+                      flag_values=fv)
+  flags.DEFINE_string("out", None, "output CSV: with --csv, the predictions; with photos, one "
+                      "row per face (default <out_dir>/faces.csv)", flag_values=fv)
+  flags.DEFINE_bool("detect", True, "photos: find the faces (default); --nodetect: one face "
+                    "per picture", flag_values=fv)
+  flags.DEFINE_bool("refine", True, "photos: crop each face again from the first pass's "
+                    "keypoints", flag_values=fv)
+  flags.DEFINE_enum("crop", None, pictures.CROPS, "--nodetect: pad to a square (none, default) "
+                    "or keep the centre square", flag_values=fv)
+  flags.DEFINE_string("out_dir", None, "pictures: where overlays go (default: the workdir)",
+                      flag_values=fv)
+  flags.DEFINE_bool("allow_untrained", False, "--lookup: submit keypoints the run had no labels "
+                    "for (refused otherwise)", flag_values=fv)
+  args = cli.parse(fv, "python -m facekp_jax.predict [flags] [image files or folders ...]",
+                   "Predict keypoints with a trained workdir: a Kaggle test file, or pictures.",
+                   argv)
+  cli.quiet_libraries()
+  if bool(fv.csv) == bool(args):
+    cli.usage_error("give either --csv or image files")
+  if fv.csv and not fv.out:
+    cli.usage_error("--csv needs --out")
+  if fv.csv and (fv.crop or fv.out_dir):
+    cli.usage_error("--crop and --out_dir apply to image files, not --csv")
+  if args and fv.lookup:
+    cli.usage_error("--lookup applies to --csv, not image files")
+  if fv.allow_untrained and not fv.lookup:
+    cli.usage_error("--allow_untrained applies to --lookup (a submission)")
+  if args and not fv.detect and fv.out:
+    cli.usage_error("--out applies to --csv or to photos, not with --nodetect")
+  if fv.detect and fv.crop:
+    cli.usage_error("--crop applies with --nodetect (detected faces get aligned crops)")
+  if fv.out and not os.path.isdir(os.path.dirname(os.path.abspath(fv.out))):
+    cli.usage_error(f"--out {fv.out}: its folder does not exist")
+  with cli.user_errors():
+    for path in [fv.csv, fv.lookup] if fv.csv else []:
       if path and not os.path.isfile(path):
         raise data.DataError(f"{path}: file not found")
-    paths = pictures.expand_paths(args.pictures)  # Check them before the model.
-    lookup = read_lookup(args.lookup) if args.lookup else None  # Check it before the model.
-    model = inference.load(args.workdir, args.checkpoint)
-    tta = model.config.get("tta", False) if args.tta is None else args.tta
-    if args.csv:
-      run_csv(model, args.csv, args.out, args.lookup, tta, lookup, args.allow_untrained)
-    elif args.detect:
-      run_photos(model, paths, args.out_dir or args.workdir, tta, args.refine, args.out)
+    paths = pictures.expand_paths(args)  # Check them before the model.
+    lookup = read_lookup(fv.lookup) if fv.lookup else None  # Check it before the model.
+    model = inference.load(fv.workdir, fv.checkpoint)
+    tta = cli.tta(fv, model.config)
+    out_dir = fv.out_dir or fv.workdir
+    if fv.csv:
+      run_csv(model, fv.csv, fv.out, fv.lookup, tta, lookup, fv.allow_untrained)
+    elif fv.detect:
+      run_photos(model, paths, out_dir, tta, fv.refine, fv.out)
     else:
-      run_pictures(model, paths, args.out_dir or args.workdir, args.crop or "none", tta)
-  except inference.USER_ERRORS as e:
-    inference.fail(e)
-  except OSError as e:
-    inference.fail(f"{e.filename or ''}: {e.strerror or e}")
+      run_pictures(model, paths, out_dir, fv.crop or "none", tta)
 
 
 if __name__ == "__main__":

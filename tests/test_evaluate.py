@@ -67,7 +67,7 @@ def test_validation_split_scores_as_training_reported(workdir, tmp_path, capsys)
     assert scored["per_keypoint_rmse"][name] == pytest.approx(value, rel=1e-5)
   assert os.path.getsize(os.path.join(workdir, "eval_val.png")) > 0
   assert "RMSE" in out and "nose_tip" in out and f"{scored['count']} coordinates scored" in out
-  evaluate.main([f"--workdir={workdir}", f"--csv={csv}", "--checkpoint=latest", "--no-tta"])
+  evaluate.main([f"--workdir={workdir}", f"--csv={csv}", "--checkpoint=latest", "--notta"])
   plain = json.loads(open(os.path.join(workdir, "eval_val.json")).read())
   assert plain["tta"] is False and plain["count"] == scored["count"]
   assert abs(plain["rmse"] - trained["val_rmse"]) > 1e-4  # Training did use TTA.

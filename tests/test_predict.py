@@ -126,7 +126,7 @@ def test_pictures_are_predicted_in_their_own_pixels(loaded, tmp_path, capsys):
   jpeg = tmp_path / "big.jpg"
   plt.imsave(jpeg, np.repeat(big[..., None], 3, axis=2))
   assert matplotlib.image.imread(jpeg).shape == (192, 192, 3)
-  predict.main(["--workdir=w", "--no-detect", f"--out_dir={out_dir}", paths[0], str(jpeg)])
+  predict.main(["--workdir=w", "--nodetect", f"--out_dir={out_dir}", paths[0], str(jpeg)])
   out = capsys.readouterr().out
   assert f"{paths[0]} (192x192, crop=none)" in out and "left_eye_center" in out
   assert (out_dir / "big_keypoints.png").exists()
@@ -171,7 +171,7 @@ def test_photos_give_a_row_per_face_and_one_line_for_a_photo_without(loaded, pho
                              face["box"], atol=0.01)
   # Files as a list, one pass only, a CSV of one's own naming (its JSON beside it).
   mine = tmp_path / "mine.csv"
-  predict.main(["--workdir=w", "--no-refine", f"--out_dir={out_dir}", f"--out={mine}", wall,
+  predict.main(["--workdir=w", "--norefine", f"--out_dir={out_dir}", f"--out={mine}", wall,
                 astronaut])
   assert pd.read_csv(mine)["file"].tolist() == [astronaut]
   single = json.loads((tmp_path / "mine.json").read_text())
@@ -249,7 +249,7 @@ def test_one_line_errors(workdir, kaggle_files, tmp_path, capsys, monkeypatch):
   empty.mkdir()
   assert _fails(["--workdir=w", str(empty)], capsys).startswith(
       f"error: {empty}: folder holds no image files")
-  assert "--crop applies with --no-detect" in _fails(["--workdir=w", "--crop=center",
+  assert "--crop applies with --nodetect" in _fails(["--workdir=w", "--crop=center",
                                                       str(not_image)], capsys)
   assert not out.exists()
 

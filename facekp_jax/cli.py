@@ -1,0 +1,90 @@
+"""The command lines' one style: absl flags, shared model flags, one-line user errors (exit 2).
+
+``main`` (training) parses the process-wide absl ``FLAGS`` through ``absl.app``, as
+flax examples and big_vision do. The commands that read a trained workdir (evaluate,
+predict, export) each build their own ``flags.FlagValues`` in ``main(argv)`` with
+``command_flags`` (so that one process, a test or a notebook, can call several of them,
+and each call parses afresh), take the shared ``--workdir``, ``--checkpoint`` and
+``--[no]tta`` from ``define_model_flags`` and read them with ``parse``. Booleans are absl's
+``--flag`` / ``--noflag``; positional arguments (image files) may sit between flags.
+
+A user's mistake (a bad flag, a bad file, an unusable workdir, a failing disk) ends a
+command with one line on stderr, ``error: ...``, and exit code 2 (``fail``, ``user_errors``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import NoReturn
+
+from absl import flags, logging
+
+from facekp_jax import data, inference
+from facekp_jax import workdir as workdir_lib
+
+# Problems with the user's input or storage: one line on stderr, exit code 2.
+USER_ERRORS = (data.DataError, workdir_lib.WorkdirError)
+
+
+def fail(message) -> NoReturn:
+  """Ends a command on a user error: one line on stderr, exit code 2."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def usage_error(message) -> NoReturn:
+  """Ends a command on a bad or inconsistent flag."""
+  fail(f"bad flag: {message}")
+
+
+@contextlib.contextmanager
+def user_errors():
+  """``USER_ERRORS`` and OS errors raised inside become ``fail``'s one line."""
+  try:
+    yield
+  except USER_ERRORS as e:
+    fail(e)
+  except OSError as e:
+    fail(f"{e.filename or ''}: {e.strerror or e}")
+
+
+def quiet_libraries() -> None:
+  """Keeps Orbax's and JAX's routine INFO and WARNING lines out of a command's output."""
+  logging.set_verbosity(logging.ERROR)
+
+
+def command_flags() -> flags.FlagValues:
+  """A fresh flag set for one command invocation."""
+  return flags.FlagValues()
+
+
+def define_model_flags(fv: flags.FlagValues) -> None:
+  """The flags of every command that loads a trained workdir: --workdir, --checkpoint, --tta."""
+  flags.DEFINE_string("workdir", None, "a training workdir", flag_values=fv)
+  flags.mark_flag_as_required("workdir", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", "best", inference.CHECKPOINTS,
+                    "best by validation RMSE (default), or latest", flag_values=fv)
+  flags.DEFINE_bool("tta", None, "flip test-time augmentation (--notta: off; default: the run's "
+                    "config.tta)", flag_values=fv)
+
+
+def parse(fv: flags.FlagValues, prog: str, description: str, argv=None) -> list[str]:
+  """Parses ``argv`` (default ``sys.argv[1:]``) into ``fv``; returns the positional arguments.
+
+  ``--help`` prints the flags and exits 0; a bad flag is ``usage_error``'s one line.
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv):
+    print(f"usage: {prog} [flags]\n\n{description}\n{fv.get_help(include_special_flags=False)}")
+    sys.exit(0)
+  try:
+    return fv([prog, *argv])[1:]
+  except flags.Error as e:  # absl words them "flag --name=value: problem".
+    message = str(e)
+    usage_error(message[len("flag "):] if message.startswith("flag ") else message)
+
+
+def tta(fv: flags.FlagValues, config) -> bool:
+  """--tta as given, else the run's ``config.tta``."""
+  return config.tta if fv.tta is None else fv.tta
