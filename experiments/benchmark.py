@@ -63,7 +63,10 @@ def _faces(n: int) -> data.Faces:
 
 def _epoch(trainer, state, faces, dataset, epoch):
   t0 = time.perf_counter()
-  *_, (_, _, state, metrics, _) = train.epoch_steps(trainer, state, faces, dataset, epoch, 0)
+  steps_per_epoch = len(faces) // trainer.config.batch_size
+  *_, (_, _, state, metrics, _) = train.train_calls(trainer, state, faces, dataset,
+                                                    epoch * steps_per_epoch,
+                                                    (epoch + 1) * steps_per_epoch)
   jax.block_until_ready(metrics)
   return state, time.perf_counter() - t0
 
@@ -82,7 +85,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   on_device = bool(config.get("input_on_device", False))
   dataset = device_input.upload(faces, mesh) if on_device else None
   t0 = time.perf_counter()
-  _, k, state, m, _ = next(train.epoch_steps(trainer, state, faces, dataset, 0, 0))
+  _, k, state, m, _ = next(train.train_calls(trainer, state, faces, dataset, 0, steps))
   jax.block_until_ready(m)
   first_call = time.perf_counter() - t0
 

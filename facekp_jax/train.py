@@ -232,96 +232,104 @@ def _final_evaluation(trainer: steps.Trainer, state: steps.TrainState, train: da
 
 def _fit(trainer: steps.Trainer, state: steps.TrainState, progress: dict, train: data.Faces,
          val: data.Faces, ckpt: checkpoint.Checkpointer, writer: workdir_lib.RunWriter):
-  """The epoch loop from ``state.step`` to the end; returns (state, metric history)."""
-  config, mesh = trainer.config, trainer.mesh
+  """The training loop from ``state.step`` to the end; returns (state, metric history)."""
+  config = trainer.config
   history = list(progress["history"])
   steps_per_epoch = len(train) // config.batch_size
-  every = config.checkpoint_every_steps
+  total, every = config.num_epochs * steps_per_epoch, config.checkpoint_every_steps
   start = int(jax.device_get(state.step))
-  dataset = device_input.upload(train, mesh) if config.input_on_device else None
+  dataset = device_input.upload(train, trainer.mesh) if config.input_on_device else None
+  sums = _LossSums(progress if start % steps_per_epoch else None)  # Resumed mid-epoch.
+  bar, t0 = None, time.time()
   with interrupts.StopRequest() as stop:
-    for epoch in range(start // steps_per_epoch, config.num_epochs):
-      t0 = time.time()
-      first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
-      sums = _LossSums(progress if first else None)
-      bar = tqdm(initial=first, total=steps_per_epoch, leave=False, disable=None,
-                 desc=f"epoch {epoch + 1}/{config.num_epochs}")
-      calls = epoch_steps(trainer, state, train, dataset, epoch, first)
-      for i, k, state, metrics, present in calls:
-        step = epoch * steps_per_epoch + i + k
-        sums.add(step - k + 1, metrics, present)
-        bar.update(k)
-        if i + k == steps_per_epoch:
-          bar.close()
-          continue  # The epoch's end saves (and honours a stop request) below.
+    for step, k, state, metrics, present in train_calls(trainer, state, train, dataset, start,
+                                                        total):
+      epoch = (step - 1) // steps_per_epoch  # Of this call's steps, from 0.
+      if bar is None:
+        bar = tqdm(initial=step - k - epoch * steps_per_epoch, total=steps_per_epoch,
+                   leave=False, disable=None, desc=f"epoch {epoch + 1}/{config.num_epochs}")
+      sums.add(step - k + 1, metrics, present)
+      bar.update(k)
+      if step % steps_per_epoch:  # Within an epoch: a checkpoint on request or every N steps.
         stopping = stop.stop_after(step, k)  # A collective vote with several processes.
         if stopping or (every and step % every == 0):
           sums.fold()
           ckpt.save(state, {"history": history, **sums.progress()})
           if stopping:
             raise interrupts.Interrupted(stop.signum, step)
-      sums.fold()
-      record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                "train_loss": sums.loss, "train_rmse": float(np.sqrt(sums.loss)),
-                "train_out_of_frame": int(round(sums.present - sums.count))}
-      if len(val):
-        val_metrics = metrics_lib.keypoint_metrics(trainer.predict(state, val.images), val.targets,
-                                               val.mask)
-        record.update(val_rmse=val_metrics["rmse"], val_nme=val_metrics["nme"])
-      record["epoch_seconds"] = time.time() - t0
+        continue
+      bar.close()
+      record = _epoch_record(trainer, state, sums, val, epoch + 1, step, t0)
       history.append(record)
       ckpt.save(state, {"history": history},
                 metrics={"val_rmse": record["val_rmse"]} if len(val) else None)
       writer.append_metrics(record)
-      logging.info("epoch %d/%d: train loss %.3f px^2, %s (%.1fs)", epoch + 1, config.num_epochs,
-                   record["train_loss"], f"val RMSE {record['val_rmse']:.3f} px, NME "
-                   f"{record['val_nme']:.4f}" if len(val) else "no validation split",
-                   record["epoch_seconds"])
-      if record["train_out_of_frame"]:
-        logging.info("  %d labelled coordinates lay outside the frame (after augmentation) and "
-                     "were left out of the loss", record["train_out_of_frame"])
-      if epoch + 1 < config.num_epochs and stop.stop_after(record["step"], boundary=True):
-        raise interrupts.Interrupted(stop.signum, record["step"])
+      if step < total and stop.stop_after(step, boundary=True):
+        raise interrupts.Interrupted(stop.signum, step)
+      sums, bar, t0 = _LossSums(), None, time.time()
   return state, history
 
 
-def epoch_steps(trainer: steps.Trainer, state: steps.TrainState, train: data.Faces, dataset,
-                epoch: int, first: int):
-  """Runs an epoch's steps from ``first`` on.
+def _epoch_record(trainer: steps.Trainer, state: steps.TrainState, sums: _LossSums,
+                  val: data.Faces, epoch: int, step: int, t0: float) -> dict:
+  """An epoch's line of metrics.jsonl (training sums, validation figures), logged."""
+  sums.fold()
+  record = {"epoch": epoch, "step": step, "train_loss": sums.loss,
+            "train_rmse": float(np.sqrt(sums.loss)),
+            "train_out_of_frame": int(round(sums.present - sums.count))}
+  if len(val):
+    figures = metrics_lib.keypoint_metrics(trainer.predict(state, val.images), val.targets,
+                                           val.mask)
+    record.update(val_rmse=figures["rmse"], val_nme=figures["nme"])
+  record["epoch_seconds"] = time.time() - t0
+  logging.info("epoch %d/%d: train loss %.3f px^2, %s (%.1fs)", epoch, trainer.config.num_epochs,
+               record["train_loss"], f"val RMSE {record['val_rmse']:.3f} px, NME "
+               f"{record['val_nme']:.4f}" if len(val) else "no validation split",
+               record["epoch_seconds"])
+  if record["train_out_of_frame"]:
+    logging.info("  %d labelled coordinates lay beyond the model's reach (after augmentation) "
+                 "and were left out of the loss", record["train_out_of_frame"])
+  return record
 
-  Yields (index, steps taken, state, metrics, labelled coordinates of those batches before
-  augmentation).
+
+def train_calls(trainer: steps.Trainer, state: steps.TrainState, train: data.Faces, dataset,
+                start: int, stop: int):
+  """Runs the training steps from global step ``start`` to ``stop``, one jitted call at a time.
+
+  Yields (step reached, steps this call took, state, metrics, labelled coordinates of those
+  batches before augmentation).
 
   Host input: one step per call, the batch built and augmented by numpy. Input on
   the devices (``dataset`` given): up to ``config.steps_per_call`` steps per call,
-  never past the epoch's end or a ``checkpoint_every_steps`` boundary, so checkpoints
+  never past an epoch's end or a ``checkpoint_every_steps`` boundary, so checkpoints
   land on the same steps in both modes.
   """
   config, mesh = trainer.config, trainer.mesh
-  plans = augment.epoch_plans(len(train), config, epoch, start=first)
-  if dataset is None:
-    for i, (indices, plan) in enumerate(plans, start=first):
-      rows = sharding.process_rows(len(indices))  # Build and augment only this process's rows.
-      batch = augment.apply_plan(train.take(indices[rows]),
-                                 {name: p[rows] for name, p in plan.items()}, config.augment)
-      local = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
-      state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
-      yield i, 1, state, metrics, float(train.mask[indices].sum())
-    return
   steps_per_epoch = len(train) // config.batch_size
   per_call, every = max(1, config.steps_per_call), config.checkpoint_every_steps
-  i = first
-  while i < steps_per_epoch:
-    room = steps_per_epoch - i
-    if every:
-      room = min(room, every - (epoch * steps_per_epoch + i) % every)
-    # Full calls, else single steps: two compiled programs at most (the loop is unrolled).
-    k = per_call if room >= per_call else 1
-    chunk = [next(plans) for _ in range(k)]
-    indices = np.stack([c[0] for c in chunk])
-    plan = {name: np.stack([c[1][name] for c in chunk]) for name in chunk[0][1]}
-    local = jax.tree.map(lambda x: x[:, sharding.process_rows(x.shape[1])], (indices, plan))
-    state, metrics = trainer.train_steps(state, dataset,
-                                         *sharding.to_global(local, mesh, sharding.steps_sharded))
-    yield i, k, state, metrics, float(train.mask[indices].sum())
-    i += k
+  step = start
+  while step < stop:
+    epoch, first = divmod(step, steps_per_epoch)
+    plans = augment.epoch_plans(len(train), config, epoch, start=first)
+    end = min(stop, (epoch + 1) * steps_per_epoch)
+    while step < end:
+      if dataset is None:
+        k = 1
+        indices, plan = next(plans)
+        rows = sharding.process_rows(len(indices))  # Build and augment this process's rows.
+        batch = augment.apply_plan(train.take(indices[rows]),
+                                   {name: p[rows] for name, p in plan.items()}, config.augment)
+        local = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
+        state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
+      else:
+        room = end - step if not every else min(end - step, every - step % every)
+        # Full calls, else single steps: two compiled programs at most (the loop is unrolled).
+        k = per_call if room >= per_call else 1
+        chunk = [next(plans) for _ in range(k)]
+        indices = np.stack([c[0] for c in chunk])
+        plan = {name: np.stack([c[1][name] for c in chunk]) for name in chunk[0][1]}
+        local = jax.tree.map(lambda x: x[:, sharding.process_rows(x.shape[1])], (indices, plan))
+        state, metrics = trainer.train_steps(
+            state, dataset, *sharding.to_global(local, mesh, sharding.steps_sharded))
+      step += k
+      yield step, k, state, metrics, float(train.mask[indices].sum())
