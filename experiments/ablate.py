@@ -1,10 +1,10 @@
 """Ablation studies: arms of config overrides of configs/resnet.py, several seeds each.
 
-  python experiments/ablate.py --study=flip                    # built-in synthetic faces
-  python experiments/ablate.py --study=flip --dataset=mtfl     # ../shared/data/mtfl_train.csv.gz
-  python experiments/ablate.py --list                          # studies, arms, budgets
+  python -m experiments.ablate --study=flip                    # built-in synthetic faces
+  python -m experiments.ablate --study=flip --dataset=mtfl     # ../shared/data/mtfl_train.csv.gz
+  python -m experiments.ablate --list                          # studies, arms, budgets
   # Full-size settings, for an accelerator:
-  python experiments/ablate.py --study=flip --model=full --epochs=50 --faces=2140
+  python -m experiments.ablate --study=flip --model=full --epochs=50 --faces=2140
 
 Each study is a list of arms; an arm is a set of config overrides (``field: value``, or
 ``field: function of the budgeted config`` for relative changes such as "twice the
@@ -41,11 +41,9 @@ import glob
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -53,13 +51,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)  # `python experiments/ablate.py`: configs/ is found from the root.
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import resnet, tiny  # noqa: E402
-from facekp_jax import (  # noqa: E402
+from configs import resnet
+from experiments.studies import (
+  DATASETS,
+  MODELS,
+  MTFL_PARTIAL_DROPS,
+  MTFL_PARTIAL_SHARE,
+  OLD_DEFAULTS,
+  STUDIES,
+  Arm,
+  Budget,
+  Study,
+  csv_stem,
+  write_frame,
+)
+from facekp_jax import (
   cli,
   config_upgrade,
   data,
@@ -71,292 +77,16 @@ from facekp_jax import (  # noqa: E402
   synthetic,
   train,
 )
-from facekp_jax import workdir as workdir_lib  # noqa: E402
+from facekp_jax import workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MTFL_CSV = os.path.join(ROOT, "..", "shared", "data", "mtfl_train.csv.gz")
 DEFAULT_OUT = os.path.join(ROOT, "experiments", "results")
 DEFAULT_SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "ablate")
-DATASETS = ("synthetic", "mtfl")
 _HELDOUT_SPLIT_SEED = 0xAB1A7E  # One held-out split per data set, whatever the run seeds.
 _SUBSET_SEED = 0xFACE5
 _HELDOUT_FRACTION = 0.2  # The held-out share of a study's faces (configs/resnet.py's split).
-
-# Model sizes of a budget: overrides of configs/resnet.py's model (and the step it suits).
-# Every size keeps the seed's regression head (dense layers): the studies' reference network,
-# whatever configs/resnet.py's default head (study `head` compares them).
-MODELS: dict[str, dict[str, Any]] = {
-    "full": {  # The seed's network: 18.0 M parameters, ~100 training images/s on 2 cores.
-        "model.head": "regression",
-    },
-    "small": {  # A quarter of the width, same depth and head layout: ~0.5 M parameters.
-        "model.head": "regression",
-        "model.stage_filters": ((16, 16, 64), (32, 32, 128)),
-        "model.stage_blocks": (3, 3),
-        "model.stem_filters": 16,
-        "model.dense_sizes": (512, 256),
-        "model.dropout_rates": (0.2, 0.1),
-        "model.conv_bias": False,
-        "learning_rate": 1e-3,
-    },
-    "tiny": {  # configs/tiny.py's network and step size.
-        "model.head": "regression",
-        **{f"model.{k}": v for k, v in tiny.get_config().model.items() if k in (
-            "stage_filters", "stage_blocks", "stem_filters", "dense_sizes", "dropout_rates",
-            "conv_bias")},
-        "learning_rate": tiny.get_config().learning_rate,
-    },
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-  """What one run may spend: model size, epochs, and faces (None: every face of the file)."""
-
-  model: str
-  epochs: int
-  faces: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-  """A named set of config overrides; ``by_dataset`` replaces them on the data sets it names."""
-
-  name: str
-  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-  by_dataset: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-
-  def overrides_for(self, dataset: str) -> dict[str, Any]:
-    return self.by_dataset.get(dataset, self.overrides)
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-  """A question, its arms (the first is the reference), and a proposed budget per data set.
-
-  Attributes:
-    common: overrides every arm shares (per data set), e.g. labels with gaps.
-    heldout: score every arm on one held-out set split here (the arms change the data, or
-      the question is how well a model does on faces no arm trained on).
-    partial_labels: on real faces, the training pool loses the mouth corners of 70 % of its
-      faces (Kaggle's share of partial rows; study ``rows``).
-    robustness: also score the held-out faces rotated, scaled and shifted
-      (``facekp_jax/robustness.py``); the table gives the RMSE ratios.
-    datasets: the data sets the question applies to.
-  """
-
-  question: str
-  arms: tuple[Arm, ...]
-  budgets: dict[str, Budget]
-  common: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-  heldout: bool = False
-  partial_labels: bool = False
-  robustness: bool = False
-  datasets: tuple[str, ...] = DATASETS
-  note: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Relative:
-  """An override computed from the budgeted config (e.g. twice its filters), described."""
-
-  description: str
-  fn: Callable[[Any], Any]
-
-  def __call__(self, config):
-    return self.fn(config)
-
-
-def _times(factor: float) -> Relative:
-  return Relative(f"learning_rate x {factor:.3g}", lambda c: c.learning_rate * factor)
-
-
-def _scale_filters(factor: float) -> Relative:
-  return Relative(f"filters x {factor:g}", lambda c: tuple(
-      tuple(max(1, int(round(f * factor))) for f in s) for s in c.model.stage_filters))
-
-
-def _blocks(description: str, fn: Callable[[int], int]) -> Relative:
-  return Relative(description, lambda c: tuple(fn(b) for b in c.model.stage_blocks))
-
-
-def _third_stage(field: str) -> Relative:
-  """A third stage (its map is 2x2): twice the last stage's filters, as many blocks."""
-  if field == "filters":
-    return Relative("+ a stage of 2x the last filters", lambda c: tuple(
-        c.model.stage_filters) + (tuple(2 * f for f in c.model.stage_filters[-1]),))
-  return Relative("+ as many blocks", lambda c: tuple(c.model.stage_blocks) + (
-      c.model.stage_blocks[-1],))
-
-
-def _stem(path: str) -> str:
-  """``path`` without a ``.csv`` / ``.csv.gz`` ending."""
-  return re.sub(r"(\.csv)?(\.gz)?$", "", path)
-
-
-def _complete_rows_file(config) -> str:
-  """A copy of ``config.data.train_csv`` with only its complete rows: every labelled column.
-
-  Real faces label 5 of the 15 keypoints, so ``data.rows="complete"`` (all 30 values) keeps
-  none of them; "complete" here means every column the file labels anywhere.
-  """
-  path = config.data.train_csv
-  out = _stem(path) + "-complete.csv"
-  if not os.path.exists(out):
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    cells = frame[list(keypoints.COLUMNS)].apply(lambda c: c.str.strip() != "")
-    labelled = cells.any(axis=0)
-    _write_frame(frame[cells.loc[:, labelled].all(axis=1)], out)
-  return out
-
-
-# Real faces with missing labels (study ``rows``): Kaggle's training.csv has all 15 keypoints in
-# 2140 of 7049 rows; the other 70 % keep 4 (eye centres, nose tip, bottom lip), losing the mouth
-# corners among others. MTFL labels eye centres, nose tip and mouth corners, so the same share of
-# its training faces loses the mouth corners (held-out faces keep all 5 points, for scoring).
-_MTFL_PARTIAL_SHARE = 4909 / 7049
-_MTFL_PARTIAL_DROPS = ("mouth_left_corner", "mouth_right_corner")
-
-
-# The geometric augmentation the accuracy studies share (study `geometry`'s winner), and the
-# defaults before them (for study `defaults`).
-_GEOMETRY = {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
-             "augment.scale_range": (0.8, 1.2), "augment.shift_px": 8.0}
-# The screens score one weight set without TTA, and keep the unit-scaled regression outputs
-# their runs had (configs/resnet.py now trains the regression head on raw pixels; the heatmap
-# head ignores both fields).
-_NO_EMA_TTA = {"ema_decay": 0.0, "tta": False, "model.output_scale": 48.0,
-               "model.output_offset": 48.0}
-_HEATMAP_UNUSED = {"model.output_scale": 48.0, "model.output_offset": 48.0}  # As its run had.
-_OLD_DEFAULTS = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
-                 "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "loss": "mse",
-                 "model.heatmap_margin": 0.0,
-                 **_NO_EMA_TTA}
-
-
-# Proposed budgets: about 25 minutes each on this 2-core CPU when it runs nothing else (the
-# estimate in experiments/README.md: ~4.5 s per small-model epoch of 2140 built-in faces, ~6 s
-# per epoch of 3000 MTFL faces, ~15-25 s of fixed cost per run). Built-in faces: Kaggle's 2140
-# complete rows (7049 rows in all for the missing-label study); MTFL: 3000 of its 7650 faces.
-STUDIES: dict[str, Study] = {
-    "flip": Study(
-        question="Does the horizontal flip help, and does it need the left/right label swap "
-                 "(the seed flipped without swapping)?",
-        arms=(Arm("swap"), Arm("no-swap", {"augment.hflip_swap": False}),
-              Arm("no-flip", {"augment.hflip_prob": 0.0})),
-        budgets={"synthetic": Budget("small", 30, 2140), "mtfl": Budget("small", 26, 3000)}),
-    "augment": Study(
-        question="Do vertical flips (faces are upright) hurt? Does brightness augmentation help, "
-                 "and how wide should its range be?",
-        arms=(Arm("default"), Arm("vflip", {"augment.vflip_prob": 0.5}),
-              Arm("no-brightness", {"augment.brightness_prob": 0.0}),
-              Arm("brightness-wide", {"augment.brightness_range": (0.5, 2.0)})),
-        budgets={"synthetic": Budget("small", 24, 2140), "mtfl": Budget("small", 18, 3000)}),
-    "rows": Study(
-        question="With missing labels, train on complete rows only or on all rows with the "
-                 "masked loss?",
-        arms=(Arm("complete", {"data.rows": "complete"}, by_dataset={"mtfl": {
-                  "data.train_csv": Relative("the pool's rows with all 5 points",
-                                             _complete_rows_file)}}),
-              Arm("all", {"data.rows": "all"})),
-        budgets={"synthetic": Budget("small", 30, 7049), "mtfl": Budget("small", 30, 3000)},
-        common={"synthetic": {"data.synthetic_missing": True}},
-        heldout=True, partial_labels=True,
-        note="On MTFL, 70 % of the training faces lose their mouth corners (Kaggle's share of "
-             "partial rows); held-out faces keep all 5 points."),
-    "size": Study(
-        question="How do depth (blocks per stage, a third stage) and width (filters) matter?",
-        arms=(Arm("base"),
-              Arm("shallow", {"model.stage_blocks": _blocks("1 per stage", lambda b: 1)}),
-              Arm("deep", {"model.stage_blocks": _blocks("2x per stage", lambda b: 2 * b)}),
-              Arm("narrow", {"model.stage_filters": _scale_filters(0.5)}),
-              Arm("wide", {"model.stage_filters": _scale_filters(2.0)}),
-              Arm("3-stages", {"model.stage_filters": _third_stage("filters"),
-                               "model.stage_blocks": _third_stage("blocks")})),
-        budgets={"synthetic": Budget("small", 14, 2140), "mtfl": Budget("small", 10, 3000)}),
-    "head": Study(
-        question="Output head: linear vs ReLU (the seed's: ReLU on raw pixel outputs); direct "
-                 "regression vs a heatmap head with soft-argmax.",
-        arms=(Arm("linear"),
-              Arm("relu-raw", {"model.output_activation": "relu", "model.output_scale": 1.0,
-                               "model.output_offset": 0.0}),
-              Arm("linear-raw", {"model.output_scale": 1.0, "model.output_offset": 0.0}),
-              Arm("heatmap", {"model.head": "heatmap"})),
-        budgets={"synthetic": Budget("small", 24, 2140), "mtfl": Budget("small", 18, 3000)}),
-    "optim": Study(
-        question="Learning rate and schedule: constant vs cosine vs one-cycle; Adam vs AdamW.",
-        arms=(Arm("adam-constant"), Arm("lr-x0.33", {"learning_rate": _times(1 / 3)}),
-              Arm("lr-x3", {"learning_rate": _times(3.0)}),
-              Arm("adam-cosine", {"schedule": "cosine"}),
-              Arm("adam-onecycle", {"schedule": "onecycle"}),
-              Arm("adamw-cosine", {"optimizer": "adamw", "schedule": "cosine",
-                                   "weight_decay": 0.05})),
-        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 11, 3000)}),
-    # Studies of accuracy on faces no arm trained on, under robustness perturbations (the
-    # heatmap head, the default since the `head` study, in every arm).
-    "geometry": Study(
-        question="Geometric augmentation (one affine warp per face): none, rotation only, or "
-                 "rotation + scale + shift, at two strengths. Does it help on held-out faces "
-                 "and under rotations, scalings and shifts?",
-        arms=(Arm("none", {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
-                           "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0}),
-              Arm("rot15", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 15.0,
-                            "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0}),
-              Arm("rot30", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 30.0,
-                            "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0}),
-              Arm("rss-mild", {"augment.geometry_prob": 0.5, "augment.rotate_deg": 15.0,
-                               "augment.scale_range": (0.9, 1.1), "augment.shift_px": 4.0}),
-              Arm("rss-strong", {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
-                                 "augment.scale_range": (0.8, 1.2), "augment.shift_px": 8.0})),
-        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: {"model.head": "heatmap", **_NO_EMA_TTA} for d in DATASETS},
-        heldout=True, robustness=True),
-    "loss": Study(
-        question="The training loss on pixel coordinates: MSE (the seed's), L1, or Wing "
-                 "(w=10, epsilon=2), with geometric augmentation on.",
-        arms=(Arm("mse"), Arm("l1", {"loss": "l1"}), Arm("wing", {"loss": "wing"})),
-        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: {"model.head": "heatmap", **_GEOMETRY, **_NO_EMA_TTA} for d in DATASETS},
-        heldout=True, robustness=True),
-    "ema": Study(
-        question="A moving average of the parameters (validation, checkpoints and inference "
-                 "use it): off, decay 0.999, 0.9999.",
-        arms=(Arm("off"), Arm("ema0.999", {"ema_decay": 0.999}),
-              Arm("ema0.9999", {"ema_decay": 0.9999})),
-        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: {"model.head": "heatmap", **_GEOMETRY, **_NO_EMA_TTA} for d in DATASETS},
-        heldout=True, robustness=True),
-    "head_geometry": Study(
-        question="The `head` question again with geometric augmentation on: the seed's dense "
-                 "regression vs the heatmap head.",
-        arms=(Arm("regression"), Arm("heatmap", {"model.head": "heatmap"})),
-        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: {**_GEOMETRY, **_NO_EMA_TTA} for d in DATASETS},
-        heldout=True, robustness=True),
-    "margin": Study(
-        question="The heatmap head's maps reaching beyond the 96x96 frame (pixels on each "
-                 "side), so that labels off the crop train and can be predicted: 0 (maps end at "
-                 "the frame), 8, 16, 32.",
-        arms=(Arm("margin0"), Arm("margin8", {"model.heatmap_margin": 8.0}),
-              Arm("margin16", {"model.heatmap_margin": 16.0}),
-              Arm("margin32", {"model.heatmap_margin": 32.0})),
-        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
-        common={d: {"model.head": "heatmap", "model.heatmap_margin": 0.0, **_GEOMETRY,
-                    **_NO_EMA_TTA} for d in DATASETS},
-        heldout=True, robustness=True),
-    "defaults": Study(
-        question="The old default recipe (heatmap head, no geometric augmentation, MSE, no "
-                 "EMA) against the new one (configs/resnet.py), on faces no arm trained on.",
-        arms=(Arm("old-default", {"model.head": "heatmap", **_OLD_DEFAULTS}),
-              Arm("new-default", {"model.head": "heatmap", **_HEATMAP_UNUSED}),
-              Arm("margin16", {"model.head": "heatmap", "model.heatmap_margin": 16.0,
-                               **_HEATMAP_UNUSED})),
-        budgets={"mtfl": Budget("full", 25, 0)},
-        datasets=("mtfl",), heldout=True, robustness=True,
-        note="Confirmation at the real budget: the full model, 25 epochs of the 6120-face pool "
-             "(run with --set data.val_fraction=0 so that every pool face trains), scored on "
-             "the 1530 held-out faces."),
-}
-
 
 # ----------------------------------------------------------------------------- configs
 
@@ -431,12 +161,6 @@ def config_hash(config) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def _write_frame(frame: pd.DataFrame, path: str) -> None:
-  """Writes a CSV atomically (a killed run never leaves half a file under the final name)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  workdir_lib.write_csv(path, frame)
-
-
 def mtfl_subset(path: str, faces: int | None, folder: str) -> str:
   """``path`` itself, or a file of ``faces`` of its rows drawn at random (fixed seed)."""
   if not faces:
@@ -447,7 +171,7 @@ def mtfl_subset(path: str, faces: int | None, folder: str) -> str:
     if faces > len(frame):
       raise data.DataError(f"{path}: {faces} faces asked for, the file has {len(frame)}")
     keep = np.sort(np.random.default_rng(_SUBSET_SEED).permutation(len(frame))[:faces])
-    _write_frame(frame.iloc[keep], out)
+    write_frame(frame.iloc[keep], out)
   return out
 
 
@@ -457,14 +181,14 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float,
 
   Built-in faces are generated with the study's settings (e.g. missing labels); images are
   uint8 in both paths, so the files hold exactly the faces the generator would give. Real
-  faces: with ``partial``, the pool loses the mouth corners of ``_MTFL_PARTIAL_SHARE`` of
+  faces: with ``partial``, the pool loses the mouth corners of ``MTFL_PARTIAL_SHARE`` of
   its faces.
   """
   d = base.data
   if dataset == "synthetic":
     tag = f"synthetic-{d.synthetic_n}-seed{d.synthetic_seed}" + ("-missing" * d.synthetic_missing)
   else:
-    tag = os.path.basename(_stem(d.train_csv)) + ("-partial70" if partial else "")
+    tag = os.path.basename(csv_stem(d.train_csv)) + ("-partial70" if partial else "")
   pool, held = (os.path.join(folder, f"{tag}-{part}.csv") for part in ("pool", "heldout"))
   if os.path.exists(pool) and os.path.exists(held):
     return pool, held
@@ -472,18 +196,18 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float,
     images, coords = synthetic.generate(d.synthetic_n, seed=d.synthetic_seed,
                                         missing=d.synthetic_missing)
     pool_idx, held_idx = data.split(len(images), val_fraction, _HELDOUT_SPLIT_SEED)
-    _write_frame(synthetic.to_frame(images[held_idx], coords[held_idx]), held)
-    _write_frame(synthetic.to_frame(images[pool_idx], coords[pool_idx]), pool)
+    write_frame(synthetic.to_frame(images[held_idx], coords[held_idx]), held)
+    write_frame(synthetic.to_frame(images[pool_idx], coords[pool_idx]), pool)
     return pool, held
   frame = pd.read_csv(d.train_csv, dtype=str, keep_default_na=False)
   pool_idx, held_idx = data.split(len(frame), val_fraction, _HELDOUT_SPLIT_SEED)
   pool_frame = frame.iloc[np.sort(pool_idx)].copy()
   if partial:
-    rows = np.random.default_rng(_HELDOUT_SPLIT_SEED).random(len(pool_frame)) < _MTFL_PARTIAL_SHARE
-    drop = [f"{name}_{axis}" for name in _MTFL_PARTIAL_DROPS for axis in "xy"]
+    rows = np.random.default_rng(_HELDOUT_SPLIT_SEED).random(len(pool_frame)) < MTFL_PARTIAL_SHARE
+    drop = [f"{name}_{axis}" for name in MTFL_PARTIAL_DROPS for axis in "xy"]
     pool_frame.loc[rows, drop] = ""
-  _write_frame(frame.iloc[np.sort(held_idx)], held)
-  _write_frame(pool_frame, pool)
+  write_frame(frame.iloc[np.sort(held_idx)], held)
+  write_frame(pool_frame, pool)
   return pool, held
 
 
@@ -674,7 +398,7 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   train_csv = "" if dataset == "synthetic" else mtfl_subset(mtfl_csv, budget.faces, data_dir)
   base = budget_config(budget, dataset, train_csv, settings)
   if not study.robustness:  # The earlier studies ran before these defaults: their recipe.
-    _apply(base, _OLD_DEFAULTS)
+    _apply(base, OLD_DEFAULTS)
   shared = arm_config(base, study, dataset, Arm("common"), 0)[0]  # The study's common settings.
   heldout_csv = None
   if study.heldout:
@@ -771,7 +495,7 @@ def _source(base, dataset: str, mtfl_csv: str, partial: bool = False) -> str:
   """The data set in words, for the table."""
   if dataset == "mtfl":
     return (f"real faces of {os.path.basename(mtfl_csv)}, 5 of 15 keypoints, masked loss" +
-            (f"; {_MTFL_PARTIAL_SHARE:.0%} of the training faces without mouth corners"
+            (f"; {MTFL_PARTIAL_SHARE:.0%} of the training faces without mouth corners"
              if partial else ""))
   return "built-in synthetic faces" + (", Kaggle's missing-label pattern"
                                        if base.data.synthetic_missing else "")
@@ -809,7 +533,7 @@ def describe() -> str:
 
 def main(argv=None) -> dict | None:
   parser = argparse.ArgumentParser(
-      prog="python experiments/ablate.py", description=__doc__.split("\n\n")[0],
+      prog="python -m experiments.ablate", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--study", choices=sorted(STUDIES))
   parser.add_argument("--list", action="store_true", help="describe the studies and exit")
@@ -856,7 +580,7 @@ def main(argv=None) -> dict | None:
   if cache:  # Arms that share a model (and seed) then compile it once, not once per run.
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  command = " ".join(["python experiments/ablate.py"] + list(
+  command = " ".join(["python -m experiments.ablate"] + list(
       sys.argv[1:] if argv is None else argv))
   print(f"study {args.study} on {args.dataset}: {budget}, seeds {args.seeds}")
   try:

@@ -34,9 +34,9 @@ for half in False True; do
     extra=()
     [ "$input" = device ] && extra=(--config.input_on_device=True --config.steps_per_call="$per_call")
     echo "benchmark: half_precision=$half input=$input" >&2
-    "$PY" experiments/benchmark.py --config="$config" "${batch_flags[@]}" "${sizes[@]}" \
+    "$PY" -m experiments.benchmark --config="$config" "${batch_flags[@]}" "${sizes[@]}" \
       --config.half_precision="$half" "${extra[@]}" 2>>"$work/log" \
-      | sed "s/^{/{\"input\": \"$input\", \"half_precision\": \"$half\", /" >> "$work/bench.jsonl"
+      | sed "s/^{/{\"input\": \"$input\", /" >> "$work/bench.jsonl"  # half_precision: its own key.
   done
 done
 echo "default run: $run_epochs epochs" >&2
@@ -45,7 +45,7 @@ start=$(date +%s)
   --workdir="$work/run" 2>>"$work/log"
 echo "{\"wall_seconds\": $(( $(date +%s) - start ))}" > "$work/run_wall.json"
 echo "inference" >&2
-"$PY" experiments/benchmark.py --config="$config" --inference --noseed_network \
+"$PY" -m experiments.benchmark --config="$config" --inference --noseed_network \
   --workdir="$work/run" --calls="$calls" 2>>"$work/log" > "$work/inference.jsonl"
 "$PY" - "$work" "$out" "$smoke" <<'PYEOF'
 import json, os, sys

@@ -7,15 +7,15 @@ rows), Adam, MSE; images/s of the fastest epoch after the first. The epoch runs
 the project's real training path: the seeded batch iterator with augmentation,
 host -> device transfer, and the jitted, donated ``train_step``.
 
-  python experiments/benchmark.py --batch 32 --batch 64
-  python experiments/benchmark.py --batch 32 --config.model.fast_ops=False
-  python experiments/benchmark.py --batch 32 --config.input_on_device=True --config.steps_per_call=8
+  python -m experiments.benchmark --batch 32 --batch 64
+  python -m experiments.benchmark --batch 32 --config.model.fast_ops=False
+  python -m experiments.benchmark --batch 32 --config.input_on_device=True --config.steps_per_call=8
 
 Prints one JSON line per batch size: device kind and count, jax version, batch,
 train_images_per_s, compile_s, infer_images_per_s, input_images_per_s (the
 augmentation + batching pipeline alone), peak_host_mem_mb.
 
-  python experiments/benchmark.py --inference --noseed_network [--workdir=W]
+  python -m experiments.benchmark --inference --noseed_network [--workdir=W]
 
 ``--inference`` times prediction instead, from a host array of 96x96 faces to host keypoints,
 for three runtimes: the jitted model (``steps.predict_step``, the package's own path),
@@ -29,7 +29,6 @@ workdir's with ``--workdir`` (timing does not depend on them).
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 
@@ -78,14 +77,14 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
     config.model.head = "regression"
   mesh = sharding.make_mesh()
   faces = _faces(n)
-  steps = n // batch_size
+  n_steps = n // batch_size
   trainer = steps.Trainer(config, mesh)
   state = trainer.init_state()
 
   on_device = bool(config.get("input_on_device", False))
   dataset = device_input.upload(faces, mesh) if on_device else None
   t0 = time.perf_counter()
-  _, k, state, m, _ = next(train.train_calls(trainer, state, faces, dataset, 0, steps))
+  _, k, state, m, _ = next(train.train_calls(trainer, state, faces, dataset, 0, n_steps))
   jax.block_until_ready(m)
   first_call = time.perf_counter() - t0
 
@@ -94,7 +93,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
     state, seconds = _epoch(trainer, state, faces, dataset, epoch)
     times.append(seconds)
   steady = min(times[1:]) if len(times) > 1 else times[0]
-  compile_s = max(0.0, first_call - k * steady / steps)
+  compile_s = max(0.0, first_call - k * steady / n_steps)
 
   trainer.predict(state, faces.images[:trainer.eval_batch_size])  # Compile.
   t0 = time.perf_counter()
@@ -105,7 +104,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   for epoch in range(3):
     for _ in train.epoch_batches(faces, config, epoch):
       pass
-  pipeline = 3 * steps * batch_size / (time.perf_counter() - t0)
+  pipeline = 3 * n_steps * batch_size / (time.perf_counter() - t0)
 
   d = jax.devices()[0]
   return {
@@ -113,7 +112,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
       "jax": jax.__version__, "batch": batch_size, "n": n, "head": config.model.head,
       "fast_ops": bool(config.model.fast_ops), "half_precision": bool(config.half_precision),
       "input_on_device": on_device, "steps_per_call": int(config.get("steps_per_call", 1)),
-      "train_images_per_s": round(steps * batch_size / steady, 1),
+      "train_images_per_s": round(n_steps * batch_size / steady, 1),
       "epoch_seconds": [round(t, 2) for t in times], "compile_s": round(compile_s, 2),
       "infer_images_per_s": round(infer, 1), "input_images_per_s": round(pipeline, 1),
       "peak_host_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -196,5 +195,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, ".")
   app.run(main)

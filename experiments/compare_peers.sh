@@ -20,10 +20,10 @@ echo "machine: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p') ($(nproc) cor
 for round in $(seq "$rounds"); do
   for batch in 32 64; do
     # shellcheck disable=SC2086
-    echo "round $round batch $batch project $($PY experiments/benchmark.py --batch "$batch" $PROJECT_FLAGS 2>/dev/null | tail -1)" | tee -a "$raw"
+    echo "round $round batch $batch project $($PY -m experiments.benchmark --batch "$batch" $PROJECT_FLAGS 2>/dev/null | tail -1)" | tee -a "$raw"
     echo "round $round batch $batch $("$PEERS/venv-tf/bin/python" "$BENCH/keras_seed.py" --batch "$batch" 2>/dev/null | tail -1)" | tee -a "$raw"
     echo "round $round batch $batch $("$PEERS/venv-torch/bin/python" "$BENCH/torch_seed.py" --batch "$batch" --channels-last 2>/dev/null | tail -1) (channels-last)" | tee -a "$raw"
   done
 done
 echo
-$PY experiments/peer_table.py "$raw"
+$PY -m experiments.peer_table "$raw"

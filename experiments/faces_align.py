@@ -9,7 +9,7 @@ is compared with them. With ``--workdir``, the model then reads every found face
 labels mapped there: NME (mean point error / true eye distance) over the labelled points, and
 the paired change (refined - box only, mean and standard error over faces).
 
-  python experiments/faces_align.py --csv=FACES.csv[.gz] [--rows=600] [--roll=0] [--workdir=W]
+  python -m experiments.faces_align --csv=FACES.csv[.gz] [--rows=600] [--roll=0] [--workdir=W]
 
 Prints one JSON line per cascade (detection rate, false boxes, the box statistics
 ``faces.BOX_EYE_*`` holds: medians and interquartile ranges) and, with a workdir, one line
@@ -19,16 +19,13 @@ with the two NMEs.
 import argparse
 import json
 import math
-import sys
 import time
 
 import cv2
 import jax
 import numpy as np
 
-sys.path.insert(0, ".")
-
-from facekp_jax import cli, data, export, faces, inference, keypoints  # noqa: E402
+from facekp_jax import cli, data, export, faces, inference, keypoints
 
 CASCADES = ("haarcascade_frontalface_alt2.xml", "haarcascade_frontalface_default.xml",
             "haarcascade_frontalface_alt.xml")

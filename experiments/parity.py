@@ -1,8 +1,8 @@
 """The parity harness: the seed's Keras network against facekp_jax's, differences one at a time.
 
-  python experiments/parity.py                        # reduced budget: 48,960 training images
-  python experiments/parity.py --keras_epochs=12      # ~the issue's budget (146,880 images)
-  python experiments/parity.py --list                 # arms, budget, runs planned
+  python -m experiments.parity                        # reduced budget: 48,960 training images
+  python -m experiments.parity --keras_epochs=12      # ~the issue's budget (146,880 images)
+  python -m experiments.parity --list                 # arms, budget, runs planned
 
 Splits ../shared/data/mtfl_train.csv.gz once (``ablate.heldout_files``: the seeded 80/20 split
 the held-out ablation studies score on; 6120 training faces, 1530 held out) into
@@ -38,20 +38,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import pandas as pd
+
+from configs import resnet
+from experiments import ablate
+from facekp_jax import data, evaluate, keypoints, plots, robustness
+from facekp_jax import workdir as workdir_lib
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for _path in (ROOT, HERE):  # configs/ from the root, ablate from experiments/.
-  if _path not in sys.path:
-    sys.path.insert(0, _path)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import ablate  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from configs import resnet  # noqa: E402
-from facekp_jax import data, evaluate, keypoints, plots, robustness  # noqa: E402
-from facekp_jax import workdir as workdir_lib  # noqa: E402
 
 MTFL_CSV = os.path.join(ROOT, "..", "shared", "data", "mtfl_train.csv.gz")
 BENCH = os.path.join(ROOT, "..", "shared", "bench")
@@ -556,7 +552,7 @@ def plan(keras_seeds: list[int], jax_seeds: list[int], arms: list[str]) -> list[
 
 
 def main(argv=None) -> dict | None:
-  parser = argparse.ArgumentParser(prog="python experiments/parity.py",
+  parser = argparse.ArgumentParser(prog="python -m experiments.parity",
                                    description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--keras_epochs", type=int, default=4,
@@ -602,14 +598,14 @@ def main(argv=None) -> dict | None:
 
   import jax  # pylint: disable=g-import-not-at-top
 
-  from facekp_jax import cli, inference, interrupts  # pylint: disable=g-import-not-at-top
+  from facekp_jax import cli, interrupts  # pylint: disable=g-import-not-at-top
   cli.quiet_libraries()
   jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  tag = f"{os.path.basename(ablate._stem(heldout_csv))}"  # pylint: disable=protected-access
+  tag = os.path.basename(ablate.csv_stem(heldout_csv))
   sets = keras_sets(heldout_csv, os.path.join(scratch, "keras_sets", tag))
   n_held = len(pd.read_csv(heldout_csv, usecols=["Image"]))
-  command = " ".join(["python experiments/parity.py"] + [
+  command = " ".join(["python -m experiments.parity"] + [
       a for a in (sys.argv[1:] if argv is None else argv) if a != "--tables_only"])
   result = {"budget": dict(dataclasses.asdict(budget), images=budget.images),
             "train_faces": n_train, "heldout_faces": n_held, "command": command,

@@ -6,7 +6,7 @@ or files and prints, per batch size, each system's median and min-max train imag
 over the rounds, and per peer the project's ratio in each round (same round, same
 sitting) and its median: a ratio is only meaningful between runs of one sitting.
 
-  bash experiments/compare_peers.sh 5 | tee peers.txt; python experiments/peer_table.py peers.txt
+  bash experiments/compare_peers.sh 5 | tee peers.txt; python -m experiments.peer_table peers.txt
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """experiments/ablate.py end to end on the tiny model: outputs, resume, held-out scoring."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,28 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments import ablate
 from facekp_jax import keypoints, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "ablate.py")
 TINY = ["--model=tiny", "--epochs=1", "--set", "batch_size=8"]
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location("ablate", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["ablate"] = module  # Dataclasses look their module up while being defined.
-  spec.loader.exec_module(module)
-  return module
-
-
-ablate = _load()
 
 
 def _run(tmp_path, *args):
   """One study in its own process (JAX's compilation cache stays out of the test process)."""
   out = subprocess.run(
-      [sys.executable, SCRIPT, *args, f"--scratch={tmp_path / 'scratch'}",
+      [sys.executable, "-m", "experiments.ablate", *args, f"--scratch={tmp_path / 'scratch'}",
        f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 0, out.stderr[-2000:]

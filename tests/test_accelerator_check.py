@@ -20,7 +20,7 @@ def test_smoke_mode_writes_every_section(tmp_path):
   report = json.loads(out.read_text())
   assert report["smoke"] is True
   kinds = {(r["input"], r["half_precision"]) for r in report["train"]}
-  assert kinds == {(i, h) for i in ("host", "device") for h in ("False", "True")}
+  assert kinds == {(i, h) for i in ("host", "device") for h in (False, True)}
   assert all(r["train_images_per_s"] > 0 for r in report["train"])
   assert report["default_run"]["epochs"] == 1 and report["default_run"]["val_rmse"] > 0
   runtimes = {r.get("runtime") for r in report["inference"]}

@@ -1,28 +1,17 @@
 """experiments/parity.py without TensorFlow: Keras' output layout, the arms, budget, scoring."""
 
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
 
+from experiments import parity
 from facekp_jax import keypoints, robustness
 from tests.conftest import kaggle_frame, random_faces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("parity", os.path.join(ROOT, "experiments",
-                                                                       "parity.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["parity"] = module  # Dataclasses look their module up while being defined.
-  spec.loader.exec_module(module)
-  return module
-
-
-parity = _load()
 # MTFL's labelled columns in the order keras_seed_real.load gives them (the file's order).
 MTFL_COLUMNS = ["left_eye_center_x", "left_eye_center_y", "right_eye_center_x",
                 "right_eye_center_y", "nose_tip_x", "nose_tip_y", "mouth_left_corner_x",
