@@ -34,7 +34,6 @@ seed's point, mean +- sd per arm) and ``results.json`` (the same, per run).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import glob
@@ -50,6 +49,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from absl import flags
 
 from configs import resnet
 from experiments.studies import (
@@ -532,48 +532,57 @@ def describe() -> str:
 
 
 def main(argv=None) -> dict | None:
-  parser = argparse.ArgumentParser(
-      prog="python -m experiments.ablate", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--study", choices=sorted(STUDIES))
-  parser.add_argument("--list", action="store_true", help="describe the studies and exit")
-  parser.add_argument("--dataset", choices=DATASETS, default="synthetic")
-  parser.add_argument("--seeds", type=_seeds, default=_seeds("3"),
-                      help="a count (3: seeds 0,1,2) or a comma list")
-  parser.add_argument("--arms", help="comma list: run only these arms (the first is the "
-                      "reference of the paired difference)")
-  parser.add_argument("--model", choices=sorted(MODELS), help="model size (default: the study's)")
-  parser.add_argument("--epochs", type=int, help="epochs per run (default: the study's)")
-  parser.add_argument("--faces", type=int, help="built-in faces to generate, or real faces to "
-                      "sample from the file; 0: every face of the file (default: the study's)")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="any config override for every run, e.g. --set batch_size=16")
-  parser.add_argument("--scratch", default=DEFAULT_SCRATCH, help="run workdirs (outside the repo)")
-  parser.add_argument("--out", default=DEFAULT_OUT, help="where tables, plots and JSON go")
-  parser.add_argument("--mtfl_csv", default=MTFL_CSV)
-  parser.add_argument("--compile_cache", default=None, metavar="DIR",
-                      help="JAX's persistent compilation cache, shared by the runs (default: "
-                      "SCRATCH/jax_cache; '' turns it off)")
-  parser.add_argument("--verbose", action="store_true", help="the runs' own per-epoch log lines")
-  args = parser.parse_args(argv)
+  fv = cli.command_flags()
+  flags.DEFINE_enum("study", None, sorted(STUDIES), "the study to run", flag_values=fv)
+  flags.DEFINE_bool("list", False, "describe the studies and exit", flag_values=fv)
+  flags.DEFINE_enum("dataset", "synthetic", DATASETS, "built-in faces or MTFL's real faces",
+                    flag_values=fv)
+  flags.DEFINE_string("seeds", "3", "a count (3: seeds 0,1,2) or a comma list (0,: seed 0)",
+                      flag_values=fv)
+  flags.DEFINE_string("arms", None, "comma list: run only these arms (the first is the "
+                      "reference of the paired difference)", flag_values=fv)
+  flags.DEFINE_enum("model", None, sorted(MODELS), "model size (default: the study's)",
+                    flag_values=fv)
+  flags.DEFINE_integer("epochs", None, "epochs per run (default: the study's)", flag_values=fv)
+  flags.DEFINE_integer("faces", None, "built-in faces to generate, or real faces to sample from "
+                       "the file; 0: every face of the file (default: the study's)",
+                       flag_values=fv)
+  flags.DEFINE_multi_string("set", [], "FIELD=VALUE: a config override for every run, e.g. "
+                            "--set batch_size=16 (repeatable)", flag_values=fv)
+  flags.DEFINE_string("scratch", DEFAULT_SCRATCH, "run workdirs (outside the repository)",
+                      flag_values=fv)
+  flags.DEFINE_string("out", DEFAULT_OUT, "where tables, plots and JSON go", flag_values=fv)
+  flags.DEFINE_string("mtfl_csv", MTFL_CSV, "MTFL's faces", flag_values=fv)
+  flags.DEFINE_string("compile_cache", None, "JAX's persistent compilation cache, shared by the "
+                      "runs (default: SCRATCH/jax_cache; '' turns it off)", flag_values=fv)
+  flags.DEFINE_bool("verbose", False, "the runs' own per-epoch log lines", flag_values=fv)
+  rest = cli.parse(fv, "python -m experiments.ablate", __doc__.split("\n\n")[0], argv)
+  if rest:
+    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  args = fv
   if args.list:
     print(describe())
     return None
   if not args.study:
-    parser.error("--study is required (or --list)")
+    cli.usage_error("--study is required (or --list)")
+  try:
+    seeds = _seeds(args.seeds)
+  except ValueError:
+    cli.usage_error(f"--seeds={args.seeds}: a count or a comma list of whole numbers")
   study = STUDIES[args.study]
   if args.dataset not in study.budgets:
-    parser.error(f"study {args.study!r} does not apply to {args.dataset}: {study.note}")
+    cli.usage_error(f"study {args.study!r} does not apply to {args.dataset}: {study.note}")
   proposed = study.budgets[args.dataset]
   budget = Budget(model=args.model or proposed.model, epochs=args.epochs or proposed.epochs,
                   faces=proposed.faces if args.faces is None else (args.faces or None))
   try:
     settings = [parse_setting(s) for s in args.set]
   except ValueError as e:
-    parser.error(str(e))
+    cli.usage_error(str(e))
   scratch = os.path.realpath(args.scratch)
   if scratch == ROOT or scratch.startswith(ROOT + os.sep):
-    parser.error(f"--scratch {args.scratch} is inside the repository; checkpoints must stay out")
+    cli.usage_error(f"--scratch {args.scratch} is inside the repository; checkpoints must stay "
+                    "out")
   if not args.verbose:
     cli.quiet_libraries()
   cache = os.path.join(scratch, "jax_cache") if args.compile_cache is None else args.compile_cache
@@ -582,14 +591,13 @@ def main(argv=None) -> dict | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   command = " ".join(["python -m experiments.ablate"] + list(
       sys.argv[1:] if argv is None else argv))
-  print(f"study {args.study} on {args.dataset}: {budget}, seeds {args.seeds}")
+  print(f"study {args.study} on {args.dataset}: {budget}, seeds {seeds}")
   try:
-    return run_study(args.study, args.dataset, budget, args.seeds, settings=settings,
+    return run_study(args.study, args.dataset, budget, seeds, settings=settings,
                      arms=args.arms.split(",") if args.arms else None, scratch=args.scratch,
                      out=args.out, mtfl_csv=args.mtfl_csv, command=command)
   except (data.DataError, train.ConfigError, KeyError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   except interrupts.Interrupted as e:
     print(f"{e} (finished runs are kept; the same command skips them)", file=sys.stderr)
     sys.exit(128 + e.signum)
