@@ -18,7 +18,6 @@ Usage: python -m facekp_jax.synthetic --out faces.csv --n 2140 [--seed 0] [--mis
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -392,17 +391,22 @@ def write_csv(path: str, n: int, seed: int = 0, missing: bool = False) -> None:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description="Write built-in synthetic faces as a Kaggle CSV.")
-  parser.add_argument("--out", required=True, help="output path, .csv or .csv.gz")
-  parser.add_argument("--n", type=int, required=True, help="number of faces")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--missing", action="store_true", help="Kaggle's missing-label patterns")
-  args = parser.parse_args(argv)
-  if args.n < 1 or args.seed < 0:
-    parser.error("--n must be >= 1 and --seed >= 0")
-  write_csv(args.out, args.n, seed=args.seed, missing=args.missing)
-  labels = "Kaggle-pattern missing labels" if args.missing else "all 30 labels"
-  print(f"wrote {args.n} synthetic faces (seed {args.seed}, {labels}) to {args.out}")
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from facekp_jax import cli  # pylint: disable=g-import-not-at-top  (cli imports data, then us)
+  fv = cli.command_flags()
+  flags.DEFINE_string("out", None, "output path, .csv or .csv.gz", flag_values=fv)
+  flags.DEFINE_integer("n", None, "number of faces", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "generator seed", lower_bound=0, flag_values=fv)
+  flags.DEFINE_bool("missing", False, "Kaggle's missing-label patterns", flag_values=fv)
+  flags.mark_flags_as_required(["out", "n"], flag_values=fv)
+  rest = cli.parse(fv, "python -m facekp_jax.synthetic",
+                   "Write built-in synthetic faces as a Kaggle CSV.", argv)
+  if rest:
+    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  with cli.user_errors():
+    write_csv(fv.out, fv.n, seed=fv.seed, missing=fv.missing)
+  labels = "Kaggle-pattern missing labels" if fv.missing else "all 30 labels"
+  print(f"wrote {fv.n} synthetic faces (seed {fv.seed}, {labels}) to {fv.out}")
 
 
 if __name__ == "__main__":
