@@ -16,7 +16,6 @@ Prints one JSON line per cascade (detection rate, false boxes, the box statistic
 with the two NMEs.
 """
 
-import argparse
 import json
 import math
 import time
@@ -24,6 +23,7 @@ import time
 import cv2
 import jax
 import numpy as np
+from absl import flags
 
 from facekp_jax import cli, data, export, faces, inference, keypoints
 
@@ -123,22 +123,28 @@ def refinement(faces_: data.Faces, roll: float, workdir: str, tta: bool) -> dict
           "nme_refined_p90": round(float(np.percentile(refined, 90)), 4)}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--csv", required=True)
-  parser.add_argument("--rows", type=int, default=600, help="faces used (the file's first)")
-  parser.add_argument("--roll", type=float, default=0.0, help="extra roll, degrees (uniform +-)")
-  parser.add_argument("--workdir", help="also measure the refinement pass with this model")
-  parser.add_argument("--tta", action="store_true")
-  parser.add_argument("--cascades", default=",".join(CASCADES))
-  args = parser.parse_args()
+def main(argv=None):
+  fv = cli.command_flags()
+  flags.DEFINE_string("csv", None, "a Kaggle-layout file of faces", flag_values=fv)
+  flags.mark_flag_as_required("csv", flag_values=fv)
+  flags.DEFINE_integer("rows", 600, "faces used (the file's first)", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_float("roll", 0.0, "extra roll, degrees (uniform +-)", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "also measure the refinement pass with this model",
+                      flag_values=fv)
+  flags.DEFINE_bool("tta", False, "flip test-time augmentation in the refinement pass",
+                    flag_values=fv)
+  flags.DEFINE_list("cascades", list(CASCADES), "OpenCV cascades to compare", flag_values=fv)
+  rest = cli.parse(fv, "python -m experiments.faces_align", __doc__.splitlines()[0], argv)
+  if rest:
+    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
   cli.quiet_libraries()
-  chunks = data.read_training_chunks(args.csv, args.rows)
-  faces_ = next(iter(chunks))
-  for name in filter(None, args.cascades.split(",")):
-    print(json.dumps(box_statistics(faces_, args.roll, name)), flush=True)
-  if args.workdir:
-    print(json.dumps(refinement(faces_, args.roll, args.workdir, args.tta)), flush=True)
+  with cli.user_errors():
+    faces_ = next(iter(data.read_training_chunks(fv.csv, fv.rows)))
+    for name in fv.cascades:
+      print(json.dumps(box_statistics(faces_, fv.roll, name)), flush=True)
+    if fv.workdir:
+      print(json.dumps(refinement(faces_, fv.roll, fv.workdir, fv.tta)), flush=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ checkpoint, a stopped Keras run starts again. After every run the table, plot an
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -40,6 +39,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from absl import flags
 
 from configs import resnet
 from experiments import ablate
@@ -528,10 +528,6 @@ def write_outputs(result: dict, out: str) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
-def _ints(text: str) -> list[int]:
-  return [int(s) for s in text.split(",") if s.strip()]
-
-
 # Running order of the single differences: the likeliest to matter first, so that a session
 # that runs out of time has measured them.
 _ORDER = (REFERENCE, "all-keras", "raw-pixels", "static-flips", "glorot", "no-brightness",
@@ -552,53 +548,61 @@ def plan(keras_seeds: list[int], jax_seeds: list[int], arms: list[str]) -> list[
 
 
 def main(argv=None) -> dict | None:
-  parser = argparse.ArgumentParser(prog="python -m experiments.parity",
-                                   description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--keras_epochs", type=int, default=4,
-                      help="Keras epochs of faces + mirrors; JAX gets the same images")
-  parser.add_argument("--keras_seeds", type=_ints, default=[0, 1])
-  parser.add_argument("--jax_seeds", type=_ints, default=[0], help="every JAX arm")
-  parser.add_argument("--extra_seeds", type=_ints, default=[1],
-                      help="then jax-default and the best single difference at these seeds")
-  parser.add_argument("--arms", type=lambda t: [a for a in t.split(",") if a],
-                      default=list(ARMS), help=f"JAX arms (of {','.join(ARMS)})")
-  parser.add_argument("--train_faces", type=int, default=0,
-                      help="the first N training faces only (0: all; for smoke tests)")
-  parser.add_argument("--heldout_faces", type=int, default=0,
-                      help="the first N held-out faces only (0: all; for smoke tests)")
-  parser.add_argument("--keras_python", default=DEFAULT_KERAS_PYTHON)
-  parser.add_argument("--mtfl_csv", default=MTFL_CSV)
-  parser.add_argument("--scratch", default=DEFAULT_SCRATCH, help="data and run workdirs")
-  parser.add_argument("--out", default=DEFAULT_OUT)
-  parser.add_argument("--list", action="store_true", help="print the plan and exit")
-  parser.add_argument("--tables_only", action="store_true",
-                      help="rewrite the table, plot and JSON from the finished runs; train nothing")
-  args = parser.parse_args(argv)
+  from facekp_jax import cli  # pylint: disable=g-import-not-at-top
+  fv = cli.command_flags()
+  flags.DEFINE_integer("keras_epochs", 4, "Keras epochs of faces + mirrors; JAX gets the same "
+                       "images", lower_bound=1, flag_values=fv)
+  flags.DEFINE_list("keras_seeds", ["0", "1"], "Keras seeds", flag_values=fv)
+  flags.DEFINE_list("jax_seeds", ["0"], "every JAX arm's seeds", flag_values=fv)
+  flags.DEFINE_list("extra_seeds", ["1"], "then jax-default and the best single difference at "
+                    "these seeds", flag_values=fv)
+  flags.DEFINE_list("arms", list(ARMS), f"JAX arms (of {','.join(ARMS)})", flag_values=fv)
+  flags.DEFINE_integer("train_faces", 0, "the first N training faces only (0: all; for smoke "
+                       "tests)", lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("heldout_faces", 0, "the first N held-out faces only (0: all; for smoke "
+                       "tests)", lower_bound=0, flag_values=fv)
+  flags.DEFINE_string("keras_python", DEFAULT_KERAS_PYTHON, "the TensorFlow venv's python",
+                      flag_values=fv)
+  flags.DEFINE_string("mtfl_csv", MTFL_CSV, "MTFL's faces", flag_values=fv)
+  flags.DEFINE_string("scratch", DEFAULT_SCRATCH, "data and run workdirs", flag_values=fv)
+  flags.DEFINE_string("out", DEFAULT_OUT, "where the table, plot and JSON go", flag_values=fv)
+  flags.DEFINE_bool("list", False, "print the plan and exit", flag_values=fv)
+  flags.DEFINE_bool("tables_only", False, "rewrite the table, plot and JSON from the finished "
+                    "runs; train nothing", flag_values=fv)
+  rest = cli.parse(fv, "python -m experiments.parity", __doc__.split("\n\n")[0], argv)
+  if rest:
+    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  args = fv
+  try:
+    keras_seeds, jax_seeds, extra_seeds = (
+        [int(x) for x in seeds] for seeds in (fv.keras_seeds, fv.jax_seeds, fv.extra_seeds))
+  except ValueError:
+    cli.usage_error("--keras_seeds, --jax_seeds and --extra_seeds take comma lists of whole "
+                    "numbers")
   unknown = sorted(set(args.arms) - set(ARMS))
   if unknown:
-    parser.error(f"unknown arm(s) {unknown}; arms: {list(ARMS)}")
+    cli.usage_error(f"unknown arm(s) {unknown}; arms: {list(ARMS)}")
   scratch = os.path.realpath(args.scratch)
   if scratch == ROOT or scratch.startswith(ROOT + os.sep):
-    parser.error(f"--scratch {args.scratch} is inside the repository; data and checkpoints "
-                 "stay out")
+    cli.usage_error(f"--scratch {args.scratch} is inside the repository; data and "
+                    "checkpoints stay out")
   train_csv, heldout_csv = split_files(args.mtfl_csv, os.path.join(scratch, "data"),
                                        args.train_faces, args.heldout_faces)
   n_train = args.train_faces or len(pd.read_csv(train_csv, usecols=["Image"]))
   budget = Budget(args.keras_epochs, n_train)
-  runs = plan(args.keras_seeds, args.jax_seeds, args.arms)
+  runs = plan(keras_seeds, jax_seeds, args.arms)
   if args.list:
     print(f"budget: {budget.images:,} images; training faces {train_csv}; held out {heldout_csv}")
     for arm, seed in runs:
       epochs = args.keras_epochs if arm == KERAS else arm_config(arm, seed, budget,
                                                                  train_csv).num_epochs
       print(f"  {arm:<14} seed {seed}  {epochs} epochs  {ARMS.get(arm, 'keras_seed_real.py')}")
-    print(f"  then jax-default and the best single difference at seeds {args.extra_seeds}")
+    print(f"  then jax-default and the best single difference at seeds {extra_seeds}")
     return None
 
   import jax  # pylint: disable=g-import-not-at-top
 
-  from facekp_jax import cli, interrupts  # pylint: disable=g-import-not-at-top
+  from facekp_jax import interrupts  # pylint: disable=g-import-not-at-top
   cli.quiet_libraries()
   jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
@@ -610,8 +614,8 @@ def main(argv=None) -> dict | None:
   result = {"budget": dict(dataclasses.asdict(budget), images=budget.images),
             "train_faces": n_train, "heldout_faces": n_held, "command": command,
             "source": os.path.basename(args.mtfl_csv), "train_csv": train_csv,
-            "heldout_csv": heldout_csv, "keras_seeds": args.keras_seeds,
-            "jax_seeds": args.jax_seeds, "extra_seeds": args.extra_seeds, "extra_arm": None,
+            "heldout_csv": heldout_csv, "keras_seeds": keras_seeds,
+            "jax_seeds": jax_seeds, "extra_seeds": extra_seeds, "extra_arm": None,
             "arms": [{"name": KERAS, "overrides": {}, "runs": [], "failed": []}] + [
                 {"name": a, "overrides": ARMS[a], "runs": [], "failed": []} for a in args.arms]}
   arms = {a["name"]: a for a in result["arms"]}
@@ -653,11 +657,11 @@ def main(argv=None) -> dict | None:
     for arm, seed in runs:
       run(arm, seed)
     singles = [a for a in args.arms if a in DIFFERENCES and arms[a]["runs"]]
-    if args.extra_seeds and singles:
+    if extra_seeds and singles:
       best = min(singles, key=lambda a: np.mean(
-          [r["rmse"] for r in arms[a]["runs"] if r["seed"] in args.jax_seeds] or [np.inf]))
+          [r["rmse"] for r in arms[a]["runs"] if r["seed"] in jax_seeds] or [np.inf]))
       result["extra_arm"] = best
-      for seed in args.extra_seeds:
+      for seed in extra_seeds:
         for arm in dict.fromkeys([REFERENCE, best]):
           if arm in arms:
             run(arm, seed)
