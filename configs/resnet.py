@@ -105,6 +105,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Heatmap head: pixels its maps reach beyond the frame on each side (whole cells), so that
   # labels off the 96x96 crop train and can be predicted.
   config.model.heatmap_margin = 0.0
+  # Heatmap head: how many of the last stages feed its maps (2: the 11x11 stage as well).
+  config.model.heatmap_stages = 1
   config.model.output_activation = "linear"  # Regression head only.
   # Regression head: the last layer's output maps to pixels by y * scale + offset. Raw pixels
   # (1, 0), as the Keras notebook, since experiments/parity.py: 3.01 px held-out vs 4.02 px with

@@ -177,7 +177,7 @@ _NO_EMA_TTA = {"ema_decay": 0.0, "tta": False, "model.output_scale": 48.0,
 _HEATMAP_UNUSED = {"model.output_scale": 48.0, "model.output_offset": 48.0}  # As its run had.
 OLD_DEFAULTS = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
                  "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "loss": "mse",
-                 "model.heatmap_margin": 0.0,
+                 "model.heatmap_margin": 0.0, "model.heatmap_stages": 1,
                  **_NO_EMA_TTA}
 
 
@@ -291,13 +291,23 @@ STUDIES: dict[str, Study] = {
         common={d: {"model.head": "heatmap", "model.heatmap_margin": 0.0, **_GEOMETRY,
                     **_NO_EMA_TTA} for d in DATASETS},
         heldout=True, robustness=True),
+    "stages": Study(
+        question="Which stages feed the heatmap head: the last (the seed's 5x5 map) or the last "
+                 "two (the 11x11 stage too, its logits added to the upsampled coarse ones)?",
+        arms=(Arm("last"), Arm("last-two", {"model.heatmap_stages": 2})),
+        budgets={"synthetic": Budget("small", 16, 2140), "mtfl": Budget("small", 14, 3000)},
+        common={d: {"model.head": "heatmap", "model.heatmap_margin": 0.0,
+                    "model.heatmap_stages": 1, **_GEOMETRY, **_NO_EMA_TTA} for d in DATASETS},
+        heldout=True, robustness=True),
     "defaults": Study(
         question="The old default recipe (heatmap head, no geometric augmentation, MSE, no "
                  "EMA) against the new one (configs/resnet.py), on faces no arm trained on.",
         arms=(Arm("old-default", {"model.head": "heatmap", **OLD_DEFAULTS}),
               Arm("new-default", {"model.head": "heatmap", **_HEATMAP_UNUSED}),
               Arm("margin16", {"model.head": "heatmap", "model.heatmap_margin": 16.0,
-                               **_HEATMAP_UNUSED})),
+                               **_HEATMAP_UNUSED}),
+              Arm("last-two-stages", {"model.head": "heatmap", "model.heatmap_stages": 2,
+                                      **_HEATMAP_UNUSED})),
         budgets={"mtfl": Budget("full", 25, 0)},
         datasets=("mtfl",), heldout=True, robustness=True,
         note="Confirmation at the real budget: the full model, 25 epochs of the 6120-face pool "

@@ -37,6 +37,7 @@ LEGACY: dict[str, object] = {
     "model.head": "regression",
     "model.heatmap_size": 48,
     "model.heatmap_margin": 0.0,
+    "model.heatmap_stages": 1,
     "model.kernel_init": "lecun_normal",
 }
 

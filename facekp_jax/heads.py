@@ -72,6 +72,10 @@ def soft_argmax(logits: jnp.ndarray, margin: float = 0.0) -> jnp.ndarray:
 class HeatmapHead(nn.Module):
   """Feature map (B, h, w, C) -> keypoints (B, 30) in pixels, by soft-argmax.
 
+  With ``finer`` feature maps (earlier stages' outputs, finest last), each gets its own 1x1
+  convolution to keypoint logits, and the coarser logits are upsampled bilinearly and added
+  (a top-down sum, as feature pyramids do), so that the maps localise at the finer stride.
+
   Attributes:
     size: cells of the upsampled maps across the frame (48: 2 px cells).
     margin: pixels the maps extend beyond the frame on each side (a whole number of cells);
@@ -85,11 +89,16 @@ class HeatmapHead(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
-  def __call__(self, features):
+  def __call__(self, features, finer=()):
     # A dense layer on the channel axis is a 1x1 convolution.
     logits = nn.Dense(keypoints.NUM_KEYPOINTS, dtype=self.dtype, kernel_init=self.kernel_init,
                       name="keypoint_maps")(features)
     logits = jnp.asarray(logits, jnp.float32)
+    for i, f in enumerate(finer):
+      fine = nn.Dense(keypoints.NUM_KEYPOINTS, dtype=self.dtype, kernel_init=self.kernel_init,
+                      name=f"finer_maps{i + 1}")(f)
+      logits = jax.image.resize(logits, (*fine.shape[:3], logits.shape[3]), method="bilinear")
+      logits = logits + jnp.asarray(fine, jnp.float32)
     if logits.shape[1:3] != (self.size, self.size):
       logits = jax.image.resize(logits, (logits.shape[0], self.size, self.size, logits.shape[3]),
                                 method="bilinear")

@@ -182,3 +182,28 @@ def test_config_check_refuses_a_bad_head():
   config = _heatmap_config(output_activation="relu")
   with pytest.raises(train.ConfigError, match="model.output_activation applies to the regression"):
     train.check_config(config, num_devices=1)
+
+
+def test_two_stage_heatmaps_add_the_finer_stage_and_are_checked():
+  config = _heatmap_config(heatmap_stages=2)
+  model = models.create_model(config)
+  images, coords = synthetic.generate(2, seed=6)
+  faces = data.faces_from_arrays(images, coords)
+  variables = model.init(jax.random.key(0), faces.images, train=False)
+  maps = variables["params"]["heatmap"]
+  stage1_channels = config.model.stage_filters[0][-1]
+  assert maps["finer_maps1"]["kernel"].shape == (stage1_channels, keypoints.NUM_KEYPOINTS)
+  assert "finer_maps1" not in models.create_model(_heatmap_config()).init(
+      jax.random.key(0), faces.images, train=False)["params"]["heatmap"]  # Default: last only.
+
+  def loss(params):
+    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                         faces.images, train=True, mutable=["batch_stats"],
+                         rngs={"dropout": jax.random.key(1)})
+    return steps.masked_mse(out, faces.targets, faces.mask)
+
+  grads = jax.grad(loss)(variables["params"])
+  assert float(jnp.abs(grads["heatmap"]["finer_maps1"]["kernel"]).max()) > 0  # It is used.
+  for stages, ok in ((1, True), (2, True), (0, False), (3, False)):
+    problems = models.config_problems(_heatmap_config(heatmap_stages=stages).model)
+    assert (not problems) == ok, (stages, problems)
