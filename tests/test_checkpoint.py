@@ -47,14 +47,20 @@ def _steps(workdir):
   return [int(n) for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
 
 
-def _start_and_signal(csv, workdir, after_step, signum, delay=0.0):
-  """Starts a run and sends ``signum`` once a checkpoint past ``after_step`` exists."""
+def _start_until(csv, workdir, after_step):
+  """Starts a run and returns it once a checkpoint at ``after_step`` or later exists."""
   proc = subprocess.Popen(_args(csv, workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=_env(), cwd=ROOT)
   deadline = time.time() + 240
   while max(_steps(workdir), default=0) < after_step and proc.poll() is None:
     assert time.time() < deadline
     time.sleep(0.01)
+  return proc
+
+
+def _start_and_signal(csv, workdir, after_step, signum, delay=0.0):
+  """Starts a run and sends ``signum`` once a checkpoint past ``after_step`` exists."""
+  proc = _start_until(csv, workdir, after_step)
   time.sleep(delay)
   proc.send_signal(signum)
   out, err = proc.communicate(timeout=120)
@@ -108,12 +114,7 @@ def test_sigkill_three_times_then_resume_is_bit_identical(csv, uninterrupted, tm
 
 def test_a_second_training_on_a_busy_workdir_is_refused_at_once(csv, uninterrupted, tmp_path):
   workdir = tmp_path / "busy"
-  first = subprocess.Popen(_args(csv, workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=_env(), cwd=ROOT)
-  deadline = time.time() + 240
-  while max(_steps(workdir), default=0) < 2 and first.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.01)
+  first = _start_until(csv, workdir, 2)
   first.send_signal(signal.SIGSTOP)  # Holds the lock, frozen mid-run, while the second tries.
   try:
     before = sorted(p.name for p in workdir.rglob("*"))
@@ -230,12 +231,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(csv, 
     pytest.skip("cannot mount a small tmpfs here (needs root)")
   try:
     workdir = disk / "w"
-    proc = subprocess.Popen(_args(csv, workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(), cwd=ROOT)
-    deadline = time.time() + 240
-    while max(_steps(workdir), default=0) < 6 and proc.poll() is None:
-      assert time.time() < deadline
-      time.sleep(0.01)
+    proc = _start_until(csv, workdir, 6)
     filler = _fill(disk)  # The disk is full from here on: the next write fails.
     _, err = proc.communicate(timeout=240)
     last = err.strip().splitlines()[-1]

@@ -37,6 +37,18 @@ def _peak(size, row, col, k=keypoints.NUM_KEYPOINTS):
   return jnp.asarray(logits)
 
 
+def _gradients(model, variables, faces):
+  """The parameters' gradients of the masked MSE of one training-mode pass."""
+
+  def loss(params):
+    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                         faces.images, train=True, mutable=["batch_stats"],
+                         rngs={"dropout": jax.random.key(1)})
+    return steps.masked_mse(out, faces.targets, faces.mask)
+
+  return jax.grad(loss)(variables["params"])
+
+
 def test_cell_centres_follow_the_pixel_centre_convention():
   np.testing.assert_allclose(heads.cell_centres(96), np.arange(96))
   np.testing.assert_allclose(heads.cell_centres(48)[:2], [0.5, 2.5])
@@ -144,13 +156,7 @@ def test_heatmap_gradients_are_finite_and_reach_the_stem():
   faces = data.faces_from_arrays(images, coords)
   variables = model.init(jax.random.key(0), faces.images, train=False)
 
-  def loss(params):
-    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                         faces.images, train=True, mutable=["batch_stats"],
-                         rngs={"dropout": jax.random.key(1)})
-    return steps.masked_mse(out, faces.targets, faces.mask)
-
-  grads = jax.grad(loss)(variables["params"])
+  grads = _gradients(model, variables, faces)
   leaves = jax.tree.leaves(grads)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
   assert float(jnp.abs(grads["stem_conv"]["kernel"]).max()) > 0
@@ -196,13 +202,7 @@ def test_two_stage_heatmaps_add_the_finer_stage_and_are_checked():
   assert "finer_maps1" not in models.create_model(_heatmap_config()).init(
       jax.random.key(0), faces.images, train=False)["params"]["heatmap"]  # Default: last only.
 
-  def loss(params):
-    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                         faces.images, train=True, mutable=["batch_stats"],
-                         rngs={"dropout": jax.random.key(1)})
-    return steps.masked_mse(out, faces.targets, faces.mask)
-
-  grads = jax.grad(loss)(variables["params"])
+  grads = _gradients(model, variables, faces)
   assert float(jnp.abs(grads["heatmap"]["finer_maps1"]["kernel"]).max()) > 0  # It is used.
   for stages, ok in ((1, True), (2, True), (0, False), (3, False)):
     problems = models.config_problems(_heatmap_config(heatmap_stages=stages).model)
