@@ -81,7 +81,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   trainer = steps.Trainer(config, mesh)
   state = trainer.init_state()
 
-  on_device = bool(config.get("input_on_device", False))
+  on_device = config.input_on_device
   dataset = device_input.upload(faces, mesh) if on_device else None
   t0 = time.perf_counter()
   _, k, state, m, _ = next(train.train_calls(trainer, state, faces, dataset, 0, n_steps))
