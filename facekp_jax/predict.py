@@ -175,10 +175,14 @@ def run_csv(model: inference.Model, path: str, out: str, lookup_path: str | None
   write_csv(out, frame)
   what = "submission rows" if lookup is not None else "faces"
   print(f"{model.describe(tta)}\nwrote {len(frame)} {what} to {out}")
+  _note_untrained(model, "submitted anyway" if lookup is not None else "left empty")
+
+
+def _note_untrained(model: inference.Model, what: str) -> None:
+  """One line naming the keypoints the run never trained on, when there are."""
   untrained = model.untrained_names()
   if untrained:
-    print(f"untrained keypoints {'submitted anyway' if lookup is not None else 'left empty'}: "
-          f"{', '.join(untrained)}")
+    print(f"untrained keypoints {what}: {', '.join(untrained)}")
 
 
 def run_pictures(model: inference.Model, paths: list[str], out_dir: str, crop: str = "none",
@@ -186,6 +190,7 @@ def run_pictures(model: inference.Model, paths: list[str], out_dir: str, crop: s
   """Prints each picture's keypoints and writes its overlay into ``out_dir``."""
   os.makedirs(out_dir, exist_ok=True)
   print(model.describe(tta))
+  _note_untrained(model, "not shown")
   done = []
   for p in pictures.predict_pictures(model, paths, crop, tta):
     p.keypoints = model.only_trained(p.keypoints)
@@ -230,6 +235,7 @@ def run_photos(model: inference.Model, paths: list[str], out_dir: str, tta: bool
   os.makedirs(out_dir, exist_ok=True)
   out = out or os.path.join(out_dir, "faces.csv")
   print(f"{model.describe(tta)}, {faces.CASCADE}, refine {'on' if refine else 'off'}")
+  _note_untrained(model, "left out")
   done = []
   for p in pictures.predict_photos(lambda x: model.predict(x, tta=tta), paths, refine):
     for k in p.faces:

@@ -288,3 +288,11 @@ def test_untrained_keypoints_are_left_empty_and_refused_in_submissions(loaded, k
   predict.main(["--workdir=w", f"--csv={test_csv}", f"--lookup={tmp_path / 'five.csv'}",
                 f"--out={submission}"])
   assert len(pd.read_csv(submission)) == len(only_five)
+  face, _ = synthetic.generate(1, seed=8)
+  picture = _save_rgb(tmp_path / "face.png", face[0])
+  predict.main(["--workdir=w", "--nodetect", f"--out_dir={tmp_path}", picture])
+  out = capsys.readouterr().out
+  assert "untrained keypoints not shown: left_eye_inner_corner" in out
+  named = {line.split()[0] for line in out.splitlines() if line.startswith("  ")} - {"overlay:"}
+  assert named == {"left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner",
+                   "mouth_right_corner"}  # The trained five only.
