@@ -28,4 +28,5 @@ def get_config():
   config.ema_decay = 0.0
   config.tta = False
   config.model.output_scale, config.model.output_offset = 48.0, 48.0  # Unit-scaled outputs.
+  config.model.heatmap_stages = 1  # Heatmap tests: the last stage's maps unless they ask.
   return config
