@@ -1,7 +1,8 @@
 """The heatmap head: per-keypoint maps read out by soft-argmax, in pixels.
 
 The last stage's feature map (5x5 for the seed's two stages) goes through a
-1x1 convolution to one map of logits per keypoint, is upsampled bilinearly to
+1x1 convolution to one map of logits per keypoint (with ``finer`` maps, earlier
+stages' logits are added top-down: ``models.ResNet.heatmap_stages``), is upsampled bilinearly to
 ``size`` x ``size`` cells covering the 96x96 image, and each map's spatial
 softmax gives a probability over cells whose expected centre is the keypoint.
 The expectation is differentiable and not bound to the grid, so coarse maps
