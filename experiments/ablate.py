@@ -380,8 +380,10 @@ def plot(result: dict):
 def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, settings=(),
               arms: list[str] | None = None, scratch: str = DEFAULT_SCRATCH,
               out: str = DEFAULT_OUT, mtfl_csv: str = MTFL_CSV, command: str = "",
-              log=print) -> dict:
+              log=print, tables_only: bool = False) -> dict:
   """Runs (or finishes) every arm x seed of a study and writes its table, plot and JSON.
+
+  ``tables_only``: train nothing; the table lists the runs that finished (any study's).
 
   Returns:
     The results (also ``out/<study>/<dataset>/results.json``).
@@ -430,6 +432,8 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
       config = configs[(arm.name, seed)][0]
       workdir = os.path.join(runs_dir, arm.name, f"seed{seed}-{config_hash(config)}")
       workdir = _same_run(scratch, dataset, seed, config, study.robustness) or workdir
+      if tables_only and not os.path.exists(os.path.join(workdir, "ablate.json")):
+        continue  # Not finished: left out of the table.
       try:
         record = run_one(config, workdir, heldout_csv, study.robustness)
       except (interrupts.Interrupted, KeyboardInterrupt):
@@ -556,6 +560,8 @@ def main(argv=None) -> dict | None:
   flags.DEFINE_string("compile_cache", None, "JAX's persistent compilation cache, shared by the "
                       "runs (default: SCRATCH/jax_cache; '' turns it off)", flag_values=fv)
   flags.DEFINE_bool("verbose", False, "the runs' own per-epoch log lines", flag_values=fv)
+  flags.DEFINE_bool("tables_only", False, "train nothing: rewrite the table, plot and JSON from "
+                    "the runs that finished", flag_values=fv)
   rest = cli.parse(fv, "python -m experiments.ablate", __doc__.split("\n\n")[0], argv)
   if rest:
     cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
@@ -595,7 +601,8 @@ def main(argv=None) -> dict | None:
   try:
     return run_study(args.study, args.dataset, budget, seeds, settings=settings,
                      arms=args.arms.split(",") if args.arms else None, scratch=args.scratch,
-                     out=args.out, mtfl_csv=args.mtfl_csv, command=command)
+                     out=args.out, mtfl_csv=args.mtfl_csv, command=command,
+                     tables_only=args.tables_only)
   except (data.DataError, train.ConfigError, KeyError, ValueError) as e:
     cli.fail(e)
   except interrupts.Interrupted as e:

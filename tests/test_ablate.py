@@ -115,6 +115,18 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
   assert "| no-flip | `augment.hflip_prob=0.0` | — | — | — |" in table and "(1 failed)" in table
   assert "FloatingPointError: non-finite training loss" in table
 
+  def never(*args, **kwargs):
+    raise AssertionError("--tables_only trained a run")
+
+  monkeypatch.setattr(ablate, "run_one", lambda config, workdir, *a: (
+      real(config, workdir, *a) if os.path.exists(os.path.join(workdir, "ablate.json"))
+      else never()))
+  tables = ablate.run_study(
+      "flip", "synthetic", ablate.Budget("tiny", 1, 48), [0, 1], arms=["swap", "no-flip"],
+      settings=[("batch_size", 8)], scratch=str(tmp_path / "s"), out=str(tmp_path / "o"),
+      log=lambda *_: None, tables_only=True)  # Only swap's seed 0 finished: nothing trains.
+  assert [[r["seed"] for r in a["runs"]] for a in tables["arms"]] == [[0], []]
+
 
 def test_relative_overrides_and_arms_of_every_study_resolve_to_valid_configs(tmp_path):
   from facekp_jax import train
