@@ -220,6 +220,7 @@ def _fill(folder):
   return path
 
 
+@pytest.mark.slow  # Passes alone; failed 1 of 3 runs beside the suite under -n 2 (issue 14).
 def test_a_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(csv, uninterrupted,
                                                                           tmp_path):
   disk = tmp_path / "disk"
@@ -234,10 +235,11 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(csv, 
     proc = _start_until(csv, workdir, 6)
     filler = _fill(disk)  # The disk is full from here on: the next write fails.
     _, err = proc.communicate(timeout=240)
-    last = err.strip().splitlines()[-1]
     assert proc.returncode == 2, err
-    assert last.startswith(f"error: workdir {workdir}: a write") and "No space left" in last
-    assert "run the same command again" in last
+    # Orbax's writer threads also log their failures, before or after ours: one line is ours.
+    [line] = [l for l in err.splitlines() if l.startswith("error: ")]
+    assert line.startswith(f"error: workdir {workdir}: a write") and "No space left" in line
+    assert "run the same command again" in line
     for line in open(workdir / "metrics.jsonl"):
       json.loads(line)  # Whole lines only.
     os.remove(filler)  # Space freed: the same command resumes, bit-identical.
