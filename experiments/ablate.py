@@ -562,9 +562,7 @@ def main(argv=None) -> dict | None:
   flags.DEFINE_bool("verbose", False, "the runs' own per-epoch log lines", flag_values=fv)
   flags.DEFINE_bool("tables_only", False, "train nothing: rewrite the table, plot and JSON from "
                     "the runs that finished", flag_values=fv)
-  rest = cli.parse(fv, "python -m experiments.ablate", __doc__.split("\n\n")[0], argv)
-  if rest:
-    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  cli.parse(fv, "python -m experiments.ablate", __doc__.split("\n\n")[0], argv)
   args = fv
   if args.list:
     print(describe())

@@ -135,9 +135,7 @@ def main(argv=None):
   flags.DEFINE_bool("tta", False, "flip test-time augmentation in the refinement pass",
                     flag_values=fv)
   flags.DEFINE_list("cascades", list(CASCADES), "OpenCV cascades to compare", flag_values=fv)
-  rest = cli.parse(fv, "python -m experiments.faces_align", __doc__.splitlines()[0], argv)
-  if rest:
-    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  cli.parse(fv, "python -m experiments.faces_align", __doc__.splitlines()[0], argv)
   cli.quiet_libraries()
   with cli.user_errors():
     faces_ = next(iter(data.read_training_chunks(fv.csv, fv.rows)))

@@ -571,9 +571,7 @@ def main(argv=None) -> dict | None:
   flags.DEFINE_bool("list", False, "print the plan and exit", flag_values=fv)
   flags.DEFINE_bool("tables_only", False, "rewrite the table, plot and JSON from the finished "
                     "runs; train nothing", flag_values=fv)
-  rest = cli.parse(fv, "python -m experiments.parity", __doc__.split("\n\n")[0], argv)
-  if rest:
-    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  cli.parse(fv, "python -m experiments.parity", __doc__.split("\n\n")[0], argv)
   args = fv
   try:
     keras_seeds, jax_seeds, extra_seeds = (

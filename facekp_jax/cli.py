@@ -69,20 +69,25 @@ def define_model_flags(fv: flags.FlagValues) -> None:
                     "config.tta)", flag_values=fv)
 
 
-def parse(fv: flags.FlagValues, prog: str, description: str, argv=None) -> list[str]:
+def parse(fv: flags.FlagValues, prog: str, description: str, argv=None,
+          positional: bool = False) -> list[str]:
   """Parses ``argv`` (default ``sys.argv[1:]``) into ``fv``; returns the positional arguments.
 
-  ``--help`` prints the flags and exits 0; a bad flag is ``usage_error``'s one line.
+  ``--help`` prints the flags and exits 0; a bad flag, or a positional argument where the
+  command takes none (``positional=False``), is ``usage_error``'s one line.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
   if any(a in ("-h", "--help", "--helpfull") for a in argv):
     print(f"usage: {prog} [flags]\n\n{description}\n{fv.get_help(include_special_flags=False)}")
     sys.exit(0)
   try:
-    return fv([prog, *argv])[1:]
+    rest = fv([prog, *argv])[1:]
   except flags.Error as e:  # absl words them "flag --name=value: problem".
     message = str(e)
     usage_error(message[len("flag "):] if message.startswith("flag ") else message)
+  if rest and not positional:
+    usage_error(f"unexpected arguments: {' '.join(rest)}")
+  return rest
 
 
 def tta(fv: flags.FlagValues, config) -> bool:

@@ -165,10 +165,8 @@ def main(argv=None) -> None:
   flags.DEFINE_enum("bad_labels", "error", data.BAD_LABELS, "a coordinate beyond 48 px outside "
                     "the image: refuse the file (default), mask that value, or drop its row",
                     flag_values=fv)
-  rest = cli.parse(fv, "python -m facekp_jax.evaluate", "Score a trained workdir on a "
-                   "Kaggle-layout file (masked cells not scored).", argv)
-  if rest:
-    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  cli.parse(fv, "python -m facekp_jax.evaluate", "Score a trained workdir on a "
+            "Kaggle-layout file (masked cells not scored).", argv)
   cli.quiet_libraries()
   with cli.user_errors():
     run(fv.workdir, fv.csv, fv.checkpoint, fv.tta, fv.robustness, fv.bad_labels)

@@ -196,10 +196,8 @@ def main(argv=None) -> None:
   flags.mark_flag_as_required("out", flag_values=fv)
   flags.DEFINE_enum("input_dtype", "uint8", INPUT_DTYPES,
                     "uint8 0..255 (default) or float32 in [0, 1]", flag_values=fv)
-  rest = cli.parse(fv, "python -m facekp_jax.export", "Export a trained workdir's model: "
-                   "StableHLO (jax.export) or ONNX.", argv)
-  if rest:
-    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  cli.parse(fv, "python -m facekp_jax.export", "Export a trained workdir's model: "
+            "StableHLO (jax.export) or ONNX.", argv)
   cli.quiet_libraries()
   if not os.path.isdir(os.path.dirname(os.path.abspath(fv.out))):
     cli.usage_error(f"--out {fv.out}: its folder does not exist")

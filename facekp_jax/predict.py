@@ -282,7 +282,7 @@ def main(argv=None) -> None:
                     "for (refused otherwise)", flag_values=fv)
   args = cli.parse(fv, "python -m facekp_jax.predict [flags] [image files or folders ...]",
                    "Predict keypoints with a trained workdir: a Kaggle test file, or pictures.",
-                   argv)
+                   argv, positional=True)
   cli.quiet_libraries()
   if bool(fv.csv) == bool(args):
     cli.usage_error("give either --csv or image files")

@@ -399,10 +399,8 @@ def main(argv=None) -> None:
   flags.DEFINE_integer("seed", 0, "generator seed", lower_bound=0, flag_values=fv)
   flags.DEFINE_bool("missing", False, "Kaggle's missing-label patterns", flag_values=fv)
   flags.mark_flags_as_required(["out", "n"], flag_values=fv)
-  rest = cli.parse(fv, "python -m facekp_jax.synthetic",
-                   "Write built-in synthetic faces as a Kaggle CSV.", argv)
-  if rest:
-    cli.usage_error(f"unexpected arguments: {' '.join(rest)}")
+  cli.parse(fv, "python -m facekp_jax.synthetic",
+            "Write built-in synthetic faces as a Kaggle CSV.", argv)
   with cli.user_errors():
     write_csv(fv.out, fv.n, seed=fv.seed, missing=fv.missing)
   labels = "Kaggle-pattern missing labels" if fv.missing else "all 30 labels"
