@@ -510,9 +510,11 @@ def _source(base, dataset: str, mtfl_csv: str, partial: bool = False) -> str:
 
 def _seeds(text: str) -> list[int]:
   """"3" -> [0, 1, 2]; "0,4,7" -> [0, 4, 7]."""
-  if "," in text:
-    return [int(s) for s in text.split(",") if s.strip()]
-  return list(range(int(text)))
+  seeds = ([int(s) for s in text.split(",") if s.strip()] if "," in text
+           else list(range(int(text))))
+  if not seeds or min(seeds) < 0:
+    raise ValueError(text)
+  return seeds
 
 
 def describe() -> str:
@@ -572,7 +574,8 @@ def main(argv=None) -> dict | None:
   try:
     seeds = _seeds(args.seeds)
   except ValueError:
-    cli.usage_error(f"--seeds={args.seeds}: a count or a comma list of whole numbers")
+    cli.usage_error(f"--seeds={args.seeds}: a count >= 1 or a comma list of whole numbers "
+                    "(--seeds=0, is seed 0)")
   study = STUDIES[args.study]
   if args.dataset not in study.budgets:
     cli.usage_error(f"study {args.study!r} does not apply to {args.dataset}: {study.note}")
