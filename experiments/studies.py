@@ -302,7 +302,7 @@ STUDIES: dict[str, Study] = {
     "defaults": Study(
         question="The old default recipe (heatmap head, no geometric augmentation, MSE, no "
                  "EMA) against the new one (configs/resnet.py), and what might still improve "
-                 "it (a decaying schedule), on faces no arm trained on.",
+                 "it (a decaying schedule, the stem's finer map), on faces no arm trained on.",
         arms=(Arm("old-default", {"model.head": "heatmap", **OLD_DEFAULTS}),
               Arm("new-default", {"model.head": "heatmap", **_HEATMAP_UNUSED}),
               Arm("last-stage-only", {"model.head": "heatmap", "model.heatmap_stages": 1,
@@ -315,7 +315,10 @@ STUDIES: dict[str, Study] = {
                              **_HEATMAP_UNUSED}),
               Arm("lr3e-4-cosine", {"model.head": "heatmap", "schedule": "cosine",
                                     "learning_rate": 3e-4, "warmup_epochs": 1.0,
-                                    **_HEATMAP_UNUSED})),
+                                    **_HEATMAP_UNUSED}),
+              # A third, finer level: the stem's 23x23 map (2 px cells need finer features).
+              Arm("stem-level", {"model.head": "heatmap", "model.heatmap_stages": 3,
+                                 **_HEATMAP_UNUSED})),
         budgets={"mtfl": Budget("full", 25, 0)},
         datasets=("mtfl",), heldout=True, robustness=True,
         note="Confirmation at the real budget: the full model, 25 epochs of the 6120-face pool "

@@ -88,8 +88,9 @@ class ResNet(nn.Module):
       output fields below).
     heatmap_size: cells of the heatmap head's upsampled maps across the frame.
     heatmap_margin: pixels the heatmap head's maps reach beyond the frame on each side.
-    heatmap_stages: how many of the last stages' outputs feed the heatmap head (1: the last
-      stage only, the seed's 5x5 map; 2: also the stage before, 11x11, added top-down).
+    heatmap_stages: how many of the last feature levels feed the heatmap head (1: the last
+      stage only, the seed's 5x5 map; 2: also the stage before, 11x11, added top-down; one
+      more than the stages: also the stem's 23x23 map, the finest level).
     output_activation: "linear" (default) or "relu" (the seed's fault).
     output_scale, output_offset: fixed affine map from the last layer to pixels.
     conv_bias: whether convolutions carry a bias (the seed's do; it is redundant
@@ -134,15 +135,15 @@ class ResNet(nn.Module):
     x = stem(x)
     x = nn.relu(norm(name="stem_norm")(x))
     x = ops.max_pool(x, (3, 3), (2, 2))
-    stage_outputs = []
+    levels = [x]  # The feature levels, finest first: the stem's, then each stage's.
     for stage, (filters, blocks) in enumerate(zip(self.stage_filters, self.stage_blocks)):
       for block in range(blocks):
         x = BottleneckBlock(tuple(filters), downsample=block == 0, conv=ops.conv,
                             pointwise=ops.pointwise, pool=pool, norm=norm,
                             name=f"stage{stage + 1}_block{block + 1}")(x)
-      stage_outputs.append(x)
+      levels.append(x)
     if self.head == "heatmap":
-      finer = stage_outputs[-self.heatmap_stages:-1][::-1]  # Coarse to fine after the last.
+      finer = levels[-self.heatmap_stages:-1][::-1]  # Coarse to fine after the last.
       return heads.HeatmapHead(self.heatmap_size, self.heatmap_margin, dtype=self.dtype,
                                kernel_init=init, name="heatmap")(x, finer)
     x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
@@ -178,9 +179,10 @@ def config_problems(m) -> list[str]:
   if not all(isinstance(c, int) and c >= 1 for c in counts):
     problems.append("model.heatmap_size, stem_filters, stage_filters, stage_blocks and "
                     "dense_sizes must be whole numbers >= 1")
-  if not (isinstance(m.heatmap_stages, int) and 1 <= m.heatmap_stages <= len(m.stage_blocks)):
+  levels = len(m.stage_blocks) + 1  # The stem's map and each stage's.
+  if not (isinstance(m.heatmap_stages, int) and 1 <= m.heatmap_stages <= levels):
     problems.append(f"model.heatmap_stages must be a whole number from 1 to the number of "
-                    f"stages ({len(m.stage_blocks)}), got {m.heatmap_stages!r}")
+                    f"stages + 1 for the stem ({levels}), got {m.heatmap_stages!r}")
   cells = m.heatmap_margin * m.heatmap_size / keypoints.IMAGE_SIZE
   if not (m.heatmap_margin >= 0 and abs(cells - round(cells)) < 1e-6):
     problems.append(f"model.heatmap_margin must be a whole number >= 0 of cells of "

@@ -205,6 +205,10 @@ def test_two_stage_heatmaps_add_the_finer_stage_and_are_checked():
 
   grads = _gradients(model, variables, faces)
   assert float(jnp.abs(grads["heatmap"]["finer_maps1"]["kernel"]).max()) > 0  # It is used.
-  for stages, ok in ((1, True), (2, True), (0, False), (3, False)):
+  stem = models.create_model(_heatmap_config(heatmap_stages=3)).init(
+      jax.random.key(0), faces.images, train=False)["params"]["heatmap"]  # tiny: 2 stages.
+  assert stem["finer_maps2"]["kernel"].shape == (config.model.stem_filters,
+                                                 keypoints.NUM_KEYPOINTS)  # The stem's map.
+  for stages, ok in ((1, True), (2, True), (3, True), (0, False), (4, False)):
     problems = models.config_problems(_heatmap_config(heatmap_stages=stages).model)
     assert (not problems) == ok, (stages, problems)
