@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import math
 import os
 import re
@@ -160,6 +161,18 @@ def disk_failure(error: BaseException) -> OSError | None:
   return None
 
 
+class _OrbaxDiskNoise(logging.Filter):
+  """Drops Orbax's own error records of a disk failure: its writer threads log each failing
+  write with a traceback (~280 lines), before and after the run's one-line error."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not ((error is not None and disk_failure(error))
+                or disk_failure(ValueError(record.getMessage())))
+
+
 @contextlib.contextmanager
 def disk_failures_end_the_run(workdir: str):
   """Turns a write that fails on a full or failing disk (``disk_failure``) into one
@@ -167,19 +180,26 @@ def disk_failures_end_the_run(workdir: str):
 
   Every writer of a run leaves the last good state behind when it fails (``atomic_write``
   renames complete files only, ``RunWriter.append_metrics`` takes back a partial line, Orbax
-  renames complete checkpoints only), so running the same command again resumes.
+  renames complete checkpoints only), so running the same command again resumes. Orbax's own
+  error records of the disk failure (``_OrbaxDiskNoise``) stay out of the log meanwhile.
   """
+  noise = _OrbaxDiskNoise()
+  absl_logger = logging.getLogger("absl")  # Orbax logs through absl.logging.
+  absl_logger.addFilter(noise)
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
     failure = disk_failure(e)
     if failure is None:
+      absl_logger.removeFilter(noise)
       raise
+    # The filter stays: Orbax's threads go on logging the failure until the process ends.
     where = f" {failure.filename}" if failure.filename else ""
     raise WorkdirError(
         f"workdir {workdir}: a write{where} failed ({failure.strerror or failure}); the last "
         "complete checkpoint and metrics.jsonl are intact: free space (or mend the disk) and "
         "run the same command again to resume") from e
+  absl_logger.removeFilter(noise)
 
 
 class RunWriter:

@@ -1,6 +1,7 @@
 """Workdir files: atomic writes, the run writer, config checks, trained keypoints, disk failures."""
 
 import errno
+import logging
 import os
 
 import pytest
@@ -76,3 +77,19 @@ def test_disk_failures_become_one_line_and_other_errors_pass(tmp_path):
     with pytest.raises(type(other)):
       with workdir_lib.disk_failures_end_the_run("W"):
         raise other
+
+
+def test_orbax_records_of_a_disk_failure_are_dropped_and_no_others():
+  noise = workdir_lib._OrbaxDiskNoise()
+  orbax = os.path.join("site-packages", "orbax", "checkpoint", "future.py")
+
+  def record(path, error=None, message="save failed", level=logging.ERROR):
+    exc_info = (type(error), error, None) if error else None
+    return logging.LogRecord("absl", level, path, 1, message, (), exc_info)
+
+  full = OSError(errno.ENOSPC, "No space left on device")
+  assert not noise.filter(record(orbax, full))
+  assert not noise.filter(record(orbax, message="RESOURCE_EXHAUSTED: [os_error_code='28']"))
+  assert noise.filter(record(orbax, ValueError("a bug")))  # Not the disk: kept.
+  assert noise.filter(record(os.path.join("facekp_jax", "train.py"), full))  # Not Orbax's.
+  assert noise.filter(record(orbax, full, level=logging.INFO))
