@@ -51,7 +51,8 @@ BOX_EYE_DISTANCE = 0.377
 _DETECT_SIDE = 1280  # Photos are searched at most this large (longest side); boxes scaled back.
 _MIN_FACE = 24  # Smallest face searched for, pixels of the searched image.
 
-Predict = Callable[[np.ndarray], np.ndarray]  # (N, 96, 96, 1) in [0, 1] -> (N, 30) crop pixels.
+# (N, 96, 96, 1) in [0, 1] -> (N, 30) crop pixels (NaN: a keypoint the model does not read).
+Predict = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,9 +156,12 @@ def _framed_mean_shape() -> np.ndarray:
 
 
 def shape_transform(coords: np.ndarray) -> np.ndarray:
-  """The crop map from a face's keypoints (30,) in photo pixels: the similarity that lays all
-  15 on Kaggle's mean shape in the training framing (upright, eyes ~36 px apart)."""
-  return _similarity(np.asarray(coords, np.float64).reshape(-1, 2), MEAN_SHAPE)
+  """The crop map from a face's keypoints (30,) in photo pixels: the similarity that lays them
+  on Kaggle's mean shape in the training framing (upright, eyes ~36 px apart). Keypoints that
+  are NaN (a model's untrained ones, ``inference.Model.only_trained``) are left out of the fit."""
+  xy = np.asarray(coords, np.float64).reshape(-1, 2)
+  known = np.isfinite(xy).all(axis=1)
+  return _similarity(xy[known], MEAN_SHAPE[known])
 
 
 def to_photo(transform: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -246,10 +250,15 @@ def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face
   return [[next(results) for _ in found] for _, found in photos]
 
 
+# Fewest keypoints a second crop is fitted to (a similarity needs 2; 3 tolerate one bad point).
+MIN_REFINE_KEYPOINTS = 3
+
+
 def _refined(first: np.ndarray, coords: np.ndarray) -> np.ndarray | None:
-  """The crop map from a first pass's keypoints; None (keep the first) where they are
-  implausible: not finite, or a framing under half or over twice the first crop's scale."""
-  if not np.isfinite(coords).all():
+  """The crop map from a first pass's keypoints (NaN: untrained, left out); None (keep the
+  first) where they are implausible: under ``MIN_REFINE_KEYPOINTS`` finite ones, or a framing
+  under half or over twice the first crop's scale."""
+  if np.isfinite(np.reshape(coords, (-1, 2))).all(axis=1).sum() < MIN_REFINE_KEYPOINTS:
     return None
   again = shape_transform(coords)
   if not np.isfinite(again).all() or abs(np.linalg.det(again[:, :2])) < 1e-12:

@@ -237,9 +237,11 @@ def run_photos(model: inference.Model, paths: list[str], out_dir: str, tta: bool
   print(f"{model.describe(tta)}, {faces.CASCADE}, refine {'on' if refine else 'off'}")
   _note_untrained(model, "left out")
   done = []
-  for p in pictures.predict_photos(lambda x: model.predict(x, tta=tta), paths, refine):
-    for k in p.faces:
-      k.keypoints = model.only_trained(k.keypoints)
+
+  def read(images):  # Untrained keypoints are NaN from the start: refine fits trained ones.
+    return model.only_trained(model.predict(images, tta=tta))
+
+  for p in pictures.predict_photos(read, paths, refine):
     print(pictures.face_lines(p))
     if p.faces:
       overlay = os.path.join(out_dir, os.path.splitext(os.path.basename(p.path))[0]

@@ -155,3 +155,20 @@ def test_several_photos_share_each_pass_and_keep_their_own_faces():
   for p, g in zip(photos[::2], got[::2]):
     assert g[0].face.box == p[2]
     np.testing.assert_array_less(np.hypot(*(g[0].keypoints - p[1]).reshape(-1, 2).T), 1.0)
+
+
+def test_the_second_crop_is_fitted_to_the_trained_keypoints_only():
+  """A model that reads 5 of the 15 keypoints (MTFL's; the others NaN) is still refined, and
+  its second crop is the similarity of those 5 to the mean shape."""
+  canvas, truth, box = _paste(1.6, 14.0, (300.0, 200.0))
+  five = np.isin(np.arange(keypoints.NUM_COORDS) // 2, [keypoints.KEYPOINT_NAMES.index(n) for n in (
+      "left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner",
+      "mouth_right_corner")])
+  got, = faces.find_keypoints(lambda c: np.where(five, _dot_finder(c), np.nan), canvas,
+                              [faces.Face(box, 1.0)])
+  np.testing.assert_array_equal(np.isfinite(got.keypoints), five)
+  np.testing.assert_array_less(np.hypot(*(got.keypoints - truth)[five].reshape(-1, 2).T), 1.0)
+  assert not np.allclose(got.transform, faces.box_transform(box), atol=0.05)  # Refined.
+  fitted = faces.shape_transform(np.where(five, truth, np.nan))
+  np.testing.assert_allclose(faces.to_crop(got.transform, truth),
+                             faces.to_crop(fitted, truth), atol=0.2)
