@@ -94,7 +94,7 @@ def refinement(faces_: data.Faces, roll: float, workdir: str, tta: bool) -> dict
   # The model's function at the exact batch (Model.predict pads every call to its evaluation
   # batch, 128 faces, which would dominate one-face calls): the export's, same to 1e-4 px.
   fn = jax.jit(export.keypoint_function(model, tta=tta, input_dtype="float32"))
-  predict = lambda x: np.asarray(fn(x[..., 0]))
+  predict = lambda x: model.only_trained(np.asarray(fn(x[..., 0])))  # As predict reads photos.
   errors = {False: [], True: []}
   for photo, _, coords in photos(faces_, roll):
     found = faces.detect(photo)
