@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0  # 0: at the end of every epoch only.
   config.keep_checkpoints = 2  # The last two, plus the best by validation RMSE.
   config.tta = True  # Evaluation (final, evaluate, predict) averages a face's and its mirror's.
+  # With tta, also the face turned by -a and +a degrees for each angle a, keypoints turned
+  # back (augment.tta_average): every view costs two more passes of the model.
+  config.tta_rotations = ()
   # The training loss on pixel coordinates (facekp_jax/losses.py): "mse", "l1", "smooth_l1"
   # or "wing"; reported figures are in pixels whichever it is.
   config.loss = "mse"

@@ -61,6 +61,41 @@ def flip_average(predict, images: np.ndarray) -> np.ndarray:
   return 0.5 * (predict(images) + back)
 
 
+def tta_average(predict, images: np.ndarray, rotations=()) -> np.ndarray:
+  """Test-time augmentation: the mean of ``flip_average`` over the faces as they are and, for
+  each angle a of ``rotations`` (degrees), turned by -a and by +a about the frame centre
+  (``rotation_views``); a turned view's keypoints are turned back by its inverse map.
+
+  Args:
+    predict: maps (N, 96, 96, 1) images to (N, 30) pixel predictions.
+    images: (N, 96, 96, 1).
+    rotations: angles of the extra views (``config.tta_rotations``; empty: flips only).
+  """
+  views = [flip_average(predict, images)]
+  for inverse in rotation_views(rotations):
+    turned = fixed_warp(inverse)(images)
+    views.append(map_coords(inverse, flip_average(predict, turned)))
+  return np.mean(views, axis=0).astype(np.float32)
+
+
+def rotation_views(rotations) -> list[np.ndarray]:
+  """The inverse maps (2, 3) of the turned test-time views: -a then +a for each angle a."""
+  angles = [sign * float(a) for a in rotations for sign in (-1.0, 1.0)]
+  if not angles:
+    return []
+  n = len(angles)
+  _, inverse = affine_maps(np.array(angles), np.ones(n), np.zeros((n, 2)))
+  return list(inverse)
+
+
+def map_coords(m, coords, xp=np):
+  """Keypoints (N, 30) through one (2, 3) affine map (numpy or JAX arrays)."""
+  x, y = coords[:, _X], coords[:, _Y]
+  nx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
+  ny = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+  return xp.stack([nx, ny], axis=-1).reshape(coords.shape)
+
+
 def vflip(faces: Faces) -> Faces:
   """Mirrors faces top-bottom: y -> 95 - y (no keypoint has an up/down twin)."""
   targets = faces.targets.copy()
@@ -107,6 +142,15 @@ def warp_images(images, inverse, xp=np):
   clipped to [0, 95] before interpolating).
   """
   b = images.shape[0]
+  i00, wx, wy = _bilinear_taps(inverse, xp)
+  flat = images.reshape(b, _SIZE * _SIZE)
+  return _interpolate(lambda offset: xp.take_along_axis(flat, i00 + offset, axis=1)
+                      .reshape(b, _SIZE, _SIZE), wx, wy).reshape(images.shape).astype(np.float32)
+
+
+def _bilinear_taps(inverse, xp=np):
+  """Where each output pixel of ``warp_images`` samples: the flat index (n, 9216) of its
+  top-left source pixel and the bilinear weights (n, 96, 96) along x and y."""
   grid = np.arange(_SIZE, dtype=np.float32)
   ys, xs = grid[:, None], grid[None, :]
   m = [[inverse[:, i, j][:, None, None] for j in range(3)] for i in range(2)]
@@ -114,16 +158,30 @@ def warp_images(images, inverse, xp=np):
   sy = xp.clip(m[1][0] * xs + m[1][1] * ys + m[1][2], 0.0, _SIZE - 1.0)
   x0 = xp.minimum(xp.floor(sx), _SIZE - 2.0)
   y0 = xp.minimum(xp.floor(sy), _SIZE - 2.0)
-  wx, wy = sx - x0, sy - y0
-  flat = images.reshape(b, _SIZE * _SIZE)
-  i00 = (y0 * _SIZE + x0).astype(np.int32).reshape(b, -1)
+  i00 = (y0 * _SIZE + x0).astype(np.int32).reshape(inverse.shape[0], -1)
+  return i00, sx - x0, sy - y0
 
-  def at(offset):
-    return xp.take_along_axis(flat, i00 + offset, axis=1).reshape(b, _SIZE, _SIZE)
 
+def _interpolate(at, wx, wy):
+  """The bilinear mix of the four taps ``at(offset)`` (offsets into the flat image)."""
   top = at(0) * (1.0 - wx) + at(1) * wx
   bottom = at(_SIZE) * (1.0 - wx) + at(_SIZE + 1) * wx
-  return (top * (1.0 - wy) + bottom * wy).reshape(images.shape).astype(np.float32)
+  return top * (1.0 - wy) + bottom * wy
+
+
+def fixed_warp(inverse: np.ndarray):
+  """``warp_images`` under one (2, 3) map for every image, as four gathers with constant
+  indices: ``(B, 96, 96, 1) -> (B, 96, 96, 1)`` for numpy or JAX arrays alike (jit- and
+  exporter-friendly: no index arithmetic in the graph)."""
+  i00, wx, wy = _bilinear_taps(np.asarray(inverse, np.float32)[None])
+  i00, wx, wy = i00[0], wx[0].astype(np.float32), wy[0].astype(np.float32)
+
+  def apply(images):
+    flat = images.reshape(images.shape[0], _SIZE * _SIZE)
+    return _interpolate(lambda offset: flat[:, i00 + offset].reshape(-1, _SIZE, _SIZE),
+                        wx, wy).reshape(images.shape)
+
+  return apply
 
 
 def warp_targets(targets, mask, forward, xp=np):
@@ -163,6 +221,15 @@ def config_problems(config) -> list[str]:
   if not 0.0 <= config.shift_px <= keypoints.IMAGE_SIZE / 2:
     problems.append(f"augment.shift_px must be in [0, 48], got {config.shift_px}")
   return problems
+
+
+def tta_problems(rotations) -> list[str]:
+  """What is wrong with ``config.tta_rotations`` (empty when ``tta_average`` can use it)."""
+  try:
+    ok = all(0.0 < float(a) <= 90.0 for a in rotations)
+  except (TypeError, ValueError):
+    ok = False
+  return [] if ok else [f"tta_rotations must be angles in (0, 90] degrees, got {rotations!r}"]
 
 
 def _where(select: np.ndarray, a: Faces, b: Faces) -> Faces:

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from absl import flags, logging
 
-from facekp_jax import data, inference
+from facekp_jax import augment, data, inference
 from facekp_jax import workdir as workdir_lib
 
 # Problems with the user's input or storage: one line on stderr, exit code 2.
@@ -67,6 +67,9 @@ def define_model_flags(fv: flags.FlagValues) -> None:
                     "best by validation RMSE (default), or latest", flag_values=fv)
   flags.DEFINE_bool("tta", None, "flip test-time augmentation (--notta: off; default: the run's "
                     "config.tta)", flag_values=fv)
+  flags.DEFINE_list("tta_rotations", None, "with TTA, also views turned by -a and +a degrees "
+                    "for each angle a (e.g. 10; 'none': flips only; default: the run's "
+                    "config.tta_rotations)", flag_values=fv)
 
 
 def parse(fv: flags.FlagValues, prog: str, description: str, argv=None,
@@ -91,5 +94,23 @@ def parse(fv: flags.FlagValues, prog: str, description: str, argv=None,
 
 
 def tta(fv: flags.FlagValues, config) -> bool:
-  """--tta as given, else the run's ``config.tta``."""
+  """--tta as given, else the run's ``config.tta``; --tta_rotations, when given, replaces the
+  run's ``config.tta_rotations`` (the views ``steps.Trainer.predict`` and the export read)."""
+  angles = tta_rotations(fv)
+  if angles is not None:
+    config.tta_rotations = angles
   return config.tta if fv.tta is None else fv.tta
+
+
+def tta_rotations(fv: flags.FlagValues) -> tuple[float, ...] | None:
+  """--tta_rotations as angles (``none``: no turned views), or None where not given."""
+  if fv.tta_rotations is None:
+    return None
+  try:
+    angles = tuple(float(a) for a in fv.tta_rotations if a.lower() != "none")
+  except ValueError:
+    angles = tuple(fv.tta_rotations)
+  problems = augment.tta_problems(angles)
+  if problems:
+    usage_error(f"--tta_rotations: {problems[0]}")
+  return angles

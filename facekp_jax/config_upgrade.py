@@ -23,6 +23,7 @@ LEGACY: dict[str, object] = {
     "input_on_device": False,
     "steps_per_call": 1,
     "tta": False,
+    "tta_rotations": (),
     "loss": "mse",
     "smooth_l1_beta": 1.0,
     "wing_w": 10.0,

@@ -120,25 +120,31 @@ def table(results: dict) -> str:
 
 
 def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
-        perturbed: bool = False, bad_labels: str = "error") -> dict:
+        perturbed: bool = False, bad_labels: str = "error",
+        tta_rotations: tuple[float, ...] | None = None) -> dict:
   """Restores, scores, prints the tables and writes the JSON and plots; returns the JSON.
 
-  ``tta=None`` follows the run's ``config.tta``.
+  ``tta=None`` follows the run's ``config.tta``, ``tta_rotations=None`` its
+  ``config.tta_rotations`` (the turned views of the test-time average).
   """
   if not os.path.isfile(path):
     raise data.DataError(f"{path}: file not found")  # Before spending time on the model.
   model = inference.load(workdir, which)
   tta = model.config.tta if tta is None else tta
+  if tta_rotations is not None:
+    model.config.tta_rotations = tuple(tta_rotations)
   metrics, shown, shown_predictions = evaluate(model, path, tta, perturbed=perturbed,
                                                bad_labels=bad_labels)
   results = workdir_lib.jsonable(dict(csv=os.path.abspath(path), workdir=os.path.abspath(workdir),
-                                      checkpoint=which, step=model.step, tta=tta, **metrics))
+                                      checkpoint=which, step=model.step, tta=tta,
+                                      tta_rotations=model.config.tta_rotations if tta else (),
+                                      **metrics))
   stem = file_stem(path)
   json_path = os.path.join(workdir, f"eval_{stem}.json")
   png_path = os.path.join(workdir, f"eval_{stem}.png")
   workdir_lib.write_json(json_path, results)
   title = f"{os.path.basename(path)}: RMSE {results['rmse']:.2f} px (step {model.step}" + (
-      ", flip TTA)" if tta else ")")
+      ", TTA)" if tta else ")")
   plots.save_figure(plots.plot_grid(shown.images, shown_predictions, shown.targets, shown.mask,
                                       title=title), png_path)
   written = [json_path, png_path, os.path.join(workdir, f"eval_{stem}_ced.png")]
@@ -169,7 +175,8 @@ def main(argv=None) -> None:
             "Kaggle-layout file (masked cells not scored).", argv)
   cli.quiet_libraries()
   with cli.user_errors():
-    run(fv.workdir, fv.csv, fv.checkpoint, fv.tta, fv.robustness, fv.bad_labels)
+    run(fv.workdir, fv.csv, fv.checkpoint, fv.tta, fv.robustness, fv.bad_labels,
+        cli.tta_rotations(fv))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from facekp_jax import cli, data, inference, keypoints, models, synthetic
+from facekp_jax import augment, cli, data, inference, keypoints, models, synthetic
 from facekp_jax import workdir as workdir_lib
 from facekp_jax.ops import host_memory
 
@@ -48,7 +48,8 @@ def keypoint_function(model: inference.Model, tta: bool = False, input_dtype: st
   """``faces (N, 96, 96) of input_dtype -> (N, 30) pixels``, the model's weights baked in.
 
   The same function as ``model.predict`` (with ``tta``: the mean of a face's and its
-  mirror's prediction, mapped back as ``train.flip_average`` does), in float32 and through
+  mirror's prediction, mapped back as ``augment.flip_average`` does, over the turned views of
+  ``config.tta_rotations`` as ``augment.tta_average``: constant gathers), in float32 and through
   Flax's own layers (``model.fast_ops=False``: same parameters; the fast path's custom
   gradients mean nothing outside JAX, and converters know the plain operations).
   """
@@ -66,17 +67,24 @@ def keypoint_function(model: inference.Model, tta: bool = False, input_dtype: st
   sign = np.tile(np.float32([-1.0, 1.0]), keypoints.NUM_KEYPOINTS)
   shift = np.tile(np.float32([keypoints.mirror(0.0), 0.0]), keypoints.NUM_KEYPOINTS)
 
-  def predict(faces):
-    x = faces.astype(jnp.float32)
-    if input_dtype == "uint8":
-      x = x / 255.0
-    x = x[..., None]
+  views = augment.rotation_views(config.tta_rotations) if tta else []
+
+  def read(x):
     out = apply(variables, x, train=False).astype(jnp.float32)
     if tta:
       back = apply(variables, x[:, :, ::-1, :], train=False).astype(jnp.float32)[:, flip]
       back = back * sign + shift
       out = 0.5 * (out + back)
     return out
+
+  def predict(faces):
+    x = faces.astype(jnp.float32)
+    if input_dtype == "uint8":
+      x = x / 255.0
+    x = x[..., None]
+    out = [read(x)] + [augment.map_coords(inverse, read(augment.fixed_warp(inverse)(x)), jnp)
+                       for inverse in views]
+    return sum(out[1:], out[0]) / len(out)
 
   return predict
 
@@ -181,6 +189,7 @@ def export(model: inference.Model, fmt: str, out: str, tta: bool = False,
                  "unit": "pixels of the 96x96 frame", "columns": list(keypoints.COLUMNS)},
       "workdir": os.path.abspath(model.workdir), "checkpoint": model.checkpoint,
       "step": model.step, "tta": tta,
+      "tta_rotations": list(model.config.tta_rotations) if tta else [],
       "platforms": list(PLATFORMS) if fmt == "stablehlo" else None,
       "max_difference_px": difference})
   return difference

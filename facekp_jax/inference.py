@@ -59,8 +59,10 @@ class Model:
     return self.trainer.predict(self.state, images, tta=tta)
 
   def describe(self, tta: bool) -> str:
+    rotations = self.config.tta_rotations
+    views = f" and turned +-{', +-'.join(f'{a:g}' for a in rotations)} deg" if rotations else ""
     return (f"workdir {self.workdir}, {self.checkpoint} checkpoint (step {self.step}), "
-            f"flip TTA {'on' if tta else 'off'}")
+            f"TTA {f'on (flips{views})' if tta else 'off'}")
 
 
 def _tuples(value):

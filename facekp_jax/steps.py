@@ -176,11 +176,13 @@ class Trainer:
   def predict(self, state: TrainState, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """Predicts every image (N, 96, 96, 1) in padded batches; returns (N, 30) pixels.
 
-    Batches of ``predict_batch_size(N)``; with ``tta``, each prediction is the flip
-    test-time average (``augment.flip_average``).
+    Batches of ``predict_batch_size(N)``; with ``tta``, each prediction is the test-time
+    average of the flips and the turned views of ``config.tta_rotations``
+    (``augment.tta_average``).
     """
     if tta:
-      return augment.flip_average(lambda x: self.predict(state, x), images)
+      return augment.tta_average(lambda x: self.predict(state, x), images,
+                                 self.config.tta_rotations)
     n = len(images)
     faces = data.Faces(images, np.zeros((n, 30), np.float32), np.zeros((n, 30), np.float32))
     out = []

@@ -55,6 +55,7 @@ def check_config(config, num_devices: int) -> None:
     if not config[name] >= low:
       problems.append(f"{name} must be >= {low}, got {config[name]}")
   problems += augment.config_problems(config.augment) + losses.config_problems(config)
+  problems += augment.tta_problems(config.tta_rotations)
   if not 0.0 <= config.ema_decay < 1.0:
     problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
   problems += _optimizer_problems(config) + models.config_problems(config.model)

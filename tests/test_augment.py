@@ -1,3 +1,4 @@
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -188,3 +189,26 @@ def test_seed_copies_are_four_times_the_set():
   np.testing.assert_array_equal(out.images[:5], faces.images)
   np.testing.assert_array_equal(out.images[5:10], faces.images[:, :, ::-1])
   np.testing.assert_array_equal(out.images[10:15], faces.images[:, ::-1, ::-1])
+
+
+def test_turned_tta_views_are_turned_back_onto_the_face():
+  """A 'model' that finds the dot reads every view right, so the test-time average of the
+  turned views lands on the dot; a view turned back the wrong way would miss it by pixels."""
+  faces = _dot_face(70, 30)
+
+  def dot_reader(images):  # Every keypoint at the brightest spot (flip-symmetric by design).
+    return np.array([_brightest(im) * keypoints.NUM_KEYPOINTS for im in images], np.float32)
+
+  flips_only = augment.tta_average(dot_reader, faces.images)
+  np.testing.assert_array_equal(flips_only, augment.flip_average(dot_reader, faces.images))
+  turned = augment.tta_average(dot_reader, faces.images, rotations=(10.0, 25.0))
+  np.testing.assert_allclose(turned.reshape(-1, 2), np.tile([70.0, 30.0], (15, 1)), atol=0.15)
+  inverse = augment.rotation_views((25.0,))[1]  # +25 degrees: the dot moves far.
+  view = augment.fixed_warp(inverse)(faces.images)
+  assert np.hypot(*np.subtract(_brightest(view[0]), (70.0, 30.0))) > 5
+  # The constant-index warp is warp_images under the same map, also as JAX arrays.
+  np.testing.assert_array_equal(view, augment.warp_images(faces.images, inverse[None]))
+  np.testing.assert_allclose(np.asarray(augment.fixed_warp(inverse)(jnp.asarray(faces.images))),
+                             view, atol=1e-6)
+  assert augment.tta_problems((10.0,)) == [] and augment.tta_problems((0.0,))
+  assert augment.tta_problems(("x",))

@@ -30,15 +30,23 @@ def _run(fmt, path, x):
   return session.run(["keypoints"], {"faces": x})[0]
 
 
-@pytest.mark.parametrize("fmt, tta, input_dtype", [("stablehlo", False, "uint8"),
-                                                    ("stablehlo", True, "float32"),
-                                                    ("onnx", True, "uint8"),
-                                                    ("onnx", False, "float32")])
-def test_artefact_equals_the_jax_model(model, faces_u8, tmp_path, fmt, tta, input_dtype):
+@pytest.mark.parametrize("fmt, tta, rotations, input_dtype", [
+    ("stablehlo", False, (), "uint8"), ("stablehlo", True, (), "float32"),
+    ("onnx", True, (10.0,), "uint8"), ("onnx", False, (), "float32")])
+def test_artefact_equals_the_jax_model(model, faces_u8, tmp_path, fmt, tta, rotations,
+                                       input_dtype):
   out = tmp_path / f"model.{fmt}"
-  reported = export.export(model, fmt, str(out), tta=tta, input_dtype=input_dtype)
+  images = (faces_u8 / np.float32(255))[..., None].astype(np.float32)
+  flips_only = model.predict(images, tta=tta)
+  model.config.tta_rotations = rotations  # The turned views are baked in too.
+  try:
+    reported = export.export(model, fmt, str(out), tta=tta, input_dtype=input_dtype)
+    expected = model.predict(images, tta=tta)
+  finally:
+    model.config.tta_rotations = ()
+  if rotations:  # They change the function, so the comparison below bites.
+    assert np.abs(expected - flips_only).max() > 1e-3
   x = faces_u8 if input_dtype == "uint8" else (faces_u8 / np.float32(255)).astype(np.float32)
-  expected = model.predict((faces_u8 / np.float32(255))[..., None].astype(np.float32), tta=tta)
   for n in (9, 1):  # Any batch size.
     got = _run(fmt, out, x[:n])
     assert got.shape == (n, keypoints.NUM_COORDS) and got.dtype == np.float32
@@ -47,6 +55,7 @@ def test_artefact_equals_the_jax_model(model, faces_u8, tmp_path, fmt, tta, inpu
   meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
   assert meta["input"]["dtype"] == input_dtype and meta["input"]["shape"] == ["N", 96, 96]
   assert meta["output"]["columns"] == list(keypoints.COLUMNS) and meta["tta"] is tta
+  assert meta["tta_rotations"] == list(rotations)
   if tta:  # Baked in: the mirror's prediction differs, so the two functions are not the same.
     assert np.abs(expected - model.predict(
         (faces_u8 / np.float32(255))[..., None].astype(np.float32))).max() > 1e-3
