@@ -114,9 +114,13 @@ def parse_setting(text: str) -> tuple[str, Any]:
   return path.strip(), value
 
 
-def budget_config(budget: Budget, dataset: str, train_csv: str, settings) -> Any:
-  """configs/resnet.py under a budget, on a data set, with ``--set`` settings (no arm yet)."""
+def budget_config(budget: Budget, dataset: str, train_csv: str, settings,
+                  old_defaults: bool = False) -> Any:
+  """configs/resnet.py under a budget, on a data set, with ``--set`` settings (no arm yet);
+  ``old_defaults``: the recipe before the accuracy studies (``OLD_DEFAULTS``) under them."""
   config = resnet.get_config()
+  if old_defaults:
+    _apply(config, OLD_DEFAULTS)
   for path, value in MODELS[budget.model].items():
     set_field(config, path, value)
   config.num_epochs = budget.epochs
@@ -214,24 +218,39 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float,
 # ----------------------------------------------------------------------------- runs
 
 
+# Fields that change how a trained model is scored, not how it trains: a finished run is
+# re-scored (``ablate-<scoring>.json`` beside its ``ablate.json``), never retrained, for them.
+SCORING_FIELDS = ("tta", "tta_rotations")
+
+
+def _scoring(config) -> str:
+  """The scoring fields' values in a file name: ``tta-off``, ``tta-flip``, ``tta-flip-rot10``."""
+  if not config.tta:
+    return "tta-off"
+  return "tta-flip" + "".join(f"-rot{a:g}" for a in config.get("tta_rotations", ()))
+
+
 def run_one(config, workdir: str, heldout_csv: str | None, robustness: bool = False) -> dict:
-  """Trains (or resumes) one run and returns its record; a finished run is only read."""
+  """Trains (or resumes) one run and returns its record; a finished run is only read, or
+  re-scored on the held-out faces where the arm scores differently (``SCORING_FIELDS``)."""
   done = os.path.join(workdir, "ablate.json")
   if os.path.exists(done):
     with open(done) as f:
-      return dict(json.load(f), skipped=True)
+      record = json.load(f)
+    if not heldout_csv or _scoring(inference.read_config(workdir)) == _scoring(config):
+      return dict(record, skipped=True)
+    rescored = os.path.join(workdir, f"ablate-{_scoring(config)}.json")
+    if not os.path.exists(rescored):
+      workdir_lib.write_json(rescored, _scores(config, workdir, heldout_csv, robustness))
+    with open(rescored) as f:
+      return dict(record, **json.load(f), skipped=True)
   t0 = time.time()
   results = train.train_and_evaluate(config, workdir)
   record = {k: results.get(k) for k in ("val_rmse", "val_nme", "mean_shape_val_rmse", "steps",
                                         "num_train", "num_val", "source")}
   record["rmse"], record["nme"] = results.get("val_rmse"), results.get("val_nme")
   if heldout_csv:
-    # The final state, as the validation numbers above; read-only restore of the latest save.
-    model = inference.load(workdir, "latest")
-    record.update(_heldout_scores(model, heldout_csv, config.tta, robustness))
-    if config.ema_decay:  # The same run's raw weights, beside its moving average.
-      raw = dataclasses.replace(model, state=model.state.replace(ema_params=None))
-      record["rmse_raw_weights"] = _heldout_scores(raw, heldout_csv, config.tta, False)["rmse"]
+    record.update(_scores(config, workdir, heldout_csv, robustness))
   record["wall_seconds"] = time.time() - t0
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     epochs = [json.loads(line)["epoch_seconds"] for line in f if line.strip()]
@@ -239,6 +258,18 @@ def run_one(config, workdir: str, heldout_csv: str | None, robustness: bool = Fa
   record["epoch_seconds"] = float(np.median(epochs)) if epochs else None
   workdir_lib.write_json(done, record)
   return dict(record, skipped=False)
+
+
+def _scores(config, workdir: str, heldout_csv: str, robustness: bool) -> dict:
+  """A trained run's held-out scores as ``config`` scores (its TTA), and its raw weights'."""
+  # The final state, as the validation numbers; read-only restore of the latest save.
+  model = inference.load(workdir, "latest")
+  model.config.tta_rotations = tuple(config.get("tta_rotations", ()))
+  out = _heldout_scores(model, heldout_csv, config.tta, robustness)
+  if model.config.ema_decay:  # The same run's raw weights, beside its moving average.
+    raw = dataclasses.replace(model, state=model.state.replace(ema_params=None))
+    out["rmse_raw_weights"] = _heldout_scores(raw, heldout_csv, config.tta, False)["rmse"]
+  return out
 
 
 def _heldout_scores(model, heldout_csv: str, tta: bool, robustness: bool) -> dict:
@@ -398,9 +429,8 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   runs_dir = os.path.join(scratch, name, dataset)
   data_dir = os.path.join(scratch, "data")
   train_csv = "" if dataset == "synthetic" else mtfl_subset(mtfl_csv, budget.faces, data_dir)
-  base = budget_config(budget, dataset, train_csv, settings)
-  if not study.robustness:  # The earlier studies ran before these defaults: their recipe.
-    _apply(base, OLD_DEFAULTS)
+  # The earlier studies (no robustness scores) ran before today's defaults: their recipe.
+  base = budget_config(budget, dataset, train_csv, settings, old_defaults=not study.robustness)
   shared = arm_config(base, study, dataset, Arm("common"), 0)[0]  # The study's common settings.
   heldout_csv = None
   if study.heldout:
@@ -431,7 +461,8 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
     for seed in seeds:
       config = configs[(arm.name, seed)][0]
       workdir = os.path.join(runs_dir, arm.name, f"seed{seed}-{config_hash(config)}")
-      workdir = _same_run(scratch, dataset, seed, config, study.robustness) or workdir
+      workdir = _same_run(scratch, dataset, seed, config, study.robustness,
+                          study.heldout) or workdir
       if tables_only and not os.path.exists(os.path.join(workdir, "ablate.json")):
         continue  # Not finished: left out of the table.
       try:
@@ -462,14 +493,19 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   return results
 
 
-def _same_run(scratch: str, dataset: str, seed: int, config, robustness: bool) -> str | None:
+def _same_run(scratch: str, dataset: str, seed: int, config, robustness: bool,
+              heldout: bool = False) -> str | None:
   """A finished run (of any study) that trained this very config and seed, hence the same
   data, held-out faces and model, and whose record has the scores this study needs.
 
   Configs compare as a workdir reads them (``config_upgrade``: a field added since the run
   means what the run did), so new config fields do not orphan finished runs.
   """
-  want = config_upgrade.upgrade(json.loads(config.to_json()))
+  def trained(saved: dict) -> dict:  # What training read: scoring fields left out.
+    return {k: v for k, v in config_upgrade.upgrade(saved).items()
+            if not (heldout and k in SCORING_FIELDS)}
+
+  want = trained(json.loads(config.to_json()))
   for done in sorted(glob.glob(os.path.join(scratch, "*", dataset, "*", f"seed{seed}-*",
                                             "ablate.json"))):
     folder = os.path.dirname(done)
@@ -477,7 +513,7 @@ def _same_run(scratch: str, dataset: str, seed: int, config, robustness: bool) -
       with open(done) as f:
         record = json.load(f)
       with open(os.path.join(folder, "config.json")) as f:
-        saved = config_upgrade.upgrade(json.load(f))
+        saved = trained(json.load(f))
     except (OSError, ValueError):
       continue
     if saved == want and "rmse" in record and (not robustness or "ratio_rot+-20" in record):

@@ -75,7 +75,8 @@ PINNED: dict = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
                 "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "ema_decay": 0.0,
                 "tta": False, "model.output_scale": 48.0, "model.output_offset": 48.0,
                 # The heatmap head's fields, unused by the seed's regression head: as the runs had.
-                "model.heatmap_stages": 1}
+                "model.heatmap_stages": 1,
+                "tta_rotations": ()}  # Scoring is without TTA; as the runs had.
 
 
 def _resnet_value(path: str):

@@ -172,7 +172,7 @@ _GEOMETRY = {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
 # The screens score one weight set without TTA, and keep the unit-scaled regression outputs
 # their runs had (configs/resnet.py now trains the regression head on raw pixels; the heatmap
 # head ignores both fields).
-_NO_EMA_TTA = {"ema_decay": 0.0, "tta": False, "model.output_scale": 48.0,
+_NO_EMA_TTA = {"ema_decay": 0.0, "tta": False, "tta_rotations": (), "model.output_scale": 48.0,
                "model.output_offset": 48.0, "model.heatmap_stages": 1}
 _HEATMAP_UNUSED = {"model.output_scale": 48.0, "model.output_offset": 48.0}  # As its run had.
 OLD_DEFAULTS = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
