@@ -158,6 +158,12 @@ def test_bad_csv_is_one_line_exit_2(workdir, tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     evaluate.main([f"--workdir={workdir}", f"--csv={bad}", "--checkpoint=first"])
   assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+  for angles in ("100", "ten"):
+    with pytest.raises(SystemExit) as e:
+      evaluate.main([f"--workdir={workdir}", f"--csv={bad}", f"--tta_rotations={angles}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error: bad flag: --tta_rotations: tta_rotations "
+                                              "must be angles in (0, 90] degrees")
 
 
 def test_workdir_without_checkpoint_is_one_line_exit_2(workdir, tmp_path):
