@@ -175,6 +175,7 @@ _GEOMETRY = {"augment.geometry_prob": 0.75, "augment.rotate_deg": 30.0,
 _NO_EMA_TTA = {"ema_decay": 0.0, "tta": False, "tta_rotations": (), "model.output_scale": 48.0,
                "model.output_offset": 48.0, "model.heatmap_stages": 1}
 _HEATMAP_UNUSED = {"model.output_scale": 48.0, "model.output_offset": 48.0}  # As its run had.
+_FLIP_TTA = {"tta_rotations": ()}  # Scored as the default scored before its turned views.
 OLD_DEFAULTS = {"augment.geometry_prob": 0.0, "augment.rotate_deg": 0.0,
                  "augment.scale_range": (1.0, 1.0), "augment.shift_px": 0.0, "loss": "mse",
                  "model.heatmap_margin": 0.0, "model.heatmap_stages": 1,
@@ -301,24 +302,28 @@ STUDIES: dict[str, Study] = {
         heldout=True, robustness=True),
     "defaults": Study(
         question="The old default recipe (heatmap head, no geometric augmentation, MSE, no "
-                 "EMA) against the new one (configs/resnet.py), and what might still improve "
-                 "it (a decaying schedule, the stem's finer map), on faces no arm trained on.",
+                 "EMA) against the new one (configs/resnet.py, its test-time views too), and "
+                 "what might still improve it (a decaying schedule, the stem's finer map), on "
+                 "faces no arm trained on.",
         arms=(Arm("old-default", {"model.head": "heatmap", **OLD_DEFAULTS}),
               Arm("new-default", {"model.head": "heatmap", **_HEATMAP_UNUSED}),
+              # The same runs scored with flip TTA only (the default before tta_rotations), as
+              # the arms below are: their training differs, their scoring does not.
+              Arm("flip-tta-only", {"model.head": "heatmap", **_FLIP_TTA, **_HEATMAP_UNUSED}),
               Arm("last-stage-only", {"model.head": "heatmap", "model.heatmap_stages": 1,
-                                      **_HEATMAP_UNUSED}),
+                                      **_FLIP_TTA, **_HEATMAP_UNUSED}),
               Arm("margin16", {"model.head": "heatmap", "model.heatmap_margin": 16.0,
-                               "model.heatmap_stages": 1, **_HEATMAP_UNUSED}),
+                               "model.heatmap_stages": 1, **_FLIP_TTA, **_HEATMAP_UNUSED}),
               # The optim study's small-model budgets were too short to judge a decay (every
               # MTFL arm near the mean face); at the real budget the EMA and a decay may add up.
-              Arm("cosine", {"model.head": "heatmap", "schedule": "cosine",
+              Arm("cosine", {"model.head": "heatmap", "schedule": "cosine", **_FLIP_TTA,
                              **_HEATMAP_UNUSED}),
               Arm("lr3e-4-cosine", {"model.head": "heatmap", "schedule": "cosine",
-                                    "learning_rate": 3e-4, "warmup_epochs": 1.0,
+                                    "learning_rate": 3e-4, "warmup_epochs": 1.0, **_FLIP_TTA,
                                     **_HEATMAP_UNUSED}),
               # A third, finer level: the stem's 23x23 map (2 px cells need finer features).
               Arm("stem-level", {"model.head": "heatmap", "model.heatmap_stages": 3,
-                                 **_HEATMAP_UNUSED})),
+                                 **_FLIP_TTA, **_HEATMAP_UNUSED})),
         budgets={"mtfl": Budget("full", 25, 0)},
         datasets=("mtfl",), heldout=True, robustness=True,
         note="Confirmation at the real budget: the full model, 25 epochs of the 6120-face pool "
