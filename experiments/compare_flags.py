@@ -4,23 +4,25 @@ Each round runs the benchmark once per arm, in turn, each in a fresh process wit
 ``XLA_FLAGS`` (XLA reads them once, at start); the arms' order rotates from round to round so
 that none always runs first. Prints each arm's train images/s per batch size (median and
 min-max over the rounds) and its ratio to the ``default`` arm of the same round, and their
-median: on these shared machines (+-30 % between identical runs) only same-round ratios
-compare. An arm whose process fails (a flag this jaxlib does not know) is reported, not timed.
+median (experiments/peer_table.py's table): on these shared machines (+-30 % between
+identical runs) only same-round ratios compare. An arm whose process fails (a flag this
+jaxlib does not know) is reported, not timed.
 
   python -m experiments.compare_flags --rounds=5
   python -m experiments.compare_flags --rounds=5 --arm=onednn=--xla_cpu_use_onednn=true
-  python -m experiments.compare_flags --arms=default,ynn-conv --benchmark_flag=--noseed_network
+  python -m experiments.compare_flags --arms=default,vector512 --benchmark_flag=--noseed_network
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 
 from absl import app, flags
+
+from experiments import peer_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The CPU leads of jaxlib 0.10's XLA:CPU (its DebugOptions). Convolutions and dots already
@@ -67,34 +69,20 @@ def _run(xla_flags: str, batches, extra) -> dict | str:
   return out
 
 
-def summarise(runs: dict) -> list[dict]:
-  """Rows of the table from {arm: {round: {batch: images/s}}} (failed rounds left out)."""
-  rows = []
-  base = runs.get("default", {})
-  batches = sorted({b for arm in runs.values() for r in arm.values() for b in r})
-  for batch in batches:
-    for arm, rounds in runs.items():
-      values = {r: v[batch] for r, v in rounds.items() if batch in v}
-      if not values:
-        continue
-      ratios = [values[r] / base[r][batch] for r in sorted(values)
-                if arm != "default" and batch in base.get(r, {})]
-      rows.append({"batch": batch, "arm": arm, "median": statistics.median(values.values()),
-                   "min": min(values.values()), "max": max(values.values()),
-                   "rounds": len(values), "ratios": ratios,
-                   "median_ratio": statistics.median(ratios) if ratios else None})
-  return rows
+def table(runs: dict) -> dict:
+  """{batch: {arm: {round: images/s}}}, peer_table's layout, from {arm: {round: {batch: ...}}}."""
+  out: dict = {}
+  for arm, rounds in runs.items():
+    for rnd, by_batch in rounds.items():
+      for batch, value in by_batch.items():
+        out.setdefault(batch, {}).setdefault(arm, {})[rnd] = value
+  return out
 
 
-def markdown(rows: list[dict]) -> str:
-  lines = ["| batch | arm | median img/s | min-max | rounds | arm / default, by round | median |",
-           "|---|---|---|---|---|---|---|"]
-  for r in rows:
-    by_round = ", ".join(f"{x:.2f}" for x in r["ratios"]) or "—"
-    median = f"{r['median_ratio']:.2f}x" if r["median_ratio"] is not None else "—"
-    lines.append(f"| {r['batch']} | {r['arm']} | {r['median']:.0f} | {r['min']:.0f}-"
-                 f"{r['max']:.0f} | {r['rounds']} | {by_round} | {median} |")
-  return "\n".join(lines)
+def markdown(runs: dict) -> str:
+  """Medians, ranges and each arm's ratio to the default of the same round (peer_table's)."""
+  summary = peer_table.summarise(table(runs), reference="default", per_reference=False)
+  return peer_table.markdown(summary, ratio="arm / default")
 
 
 def main(argv):
@@ -120,7 +108,7 @@ def main(argv):
                         "train_images_per_s": result}), flush=True)
       if isinstance(result, dict):
         runs[arm][rnd] = result
-  print(markdown(summarise(runs)))
+  print(markdown(runs))
 
 
 if __name__ == "__main__":

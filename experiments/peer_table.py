@@ -43,8 +43,10 @@ def parse(lines) -> dict:
   return table
 
 
-def summarise(table: dict) -> dict:
-  """Per batch: per system median/min/max/n; per peer the ratios by round and their median."""
+def summarise(table: dict, reference: str = "facekp_jax", per_reference: bool = True) -> dict:
+  """Per batch: per system median/min/max/n; per other system the ratios by round and their
+  median: ``reference / system`` (``per_reference``, the peers' table) or ``system /
+  reference`` (experiments/compare_flags.py: each flag set over the default), same round only."""
   out = {}
   for batch, systems in sorted(table.items()):
     entry = {"systems": {}, "ratios": {}}
@@ -52,11 +54,12 @@ def summarise(table: dict) -> dict:
       values = list(rounds.values())
       entry["systems"][name] = {"median": statistics.median(values), "min": min(values),
                                 "max": max(values), "n": len(values)}
-    ours = systems.get("facekp_jax", {})
+    ours = systems.get(reference, {})
     for name, rounds in systems.items():
-      if name == "facekp_jax":
+      if name == reference:
         continue
-      by_round = {r: ours[r] / v for r, v in sorted(rounds.items()) if r in ours and v > 0}
+      by_round = {r: (ours[r] / v if per_reference else v / ours[r])
+                  for r, v in sorted(rounds.items()) if r in ours and v > 0 and ours[r] > 0}
       if by_round:
         entry["ratios"][name] = {"by_round": by_round,
                                  "median": statistics.median(by_round.values())}
@@ -64,8 +67,8 @@ def summarise(table: dict) -> dict:
   return out
 
 
-def markdown(summary: dict) -> str:
-  lines = ["| batch | system | median img/s | min-max | rounds | facekp_jax / system, by round "
+def markdown(summary: dict, ratio: str = "facekp_jax / system") -> str:
+  lines = ["| batch | system | median img/s | min-max | rounds | " + ratio + ", by round "
            "| median ratio |", "|---|---|---|---|---|---|---|"]
   for batch, entry in summary.items():
     for name, s in entry["systems"].items():
