@@ -13,7 +13,7 @@ the model size (``--model``: tiny, small, full), ``--epochs``, ``--faces`` (buil
 generated, or real faces sampled from the file) and any ``--set field=value``. Each study
 carries a proposed budget per data set that finishes in about 25 minutes on a 2-core CPU.
 
-Runs go through ``facekp_jax.train.train_and_evaluate`` in this process, each in its own
+Runs go through ``facekp_jax.training.loop.train_and_evaluate`` in this process, each in its own
 workdir under ``--scratch`` (outside the repository: checkpoints are never committed),
 named by arm, seed and a hash of the whole resolved config. A run that finished is
 skipped on a re-run (a changed budget is a new config, hence a new run); one that was
@@ -65,19 +65,13 @@ from experiments.studies import (
   csv_stem,
   write_frame,
 )
-from facekp_jax import (
-  cli,
-  config_upgrade,
-  data,
-  evaluate,
-  inference,
-  interrupts,
-  keypoints,
-  plots,
-  synthetic,
-  train,
-)
-from facekp_jax import workdir as workdir_lib
+from facekp_jax import cli
+from facekp_jax.core import errors, files, keypoints, plots
+from facekp_jax.data import dataset as dataset_lib
+from facekp_jax.data import synthetic
+from facekp_jax.serving import predictor, scoring
+from facekp_jax.training import config as config_lib
+from facekp_jax.training import interrupts, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,7 +167,7 @@ def mtfl_subset(path: str, faces: int | None, folder: str) -> str:
   if not os.path.exists(out):
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if faces > len(frame):
-      raise data.DataError(f"{path}: {faces} faces asked for, the file has {len(frame)}")
+      raise errors.DataError(f"{path}: {faces} faces asked for, the file has {len(frame)}")
     keep = np.sort(np.random.default_rng(_SUBSET_SEED).permutation(len(frame))[:faces])
     write_frame(frame.iloc[keep], out)
   return out
@@ -199,12 +193,12 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float,
   if dataset == "synthetic":
     images, coords = synthetic.generate(d.synthetic_n, seed=d.synthetic_seed,
                                         missing=d.synthetic_missing)
-    pool_idx, held_idx = data.split(len(images), val_fraction, _HELDOUT_SPLIT_SEED)
+    pool_idx, held_idx = dataset_lib.split(len(images), val_fraction, _HELDOUT_SPLIT_SEED)
     write_frame(synthetic.to_frame(images[held_idx], coords[held_idx]), held)
     write_frame(synthetic.to_frame(images[pool_idx], coords[pool_idx]), pool)
     return pool, held
   frame = pd.read_csv(d.train_csv, dtype=str, keep_default_na=False)
-  pool_idx, held_idx = data.split(len(frame), val_fraction, _HELDOUT_SPLIT_SEED)
+  pool_idx, held_idx = dataset_lib.split(len(frame), val_fraction, _HELDOUT_SPLIT_SEED)
   pool_frame = frame.iloc[np.sort(pool_idx)].copy()
   if partial:
     rows = np.random.default_rng(_HELDOUT_SPLIT_SEED).random(len(pool_frame)) < MTFL_PARTIAL_SHARE
@@ -237,15 +231,15 @@ def run_one(config, workdir: str, heldout_csv: str | None, robustness: bool = Fa
   if os.path.exists(done):
     with open(done) as f:
       record = json.load(f)
-    if not heldout_csv or _scoring(inference.read_config(workdir)) == _scoring(config):
+    if not heldout_csv or _scoring(config_lib.read_config(workdir)) == _scoring(config):
       return dict(record, skipped=True)
     rescored = os.path.join(workdir, f"ablate-{_scoring(config)}.json")
     if not os.path.exists(rescored):
-      workdir_lib.write_json(rescored, _scores(config, workdir, heldout_csv, robustness))
+      files.write_json(rescored, _scores(config, workdir, heldout_csv, robustness))
     with open(rescored) as f:
       return dict(record, **json.load(f), skipped=True)
   t0 = time.time()
-  results = train.train_and_evaluate(config, workdir)
+  results = loop.train_and_evaluate(config, workdir)
   record = {k: results.get(k) for k in ("val_rmse", "val_nme", "mean_shape_val_rmse", "steps",
                                         "num_train", "num_val", "source")}
   record["rmse"], record["nme"] = results.get("val_rmse"), results.get("val_nme")
@@ -256,25 +250,26 @@ def run_one(config, workdir: str, heldout_csv: str | None, robustness: bool = Fa
     epochs = [json.loads(line)["epoch_seconds"] for line in f if line.strip()]
   # The median epoch leaves out the first epoch's compilation and the run's fixed costs.
   record["epoch_seconds"] = float(np.median(epochs)) if epochs else None
-  workdir_lib.write_json(done, record)
+  files.write_json(done, record)
   return dict(record, skipped=False)
 
 
 def _scores(config, workdir: str, heldout_csv: str, robustness: bool) -> dict:
   """A trained run's held-out scores as ``config`` scores (its TTA), and its raw weights'."""
   # The final state, as the validation numbers; read-only restore of the latest save.
-  model = inference.load(workdir, "latest")
+  model = predictor.load(workdir, "latest")
   model.config.tta_rotations = tuple(config.get("tta_rotations", ()))
   out = _heldout_scores(model, heldout_csv, config.tta, robustness)
   if model.config.ema_decay:  # The same run's raw weights, beside its moving average.
-    raw = dataclasses.replace(model, state=model.state.replace(ema_params=None))
+    raw = predictor.load(workdir, "latest", ema=False)
+    raw.config.tta_rotations = model.config.tta_rotations
     out["rmse_raw_weights"] = _heldout_scores(raw, heldout_csv, config.tta, False)["rmse"]
   return out
 
 
 def _heldout_scores(model, heldout_csv: str, tta: bool, robustness: bool) -> dict:
   """RMSE, NME, counts, and (``robustness``) the perturbations' RMSE and ratios."""
-  scores, _, _ = evaluate.evaluate(model, heldout_csv, tta=tta, perturbed=robustness)
+  scores, _, _ = scoring.evaluate(model, heldout_csv, tta=tta, perturbed=robustness)
   out = {"rmse": scores["rmse"], "nme": scores["nme"], "fr": scores["fr_0.10"],
          "auc": scores["auc_0.10"], "heldout_count": scores["count"],
          "heldout_faces": scores["num_faces"]}
@@ -362,7 +357,7 @@ def markdown(result: dict) -> str:
     lines += ["", "Ratios: the held-out RMSE under each perturbation over the unperturbed "
               "held-out RMSE of the same run (mean of the group's perturbations, e.g. -20 and "
               "+20 degrees), mean ± sd over seeds; labels the perturbation pushes out of the "
-              "frame are not scored (facekp_jax/robustness.py)."]
+              "frame are not scored (facekp_jax/serving/robustness.py)."]
   raw = [(a["name"], a["summary"]) for a in arms
          if a["summary"]["rmse_raw_weights_mean"] is not None]
   if raw:
@@ -440,7 +435,7 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
     heldout_baseline = _mean_shape_rmse(pool, heldout_csv)
   configs = {(a.name, s): arm_config(base, study, dataset, a, s) for a in chosen for s in seeds}
   for config, _ in configs.values():  # A bad setting fails here, before any run starts.
-    train.check_config(config, jax.device_count())
+    config_lib.check_config(config, jax.device_count())
   if not study.heldout:  # Same seed, same data: the arms are scored on the same faces.
     for s in seeds:
       datas = {configs[(a.name, s)][0].data.to_json(sort_keys=True) for a in chosen}
@@ -485,7 +480,7 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   summarise(results["arms"])
   folder = os.path.join(out, name, dataset)
   os.makedirs(folder, exist_ok=True)
-  workdir_lib.write_json(os.path.join(folder, "results.json"), workdir_lib.jsonable(results))
+  files.write_json(os.path.join(folder, "results.json"), files.jsonable(results))
   with open(os.path.join(folder, "table.md"), "w") as f:
     f.write(markdown(results))
   plots.save_figure(plot(results), os.path.join(folder, "rmse_nme.png"))
@@ -502,7 +497,7 @@ def _same_run(scratch: str, dataset: str, seed: int, config, robustness: bool,
   means what the run did), so new config fields do not orphan finished runs.
   """
   def trained(saved: dict) -> dict:  # What training read: scoring fields left out.
-    return {k: v for k, v in config_upgrade.upgrade(saved).items()
+    return {k: v for k, v in config_lib.upgrade(saved).items()
             if not (heldout and k in SCORING_FIELDS)}
 
   want = trained(json.loads(config.to_json()))
@@ -640,7 +635,7 @@ def main(argv=None) -> dict | None:
                      arms=args.arms.split(",") if args.arms else None, scratch=args.scratch,
                      out=args.out, mtfl_csv=args.mtfl_csv, command=command,
                      tables_only=args.tables_only)
-  except (data.DataError, train.ConfigError, KeyError, ValueError) as e:
+  except (errors.DataError, errors.ConfigError, KeyError, ValueError) as e:
     cli.fail(e)
   except interrupts.Interrupted as e:
     print(f"{e} (finished runs are kept; the same command skips them)", file=sys.stderr)

@@ -18,9 +18,9 @@ augmentation + batching pipeline alone), peak_host_mem_mb.
   python -m experiments.benchmark --inference --noseed_network [--workdir=W]
 
 ``--inference`` times prediction instead, from a host array of 96x96 faces to host keypoints,
-for three runtimes: the jitted model (``steps.predict_step``, the package's own path),
+for three runtimes: the jitted model (``model.apply.Inference``, the package's own path),
 the StableHLO artefact (``jax.export.deserialize(...).call``) and the ONNX artefact in
-onnxruntime (both from ``facekp_jax.export``, uint8 input). One JSON line each: latency
+onnxruntime (both from ``facekp_jax.serving.export``, uint8 input). One JSON line each: latency
 at batch 1 (median and 90th percentile of ``--calls`` calls, ms) and throughput at batch 64
 (images/s, the median call). The weights are the config's initial ones, or a trained
 workdir's with ``--workdir`` (timing does not depend on them).
@@ -37,8 +37,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from facekp_jax import cli, data, device_input, export, inference, keypoints, sharding, steps, train
-from facekp_jax.ops import host_memory
+from facekp_jax import cli
+from facekp_jax.core import faces as faces_lib
+from facekp_jax.core import host_memory, keypoints, sharding
+from facekp_jax.data import on_device
+from facekp_jax.serving import export, predictor
+from facekp_jax.training import loop, steps
+from facekp_jax.training import state as state_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/resnet.py", "Model and recipe to time.")
@@ -53,9 +58,9 @@ flags.DEFINE_string("workdir", None, "--inference: time this trained workdir's b
 flags.DEFINE_integer("calls", 50, "--inference: timed calls per batch size.")
 
 
-def _faces(n: int) -> data.Faces:
+def _faces(n: int) -> faces_lib.Faces:
   rng = np.random.default_rng(0)
-  return data.Faces(rng.random((n, 96, 96, 1), dtype=np.float32),
+  return faces_lib.Faces(rng.random((n, 96, 96, 1), dtype=np.float32),
                     (rng.random((n, 30), dtype=np.float32) * 96).astype(np.float32),
                     np.ones((n, 30), np.float32))
 
@@ -63,7 +68,7 @@ def _faces(n: int) -> data.Faces:
 def _epoch(trainer, state, faces, dataset, epoch):
   t0 = time.perf_counter()
   steps_per_epoch = len(faces) // trainer.config.batch_size
-  *_, (_, _, state, metrics, _) = train.train_calls(trainer, state, faces, dataset,
+  *_, (_, _, state, metrics, _) = loop.train_calls(trainer, state, faces, dataset,
                                                     epoch * steps_per_epoch,
                                                     (epoch + 1) * steps_per_epoch)
   jax.block_until_ready(metrics)
@@ -81,10 +86,10 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   trainer = steps.Trainer(config, mesh)
   state = trainer.init_state()
 
-  on_device = config.input_on_device
-  dataset = device_input.upload(faces, mesh) if on_device else None
+  input_on_device = config.input_on_device
+  dataset = on_device.upload(faces, mesh) if input_on_device else None
   t0 = time.perf_counter()
-  _, k, state, m, _ = next(train.train_calls(trainer, state, faces, dataset, 0, n_steps))
+  _, k, state, m, _ = next(loop.train_calls(trainer, state, faces, dataset, 0, n_steps))
   jax.block_until_ready(m)
   first_call = time.perf_counter() - t0
 
@@ -95,14 +100,14 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   steady = min(times[1:]) if len(times) > 1 else times[0]
   compile_s = max(0.0, first_call - k * steady / n_steps)
 
-  trainer.predict(state, faces.images[:trainer.eval_batch_size])  # Compile.
+  trainer.predict(state, faces.images[:trainer.inference.eval_batch_size])  # Compile.
   t0 = time.perf_counter()
   trainer.predict(state, faces.images)
   infer = n / (time.perf_counter() - t0)
 
   t0 = time.perf_counter()
   for epoch in range(3):
-    for _ in train.epoch_batches(faces, config, epoch):
+    for _ in loop.epoch_batches(faces, config, epoch):
       pass
   pipeline = 3 * n_steps * batch_size / (time.perf_counter() - t0)
 
@@ -111,7 +116,7 @@ def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
       "device_kind": d.device_kind, "platform": d.platform, "device_count": jax.device_count(),
       "jax": jax.__version__, "batch": batch_size, "n": n, "head": config.model.head,
       "fast_ops": bool(config.model.fast_ops), "half_precision": bool(config.half_precision),
-      "input_on_device": on_device, "steps_per_call": int(config.get("steps_per_call", 1)),
+      "input_on_device": input_on_device, "steps_per_call": int(config.get("steps_per_call", 1)),
       "train_images_per_s": round(n_steps * batch_size / steady, 1),
       "epoch_seconds": [round(t, 2) for t in times], "compile_s": round(compile_s, 2),
       "infer_images_per_s": round(infer, 1), "input_images_per_s": round(pipeline, 1),
@@ -131,26 +136,27 @@ def _timings(run, images: np.ndarray, calls: int) -> list[float]:
   return out
 
 
-def _inference_model(config) -> inference.Model:
+def _inference_model(config) -> predictor.Predictor:
   if FLAGS.workdir:
-    return inference.load(FLAGS.workdir)
+    return predictor.load(FLAGS.workdir)
   config = config.copy_and_resolve_references()
   if FLAGS.seed_network:
     config.model.head = "regression"
   trainer = steps.Trainer(config, sharding.make_mesh())
-  return inference.Model("", config, trainer, trainer.init_state(), 0, "initial",
-                         np.ones(keypoints.NUM_COORDS, np.float32))
+  return predictor.Predictor("", config, state_lib.inference_variables(trainer.init_state()),
+                             trainer.inference, 0, "initial",
+                             np.ones(keypoints.NUM_COORDS, np.float32))
 
 
 def time_inference(config, calls: int) -> list[dict]:
   """One record per runtime: latency at batch 1, throughput at batch 64."""
   model = _inference_model(config)
   faces = (np.random.default_rng(0).random((64, 96, 96)) * 255).astype(np.uint8)
-  state, mesh = model.state, model.trainer.mesh
+  variables, mesh = model.variables, model.inference.mesh
 
   def jitted(x):
     images = (x.astype(np.float32) / np.float32(255.0))[..., None]
-    return np.asarray(model.trainer.predict_step(state, sharding.to_global(images, mesh)))
+    return np.asarray(model.inference.jitted(variables, sharding.to_global(images, mesh)))
 
   runtimes = {"jax.jit": jitted}
   with tempfile.TemporaryDirectory() as folder:

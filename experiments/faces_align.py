@@ -5,7 +5,7 @@ Each face of a Kaggle-layout file (with eye labels, e.g. MTFL) is placed in a 38
 enlarged 2x, its surroundings the repeated edge pixels, turned by a random roll in
 [-roll, roll] degrees. OpenCV's cascades are run on it, and the box that holds both true eyes
 is compared with them. With ``--workdir``, the model then reads every found face through
-``faces.find_keypoints`` with and without ``refine``, scored in the photo's pixels against the
+``detect.find_keypoints`` with and without ``refine``, scored in the photo's pixels against the
 labels mapped there: NME (mean point error / true eye distance) over the labelled points, and
 the paired change (refined - box only, mean and standard error over faces).
 
@@ -25,7 +25,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from facekp_jax import cli, data, export, faces, inference, keypoints
+from facekp_jax import cli
+from facekp_jax.core import faces as faces_lib
+from facekp_jax.core import keypoints
+from facekp_jax.data import kaggle
+from facekp_jax.serving import detect, export, predictor
 
 CASCADES = ("haarcascade_frontalface_alt2.xml", "haarcascade_frontalface_default.xml",
             "haarcascade_frontalface_alt.xml")
@@ -40,7 +44,7 @@ def placement(roll_deg: float) -> np.ndarray:
   return np.concatenate([linear, (centre_out - linear @ centre_in)[:, None]], axis=1)
 
 
-def photos(faces_: data.Faces, roll: float, seed: int = 0):
+def photos(faces_: faces_lib.Faces, roll: float, seed: int = 0):
   """(photo uint8, its placement, the labels in the photo's pixels) per face."""
   rng = np.random.default_rng(seed)
   labels = np.where(faces_.mask > 0, faces_.targets, np.nan)
@@ -48,7 +52,7 @@ def photos(faces_: data.Faces, roll: float, seed: int = 0):
     g = placement(rng.uniform(-roll, roll))
     grey = cv2.warpAffine(image[..., 0], g, (PHOTO, PHOTO), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
-    yield faces.to_uint8(grey), g, faces.to_crop(g, target)
+    yield detect.to_uint8(grey), g, detect.to_crop(g, target)
 
 
 def eyes(coords: np.ndarray):
@@ -66,7 +70,7 @@ def holding_box(boxes, coords):
   return None
 
 
-def box_statistics(faces_: data.Faces, roll: float, name: str) -> dict:
+def box_statistics(faces_: faces_lib.Faces, roll: float, name: str) -> dict:
   cascade = cv2.CascadeClassifier(cv2.data.haarcascades + name)
   stats, false_boxes, t0 = [], 0, time.perf_counter()
   for photo, _, coords in photos(faces_, roll):
@@ -89,15 +93,15 @@ def box_statistics(faces_: data.Faces, roll: float, name: str) -> dict:
           "iqr": np.round(q75 - q25, 3).tolist()}
 
 
-def refinement(faces_: data.Faces, roll: float, workdir: str, tta: bool) -> dict:
-  model = inference.load(workdir)
+def refinement(faces_: faces_lib.Faces, roll: float, workdir: str, tta: bool) -> dict:
+  model = predictor.load(workdir)
   # The model's function at the exact batch (Model.predict pads every call to its evaluation
   # batch, 128 faces, which would dominate one-face calls): the export's, same to 1e-4 px.
   fn = jax.jit(export.keypoint_function(model, tta=tta, input_dtype="float32"))
   predict = lambda x: model.only_trained(np.asarray(fn(x[..., 0])))  # As predict reads photos.
   errors = {False: [], True: []}
   for photo, _, coords in photos(faces_, roll):
-    found = faces.detect(photo)
+    found = detect.detect(photo)
     box = holding_box([f.box for f in found], coords)
     if box is None:
       continue
@@ -108,7 +112,7 @@ def refinement(faces_: data.Faces, roll: float, workdir: str, tta: bool) -> dict
     truth = coords.reshape(-1, 2)[present]
     grey = photo.astype(np.float32) / 255.0
     for refine in (False, True):
-      got = faces.find_keypoints(predict, grey, [face], refine=refine)[0].keypoints
+      got = detect.find_keypoints(predict, grey, [face], refine=refine)[0].keypoints
       point = np.hypot(*(got.reshape(-1, 2)[present] - truth).T)
       errors[refine].append(point.mean() / scale)
   box_only, refined = (np.array(errors[k]) for k in (False, True))
@@ -138,7 +142,7 @@ def main(argv=None):
   cli.parse(fv, "python -m experiments.faces_align", __doc__.splitlines()[0], argv)
   cli.quiet_libraries()
   with cli.user_errors():
-    faces_ = next(iter(data.read_training_chunks(fv.csv, fv.rows)))
+    faces_ = next(iter(kaggle.read_training_chunks(fv.csv, fv.rows)))
     for name in fv.cascades:
       print(json.dumps(box_statistics(faces_, fv.roll, name)), flush=True)
     if fv.workdir:

@@ -12,14 +12,14 @@ the held-out ablation studies score on; 6120 training faces, 1530 held out) into
   throw-away TensorFlow environment) runs ../shared/bench/keras_seed_real.py's network as
   ``--linear-head --flip`` on the training faces for ``--keras_epochs`` (each epoch: every face
   and its mirror, static copies), then predicts the held-out faces, plain and under every
-  robustness perturbation (written here as .npz by ``facekp_jax.robustness.perturb``).
-- **JAX arms**: ``facekp_jax.train.train_and_evaluate`` on configs/resnet.py with the seed's
-  regression head, ``data.val_fraction=0`` (every training face trains; the last checkpoint is
+  robustness perturbation (written here as .npz by ``facekp_jax.serving.robustness.perturb``).
+- **JAX arms**: ``facekp_jax.training.loop.train_and_evaluate`` on configs/resnet.py with the seed's
+  regression head, ``kaggle.val_fraction=0`` (every training face trains; the last checkpoint is
   the model), for the same number of training images: ``2 x keras_epochs`` epochs, or
   ``keras_epochs`` where the arm adds static flipped copies. Each arm switches ONE difference
   to Keras' behaviour (``ARMS``); ``all-keras`` switches them all.
 
-Both sides are scored by the same code, ``facekp_jax.evaluate.evaluate(..., perturbed=True)``
+Both sides are scored by the same code, ``facekp_jax.serving.scoring.evaluate(..., perturbed=True)``
 (``metrics.keypoint_metrics`` plain and under ``robustness.PERTURBATIONS``); Keras' 10 outputs
 are put back in the 30-column layout first (``to_layout``). A finished run keeps its scores in
 its workdir (``parity.json``) and a re-run skips it; a stopped JAX run resumes from its
@@ -43,8 +43,9 @@ from absl import flags
 
 from configs import resnet
 from experiments import ablate
-from facekp_jax import data, evaluate, keypoints, plots, robustness
-from facekp_jax import workdir as workdir_lib
+from facekp_jax.core import errors, files, keypoints, plots
+from facekp_jax.data import kaggle
+from facekp_jax.serving import robustness, scoring
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -188,7 +189,7 @@ def _write_rows(source: str, n: int, path: str) -> str:
   if not os.path.exists(path):
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
     if n > len(frame):
-      raise data.DataError(f"{source}: {n} faces asked for, the file has {len(frame)}")
+      raise errors.DataError(f"{source}: {n} faces asked for, the file has {len(frame)}")
     tmp = f"{path}.tmp-{os.getpid()}"
     frame.iloc[:n].to_csv(tmp, index=False)
     os.replace(tmp, path)
@@ -221,7 +222,7 @@ def keras_sets(heldout_csv: str, folder: str) -> dict[str, tuple[str, str]]:
     if all(os.path.exists(p) for p, _ in sets.values()):
       return sets
   os.makedirs(folder, exist_ok=True)
-  faces = data.read_training_csv(heldout_csv)
+  faces = kaggle.read_training_csv(heldout_csv)
   sets = {}
   for name in ("plain", *robustness.PERTURBATIONS):
     images = faces.images if name == "plain" else robustness.perturb(faces, name).images
@@ -229,12 +230,12 @@ def keras_sets(heldout_csv: str, folder: str) -> dict[str, tuple[str, str]]:
     np.savez(path + ".tmp.npz", images=images)
     os.replace(path + ".tmp.npz", path)
     sets[name] = (path, _digest(images))
-  workdir_lib.write_json(manifest, sets)
+  files.write_json(manifest, sets)
   return sets
 
 
 class LookupModel:
-  """Precomputed predictions as a model for ``evaluate.evaluate``: found by the images' digest.
+  """Precomputed predictions as a model for ``scoring.evaluate``: found by the images' digest.
 
   ``evaluate`` re-reads and re-perturbs the held-out faces itself; an image set that Keras
   did not predict is an error, not a silent mismatch.
@@ -258,7 +259,7 @@ class LookupModel:
 
 
 def heldout_record(scores: dict) -> dict:
-  """The figures a run reports from ``evaluate.evaluate(..., perturbed=True)``."""
+  """The figures a run reports from ``scoring.evaluate(..., perturbed=True)``."""
   r = scores["robustness"]
   rmse = {name: m["rmse"] for name, m in r["perturbations"].items()}
   out = {"rmse": scores["rmse"], "nme": scores["nme"], "fr": scores["fr_0.10"],
@@ -305,14 +306,14 @@ def run_keras(seed: int, budget: Budget, train_csv: str, heldout_csv: str, sets:
                 epochs=meta["epochs"], num_train=meta["train_images"],
                 train_seconds=meta["train_seconds"], train_loss=meta["train_loss"],
                 tensorflow=meta["tensorflow"], wall_seconds=time.time() - t0)
-  workdir_lib.write_json(os.path.join(workdir, "parity.json"), record)
+  files.write_json(os.path.join(workdir, "parity.json"), record)
   return dict(record, skipped=False)
 
 
 def score_keras(by_digest: dict[str, np.ndarray], heldout_csv: str, columns,
                 workdir: str) -> dict:
-  """Keras' predictions scored by ``evaluate.evaluate``, the JAX arms' own scoring."""
-  faces = data.read_training_csv(heldout_csv)
+  """Keras' predictions scored by ``scoring.evaluate``, the JAX arms' own scoring."""
+  faces = kaggle.read_training_csv(heldout_csv)
   n = len(faces)
   idx = [keypoints.COLUMNS.index(c) for c in columns]
   other = np.delete(faces.mask, idx, axis=1)
@@ -320,20 +321,21 @@ def score_keras(by_digest: dict[str, np.ndarray], heldout_csv: str, columns,
     raise ValueError("the held-out faces label columns Keras does not predict")
   model = LookupModel({k: np.nan_to_num(v, nan=0.0) for k, v in by_digest.items()}, workdir)
   # One chunk: the images evaluate re-reads are the very arrays Keras was given.
-  scores, _, _ = evaluate.evaluate(model, heldout_csv, tta=False, chunk_rows=n, perturbed=True)
+  scores, _, _ = scoring.evaluate(model, heldout_csv, tta=False, chunk_rows=n, perturbed=True)
   return heldout_record(scores)
 
 
 def run_jax(config, workdir: str, heldout_csv: str) -> dict:
   """Trains (or resumes) one JAX run and scores its last checkpoint (or reads a finished one)."""
-  from facekp_jax import inference, train  # pylint: disable=g-import-not-at-top
+  from facekp_jax.serving import predictor
+  from facekp_jax.training import loop
   done = _done(workdir)
   if done:
     return done
   t0 = time.time()
-  results = train.train_and_evaluate(config, workdir)
-  model = inference.load(workdir, "latest")
-  scores, _, _ = evaluate.evaluate(model, heldout_csv, tta=False, perturbed=True)
+  results = loop.train_and_evaluate(config, workdir)
+  model = predictor.load(workdir, "latest")
+  scores, _, _ = scoring.evaluate(model, heldout_csv, tta=False, perturbed=True)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     history = [json.loads(line) for line in f if line.strip()]
   record = dict(heldout_record(scores), steps=results["steps"],
@@ -341,7 +343,7 @@ def run_jax(config, workdir: str, heldout_csv: str) -> dict:
                 num_train=results["num_train"],
                 train_seconds=float(sum(h["epoch_seconds"] for h in history)),
                 train_loss=[h["train_loss"] for h in history], wall_seconds=time.time() - t0)
-  workdir_lib.write_json(os.path.join(workdir, "parity.json"), record)
+  files.write_json(os.path.join(workdir, "parity.json"), record)
   return dict(record, skipped=False)
 
 
@@ -417,9 +419,9 @@ def markdown(result: dict) -> str:
       f"- data: {result['train_faces']} training faces and {result['heldout_faces']} held-out "
       f"faces of `{result['source']}` (seeded 80/20 split, `ablate.heldout_files`: the held-out "
       "faces of the ablation studies); both sides train on every training face "
-      "(JAX `data.val_fraction=0`, its last checkpoint is the model; no validation split)",
+      "(JAX `kaggle.val_fraction=0`, its last checkpoint is the model; no validation split)",
       "- scored: the present coordinates of the held-out faces (5 points), by "
-      "`facekp_jax.evaluate.evaluate(..., perturbed=True)` for both sides; no flip TTA; "
+      "`facekp_jax.serving.scoring.evaluate(..., perturbed=True)` for both sides; no flip TTA; "
       "errors in pixels of the 96x96 image",
       f"- command: `{result['command']}`", "",
       "| arm | overrides | seeds | images seen | RMSE (px) | NME | Δ vs jax-default (paired) | "
@@ -452,7 +454,7 @@ def markdown(result: dict) -> str:
       "batch order). Δ / % vs keras: the arm's mean minus the Keras mean (issue 17's target: "
       "within 2 % plain and under ±20° rotations). rot±20 / rot±30 RMSE: mean of the -θ and +θ "
       "rotations' RMSE; ratios: perturbed RMSE over the same run's plain RMSE "
-      "(`facekp_jax/robustness.py`; labels pushed off the frame are not scored). train s/run: "
+      "(`facekp_jax/serving/robustness.py`; labels pushed off the frame are not scored). train s/run: "
       "seconds of training (Keras' fit; JAX's epochs, over every session of a resumed run) on a "
       "2-core machine shared with other trainings (load 4-11): not a speed comparison.", "",
       "Arms (each switches one difference to Keras' behaviour):", ""]
@@ -462,7 +464,7 @@ def markdown(result: dict) -> str:
       "before its geometric augmentation, EMA and TTA): " + ", ".join(
           f"`{k}={v!r}`" for k, v in PINNED.items()) + " (arm `current-defaults` unpins them).",
       "", "Equal by construction, so no arm: the architecture (18,007,710 parameters in both), "
-      "batch norm (momentum 0.99, epsilon 1e-3: Keras' defaults, `facekp_jax/models.py`), dropout "
+      "batch norm (momentum 0.99, epsilon 1e-3: Keras' defaults, `facekp_jax/model/resnet.py`), dropout "
       "0.2/0.1, zero biases, Adam 1e-4 (β 0.9/0.999), MSE over the labelled coordinates, batch "
       "32, pixels / 255, and the data amount (both train on the same training faces; JAX "
       "without a validation split).", "",
@@ -521,7 +523,7 @@ def plot(result: dict):
 def write_outputs(result: dict, out: str) -> None:
   summarise(result["arms"])
   os.makedirs(out, exist_ok=True)
-  workdir_lib.write_json(os.path.join(out, "results.json"), workdir_lib.jsonable(result))
+  files.write_json(os.path.join(out, "results.json"), files.jsonable(result))
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(markdown(result))
   if any(a["runs"] for a in result["arms"]):
@@ -603,7 +605,7 @@ def main(argv=None) -> dict | None:
 
   import jax  # pylint: disable=g-import-not-at-top
 
-  from facekp_jax import interrupts  # pylint: disable=g-import-not-at-top
+  from facekp_jax.training import interrupts  # pylint: disable=g-import-not-at-top
   cli.quiet_libraries()
   jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

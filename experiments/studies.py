@@ -17,8 +17,7 @@ from typing import Any
 import pandas as pd
 
 from configs import tiny
-from facekp_jax import keypoints
-from facekp_jax import workdir as workdir_lib
+from facekp_jax.core import files, keypoints
 
 DATASETS = ("synthetic", "mtfl")
 
@@ -31,7 +30,7 @@ def csv_stem(path: str) -> str:
 def write_frame(frame: pd.DataFrame, path: str) -> None:
   """Writes a CSV atomically (a killed run never leaves half a file under the final name)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  workdir_lib.write_csv(path, frame)
+  files.write_csv(path, frame)
 
 
 # Model sizes of a budget: overrides of configs/resnet.py's model (and the step it suits).
@@ -93,7 +92,7 @@ class Study:
     partial_labels: on real faces, the training pool loses the mouth corners of 70 % of its
       faces (Kaggle's share of partial rows; study ``rows``).
     robustness: also score the held-out faces rotated, scaled and shifted
-      (``facekp_jax/robustness.py``); the table gives the RMSE ratios.
+      (``facekp_jax/serving/robustness.py``); the table gives the RMSE ratios.
     datasets: the data sets the question applies to.
   """
 

@@ -20,11 +20,13 @@ from typing import NoReturn
 
 from absl import flags, logging
 
-from facekp_jax import augment, data, inference
-from facekp_jax import workdir as workdir_lib
+from facekp_jax.core import errors
+from facekp_jax.model import tta as tta_lib
+from facekp_jax.serving import predictor
+from facekp_jax.training import lock
 
-# Problems with the user's input or storage: one line on stderr, exit code 2.
-USER_ERRORS = (data.DataError, workdir_lib.WorkdirError)
+# Problems with the user's input, config or storage: one line on stderr, exit code 2.
+USER_ERRORS = (errors.DataError, errors.WorkdirError, errors.ConfigError, lock.WorkdirBusy)
 
 
 def fail(message) -> NoReturn:
@@ -63,7 +65,7 @@ def define_model_flags(fv: flags.FlagValues) -> None:
   """The flags of every command that loads a trained workdir: --workdir, --checkpoint, --tta."""
   flags.DEFINE_string("workdir", None, "a training workdir", flag_values=fv)
   flags.mark_flag_as_required("workdir", flag_values=fv)
-  flags.DEFINE_enum("checkpoint", "best", inference.CHECKPOINTS,
+  flags.DEFINE_enum("checkpoint", "best", predictor.CHECKPOINTS,
                     "best by validation RMSE (default), or latest", flag_values=fv)
   flags.DEFINE_bool("tta", None, "flip test-time augmentation (--notta: off; default: the run's "
                     "config.tta)", flag_values=fv)
@@ -93,13 +95,10 @@ def parse(fv: flags.FlagValues, prog: str, description: str, argv=None,
   return rest
 
 
-def tta(fv: flags.FlagValues, config) -> bool:
-  """--tta as given, else the run's ``config.tta``; --tta_rotations, when given, replaces the
-  run's ``config.tta_rotations`` (the views ``steps.Trainer.predict`` and the export read)."""
-  angles = tta_rotations(fv)
-  if angles is not None:
-    config.tta_rotations = angles
-  return config.tta if fv.tta is None else fv.tta
+def tta(fv: flags.FlagValues, model: predictor.Predictor) -> bool:
+  """Whether ``model`` predicts with TTA: --tta as given, else the run's ``config.tta``;
+  --tta_rotations, when given, replaces the run's ``config.tta_rotations``."""
+  return model.use_tta(fv.tta, tta_rotations(fv))
 
 
 def tta_rotations(fv: flags.FlagValues) -> tuple[float, ...] | None:
@@ -110,7 +109,7 @@ def tta_rotations(fv: flags.FlagValues) -> tuple[float, ...] | None:
     angles = tuple(float(a) for a in fv.tta_rotations if a.lower() != "none")
   except ValueError:
     angles = tuple(fv.tta_rotations)
-  problems = augment.tta_problems(angles)
+  problems = tta_lib.problems(angles)
   if problems:
     usage_error(f"--tta_rotations: {problems[0]}")
   return angles

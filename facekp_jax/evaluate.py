@@ -1,182 +1,38 @@
-"""Scores a trained workdir on any Kaggle-layout file.
+"""Scores a trained workdir on any labelled Kaggle-layout file.
 
   python -m facekp_jax.evaluate --workdir=W --csv=FILE [--checkpoint=best|latest] [--tta]
-      [--robustness]
+      [--robustness] [--bad_labels=error|mask|drop]
 
-``--tta`` / ``--notta``: flip test-time augmentation (default: the run's ``config.tta``).
-
-FILE has Kaggle's training.csv layout (the 30 keypoint columns and ``Image``;
-``.csv`` or ``.csv.gz``); empty cells are missing labels and are not scored, so
-files with only some keypoints work. The file is streamed in chunks. Prints the
-RMSE in pixels (overall and per keypoint), the NME and the number of coordinates
-scored, the NME (inter-ocular where the faces have outer eye corners, else
-inter-pupil: the JSON says which), FR@0.10 and AUC@0.10, and writes
-``W/eval_<file stem>.json``, a 4x4 grid of the file's first faces
-(``W/eval_<file stem>.png``) and the cumulative error distribution
-(``W/eval_<file stem>_ced.png``). ``--robustness`` also re-scores the faces
-rotated, scaled and shifted (``facekp_jax/robustness.py``) into the JSON's
-``robustness`` entry, a table and ``W/eval_<file stem>_robustness.png``.
-Bad input: one line, exit code 2.
+``--tta`` / ``--notta``: test-time augmentation (default: the run's ``config.tta``). What it
+prints and writes (``W/eval_<file stem>.json`` and its plots): ``serving.scoring``. Bad input:
+one line, exit code 2.
 """
-
-from __future__ import annotations
-
-import os
-
-import numpy as np
 
 from absl import flags
 
-from facekp_jax import cli, data, inference, keypoints, plots, robustness
-from facekp_jax import metrics as metrics_lib
-from facekp_jax import workdir as workdir_lib
-from facekp_jax.ops import host_memory
-
-_GRID = 16
-
-
-def file_stem(path: str) -> str:
-  """``dir/training.csv.gz`` -> ``training``."""
-  name = os.path.basename(path)
-  for ending in (".gz", ".csv"):
-    if name.lower().endswith(ending):
-      name = name[:-len(ending)]
-  return name or "file"
-
-
-def evaluate(model: inference.Model, path: str, tta: bool = False,
-             chunk_rows: int | None = None,
-             perturbed: bool = False,
-             bad_labels: str = "error") -> tuple[dict, data.Faces, np.ndarray]:
-  """Scores ``model`` on the labelled faces of ``path``, streamed in chunks.
-
-  Args:
-    model: a restored model.
-    path: a Kaggle training.csv-layout file.
-    tta: flip test-time augmentation.
-    chunk_rows: faces per chunk (default: 8 evaluation batches).
-    perturbed: also score the robustness perturbations (``results["robustness"]``).
-    bad_labels: a coordinate beyond the plausibility bound: "error", "mask" or "drop"
-      (``data.BAD_LABELS``); nearer ones outside the frame are scored like any other.
-
-  Returns:
-    (results, the first 16 faces, their predictions). ``results`` holds the
-    ``metrics.keypoint_metrics`` figures, ``num_faces``, the per-face NME list
-    ``per_face_nme`` (for the CED) and, when ``perturbed``, ``robustness``.
-
-  Raises:
-    data.DataError: a malformed file, or one without any keypoint label.
-  """
-  chunk_rows = chunk_rows or 8 * model.trainer.eval_batch_size
-  # Keypoints the run never learnt: unscored.
-  trained = model.trained
-  predictions, targets, mask, shown = [], [], [], []
-  scorer = robustness.Scorer(lambda x: model.predict(x, tta=tta)) if perturbed else None
-  for faces in data.read_training_chunks(path, chunk_rows, bad_labels):
-    faces = data.Faces(faces.images, faces.targets * trained, faces.mask * trained)
-    predictions.append(model.predict(faces.images, tta=tta))
-    if scorer:
-      scorer.add(faces)
-    targets.append(faces.targets)
-    mask.append(faces.mask)
-    if sum(map(len, shown)) < _GRID:
-      shown.append(faces.take(slice(0, _GRID - sum(map(len, shown)))))
-  predictions, targets, mask = map(np.concatenate, (predictions, targets, mask))
-  if not mask.any():
-    raise data.DataError(f"{path}: no keypoint labels to score (of the keypoints this model "
-                         "was trained on)")
-  metrics = metrics_lib.keypoint_metrics(predictions, targets, mask)
-  results = dict(metrics, num_faces=len(predictions),
-                 untrained_keypoints=[n for n, t in zip(keypoints.KEYPOINT_NAMES, trained[::2])
-                                      if not t])
-  results["per_face_nme"] = metrics_lib.per_face_nme(predictions, targets, mask)[0].tolist()
-  if scorer:
-    results["robustness"] = scorer.results()
-  shown = data.Faces(*(np.concatenate([getattr(f, a) for f in shown])
-                       for a in ("images", "targets", "mask")))
-  drawn = np.where(trained > 0, predictions[:len(shown)], np.nan)  # Untrained: not drawn.
-  return results, shown, drawn
-
-
-def table(results: dict) -> str:
-  """A readable summary: overall figures, then one line per keypoint."""
-  if results["nme"] is None:
-    nme = "n/a (no face with both eye centres or outer corners)"
-  else:
-    nme = (f"{results['nme']:.4f} ({results['nme_normaliser'].replace('_', '-')}, "
-           f"{results['nme_faces']} faces)   FR@0.10 {results['fr_0.10']:.4f}   "
-           f"AUC@0.10 {results['auc_0.10']:.4f}")
-  lines = [f"{results['num_faces']} faces, {results['count']} coordinates scored",
-           f"RMSE {results['rmse']:.3f} px   NME {nme}", "",
-           f"{'keypoint':<28}{'RMSE (px)':>10}"]
-  untrained = set(results.get("untrained_keypoints", ()))
-  for name in keypoints.KEYPOINT_NAMES:
-    value = results["per_keypoint_rmse"][name]
-    shown = "untrained" if name in untrained else "-" if value is None else f"{value:.3f}"
-    lines.append(f"{name:<28}{shown:>10}")
-  if untrained:
-    lines.append(f"({len(untrained)} keypoints had no labels in the training split: not scored)")
-  return "\n".join(lines)
-
-
-def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
-        perturbed: bool = False, bad_labels: str = "error",
-        tta_rotations: tuple[float, ...] | None = None) -> dict:
-  """Restores, scores, prints the tables and writes the JSON and plots; returns the JSON.
-
-  ``tta=None`` follows the run's ``config.tta``, ``tta_rotations=None`` its
-  ``config.tta_rotations`` (the turned views of the test-time average).
-  """
-  if not os.path.isfile(path):
-    raise data.DataError(f"{path}: file not found")  # Before spending time on the model.
-  model = inference.load(workdir, which)
-  tta = model.config.tta if tta is None else tta
-  if tta_rotations is not None:
-    model.config.tta_rotations = tuple(tta_rotations)
-  metrics, shown, shown_predictions = evaluate(model, path, tta, perturbed=perturbed,
-                                               bad_labels=bad_labels)
-  results = workdir_lib.jsonable(dict(csv=os.path.abspath(path), workdir=os.path.abspath(workdir),
-                                      checkpoint=which, step=model.step, tta=tta,
-                                      tta_rotations=model.config.tta_rotations if tta else (),
-                                      **metrics))
-  stem = file_stem(path)
-  json_path = os.path.join(workdir, f"eval_{stem}.json")
-  png_path = os.path.join(workdir, f"eval_{stem}.png")
-  workdir_lib.write_json(json_path, results)
-  title = f"{os.path.basename(path)}: RMSE {results['rmse']:.2f} px (step {model.step}" + (
-      ", TTA)" if tta else ")")
-  plots.save_figure(plots.plot_grid(shown.images, shown_predictions, shown.targets, shown.mask,
-                                      title=title), png_path)
-  written = [json_path, png_path, os.path.join(workdir, f"eval_{stem}_ced.png")]
-  plots.save_figure(plots.plot_ced(results["per_face_nme"], results["nme_normaliser"],
-                                     title=os.path.basename(path)), written[-1])
-  extra = ""
-  if perturbed:
-    written.append(os.path.join(workdir, f"eval_{stem}_robustness.png"))
-    plots.save_figure(robustness.plot(results["robustness"], title=title), written[-1])
-    extra = "\n\nrobustness:\n" + robustness.table(results["robustness"])
-  print(f"{model.describe(tta)}\nfile {path}: {table(results)}{extra}\n\nwrote "
-        f"{', '.join(written)}")
-  return results
+from facekp_jax import cli
+from facekp_jax.core import host_memory
+from facekp_jax.data import kaggle
+from facekp_jax.serving import scoring
 
 
 def main(argv=None) -> None:
-  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (core/host_memory.py).
   fv = cli.command_flags()
   cli.define_model_flags(fv)
   flags.DEFINE_string("csv", None, "Kaggle training.csv-layout file (.csv/.gz)", flag_values=fv)
   flags.mark_flag_as_required("csv", flag_values=fv)
   flags.DEFINE_bool("robustness", False, "also score the faces rotated, scaled and shifted",
                     flag_values=fv)
-  flags.DEFINE_enum("bad_labels", "error", data.BAD_LABELS, "a coordinate beyond 48 px outside "
+  flags.DEFINE_enum("bad_labels", "error", kaggle.BAD_LABELS, "a coordinate beyond 48 px outside "
                     "the image: refuse the file (default), mask that value, or drop its row",
                     flag_values=fv)
   cli.parse(fv, "python -m facekp_jax.evaluate", "Score a trained workdir on a "
             "Kaggle-layout file (masked cells not scored).", argv)
   cli.quiet_libraries()
   with cli.user_errors():
-    run(fv.workdir, fv.csv, fv.checkpoint, fv.tta, fv.robustness, fv.bad_labels,
-        cli.tta_rotations(fv))
+    scoring.run(fv.workdir, fv.csv, fv.checkpoint, fv.tta, fv.robustness, fv.bad_labels,
+                cli.tta_rotations(fv))
 
 
 if __name__ == "__main__":

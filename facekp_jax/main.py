@@ -14,8 +14,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from facekp_jax import cli, distributed, interrupts, sharding, train, workdir_lock
-from facekp_jax.ops import host_memory
+from facekp_jax import cli
+from facekp_jax.core import host_memory, sharding
+from facekp_jax.training import distributed, interrupts, loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -59,7 +60,7 @@ def _quiet_libraries(record) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (core/host_memory.py).
   logging.get_absl_handler().addFilter(_quiet_libraries)
   try:
     distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
@@ -72,8 +73,8 @@ def main(argv):
   workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   logging.info("%s", sharding.topology())
   try:
-    train.train_and_evaluate(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
-  except (*cli.USER_ERRORS, train.ConfigError, workdir_lock.WorkdirBusy) as e:
+    loop.train_and_evaluate(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
+  except cli.USER_ERRORS as e:
     cli.fail(e)
   except FloatingPointError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facekp_jax import keypoints
-from facekp_jax.ops import host_memory
+from facekp_jax.core import host_memory, keypoints
 
 # The test session is a run: tune malloc before JAX starts its CPU client, as the commands do.
 host_memory.reuse_freed_memory()
@@ -48,11 +47,11 @@ def tiny_workdir(tmp_path_factory):
   """A workdir of configs/tiny.py trained one epoch on 24 built-in faces (a few seconds), shared
   by the tests that only need some trained model: predict, faces, export."""
   from configs import tiny
-  from facekp_jax import train
+  from facekp_jax.training import loop
 
   config = tiny.get_config()
   config.num_epochs = 1
   config.data.synthetic_n = 24
   path = str(tmp_path_factory.mktemp("tiny_run") / "w")
-  train.train_and_evaluate(config, path)
+  loop.train_and_evaluate(config, path)
   return path

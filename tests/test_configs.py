@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from facekp_jax import train
+from facekp_jax.training import config as config_lib
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
                  if not p.stem.startswith("_"))
@@ -15,7 +15,7 @@ CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs")
 def test_config_is_valid_and_documents_its_command(name):
   module = importlib.import_module(f"configs.{name}")
   config = module.get_config()
-  train.check_config(config, num_devices=1)
+  config_lib.check_config(config, num_devices=1)
   assert f"--config=configs/{name}.py" in module.__doc__
   for field in ("num_epochs", "batch_size", "learning_rate", "seed"):
     assert field in config
@@ -39,21 +39,21 @@ def test_a_saved_config_gets_the_behaviour_of_the_fields_it_predates():
   import json
 
   from configs import resnet
-  from facekp_jax import config_upgrade
-  from facekp_jax import workdir as workdir_lib
+  from facekp_jax.training import config as config_lib
+  from facekp_jax.training import workdir as workdir_lib
   new = resnet.get_config()
   saved = json.loads(new.to_json())
   for field in ("loss", "ema_decay"):
     del saved[field]
   del saved["model"]["head"], saved["augment"]["geometry_prob"]
-  upgraded = config_upgrade.upgrade(saved)
+  upgraded = config_lib.upgrade(saved)
   assert (upgraded["model"]["head"], upgraded["loss"], upgraded["ema_decay"]) == (
       "regression", "mse", 0.0)  # What the project did before these fields existed.
   assert upgraded["augment"]["geometry_prob"] == 0.0 and "head" not in saved["model"]
   # Resuming such a run under today's defaults is a change where they differ from the past.
   diffs = workdir_lib.config_differences(saved, new)
   assert any(d.startswith("model.head: 'regression' -> 'heatmap'") for d in diffs)
-  for field, legacy in config_upgrade.LEGACY.items():  # Each names a real config field.
+  for field, legacy in config_lib.LEGACY.items():  # Each names a real config field.
     node = new
     for part in field.split("."):
       node = node[part]

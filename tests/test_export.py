@@ -8,12 +8,15 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from facekp_jax import export, inference, keypoints, synthetic
+from facekp_jax import export as export_command
+from facekp_jax.core import keypoints
+from facekp_jax.data import synthetic
+from facekp_jax.serving import export, predictor
 
 
 @pytest.fixture(scope="module")
 def model(tiny_workdir):
-  return inference.load(tiny_workdir)
+  return predictor.load(tiny_workdir)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_artefact_equals_the_jax_model(model, faces_u8, tmp_path, fmt, tta, rota
 
 def test_command_writes_the_artefact_and_refuses_bad_input(tiny_workdir, tmp_path, capsys):
   out = tmp_path / "m.stablehlo"
-  export.main([f"--workdir={tiny_workdir}", "--format=stablehlo", f"--out={out}"])
+  export_command.main([f"--workdir={tiny_workdir}", "--format=stablehlo", f"--out={out}"])
   printed = capsys.readouterr().out
   assert f"wrote {out}" in printed and "largest difference from the JAX model" in printed
   assert out.stat().st_size > 0 and (tmp_path / "m.stablehlo.json").exists()
@@ -75,15 +78,15 @@ def test_command_writes_the_artefact_and_refuses_bad_input(tiny_workdir, tmp_pat
       ([f"--workdir={tiny_workdir}", "--format=tflite", f"--out={out}"],
        "error: bad flag: --format=tflite: value should be one of")]:
     with pytest.raises(SystemExit) as e:
-      export.main(argv)
+      export_command.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
 
 
 def test_artefact_has_the_weights_predict_uses(model, faces_u8, tmp_path):
   """A run with a parameter moving average predicts with it; so does its artefact."""
-  ema = jax.tree.map(lambda p: p * 1.05, model.state.params)
-  averaged = dataclasses.replace(model, state=model.state.replace(ema_params=ema))
+  ema = jax.tree.map(lambda p: p * 1.05, model.variables["params"])
+  averaged = dataclasses.replace(model, variables={**model.variables, "params": ema})
   out = tmp_path / "model.stablehlo"
   export.export(averaged, "stablehlo", str(out))
   images = (faces_u8 / np.float32(255))[..., None].astype(np.float32)

@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from facekp_jax import data
+from facekp_jax.core import errors
+from facekp_jax.data import dataset as dataset_lib
+from facekp_jax.data import kaggle
 from tests.conftest import kaggle_frame, random_faces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,8 +58,8 @@ def test_damaged_csv_reads_or_fails_in_one_line(tmp_path, seed):
   path = tmp_path / name
   path.write_bytes(gzip.compress(raw) if name.endswith(".gz") and seed % 8 else raw)
   try:
-    faces = data.select_rows(data.read_training_csv(str(path)), "all", str(path))
-  except data.DataError as e:
+    faces = dataset_lib.select_rows(kaggle.read_training_csv(str(path)), "all", str(path))
+  except errors.DataError as e:
     msg = str(e)
     assert msg.startswith(str(path) + ": ") and "\n" not in msg and len(msg) < 400
   else:

@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 from skimage import data as skimage_data
 
-from facekp_jax import faces, inference, keypoints, pictures, predict, synthetic
+from facekp_jax import predict
+from facekp_jax.core import keypoints
+from facekp_jax.data import synthetic
+from facekp_jax.serving import detect, pictures, predictor, submission
 
 K = 5  # Faces in the generated test.csv.
 
@@ -23,13 +26,13 @@ def workdir(tiny_workdir):
 
 @pytest.fixture(scope="module")
 def model(workdir):
-  return inference.load(workdir)
+  return predictor.load(workdir)
 
 
 @pytest.fixture
 def loaded(monkeypatch, model):
   """``predict.main`` gets the module's model without restoring it again."""
-  monkeypatch.setattr(inference, "load", lambda workdir, which="best": model)
+  monkeypatch.setattr(predictor, "load", lambda workdir, which="best": model)
   return model
 
 
@@ -68,7 +71,7 @@ def test_submission_has_kaggles_format(workdir, kaggle_files, tmp_path):
   assert lines[0] == "RowId,Location" and len(lines) == 1 + len(lookup)
   written = pd.read_csv(out)
   np.testing.assert_array_equal(written["RowId"], lookup["RowId"])  # The lookup's own order.
-  predictions = inference.load(workdir).predict(images[..., None].astype(np.float32) / 255.0)
+  predictions = predictor.load(workdir).predict(images[..., None].astype(np.float32) / 255.0)
   rows = lookup["ImageId"].to_numpy() - 1
   cols = [keypoints.COLUMNS.index(n) for n in lookup["FeatureName"]]
   np.testing.assert_allclose(written["Location"], np.clip(predictions[rows, cols], 0, 96),
@@ -79,13 +82,13 @@ def test_submission_has_kaggles_format(workdir, kaggle_files, tmp_path):
 def test_locations_are_clipped_to_the_frame(loaded, kaggle_files, tmp_path, monkeypatch):
   test_csv, lookup_csv, _, lookup = kaggle_files
   wild = np.where(np.arange(30) % 2 == 0, -40.0, 140.0)  # Every x below, every y above.
-  monkeypatch.setattr(inference.Model, "predict",
+  monkeypatch.setattr(predictor.Predictor, "predict",
                       lambda self, images, tta=False: np.tile(wild, (len(images), 1)))
   out = tmp_path / "submission.csv"
   predict.main(["--workdir=w", f"--csv={test_csv}", f"--lookup={lookup_csv}", f"--out={out}"])
   expected = np.where(lookup["FeatureName"].str.endswith("_x"), 0.0, 96.0)
   np.testing.assert_array_equal(pd.read_csv(out)["Location"], expected)
-  np.testing.assert_array_equal(predict.clip_locations(np.array([-0.1, 0.0, 48.5, 96.0, 96.2])),
+  np.testing.assert_array_equal(submission.clip_locations(np.array([-0.1, 0.0, 48.5, 96.0, 96.2])),
                                 [0.0, 0.0, 48.5, 96.0, 96.0])
 
 
@@ -115,7 +118,7 @@ def test_pictures_are_predicted_in_their_own_pixels(loaded, tmp_path, capsys):
   twice = 2 * base + 0.5  # Pixel centres: x96 -> (x96 + 0.5) * 2 - 0.5.
   shift = np.tile([64.0, 0.0], 15)
   out_dir = tmp_path / "overlays"
-  got = predict.run_pictures(loaded, paths, str(out_dir), crop="center")
+  got = pictures.run_pictures(loaded, paths, str(out_dir), crop="center")
   np.testing.assert_allclose(got[0].keypoints, twice, atol=2e-3)
   np.testing.assert_allclose(got[1].keypoints, twice + shift, atol=2e-3)
   assert (got[1].width, got[1].height) == (320, 192)
@@ -154,7 +157,7 @@ def test_photos_give_a_row_per_face_and_one_line_for_a_photo_without(loaded, pho
   assert [line for line in out.splitlines() if "wall" in line] == [
       f"{wall} (160x120): no face found"]
   table = pd.read_csv(out_dir / "faces.csv")
-  assert list(table.columns) == [*predict.PHOTO_COLUMNS, *keypoints.COLUMNS]
+  assert list(table.columns) == [*pictures.PHOTO_COLUMNS, *keypoints.COLUMNS]
   assert table["file"].tolist() == [astronaut] and table["face"].tolist() == [0]
   record = json.loads((out_dir / "faces.json").read_text())
   assert [p["file"] for p in record["photos"]] == [astronaut, wall]
@@ -164,8 +167,8 @@ def test_photos_give_a_row_per_face_and_one_line_for_a_photo_without(loaded, pho
   # The coordinates are the model's on the face's (second) aligned crop, mapped back.
   face = record["photos"][0]["faces"][0]
   t = np.array(face["crop_transform"])
-  crop = faces.crop(pictures.to_grey(pictures.read_picture(astronaut)), t)
-  expected = faces.to_photo(t, loaded.predict(crop[None, ..., None]))[0]
+  crop = detect.crop(pictures.to_grey(pictures.read_picture(astronaut)), t)
+  expected = detect.to_photo(t, loaded.predict(crop[None, ..., None]))[0]
   np.testing.assert_allclose(table[list(keypoints.COLUMNS)].to_numpy()[0], expected, atol=1e-3)
   np.testing.assert_allclose(table[["box_x", "box_y", "box_width", "box_height"]].to_numpy()[0],
                              face["box"], atol=0.01)
@@ -224,8 +227,8 @@ def test_one_line_errors(workdir, kaggle_files, tmp_path, capsys, monkeypatch):
   err = _fails([f"--workdir={untrained}", f"--csv={test_csv}", f"--out={out}"], capsys)
   assert err.startswith(f"error: workdir {untrained}: no checkpoint to restore")
   assert not out.exists() and not (untrained / "checkpoints").exists()
-  model = inference.load(workdir)
-  monkeypatch.setattr(inference, "load", lambda workdir, which="best": model)
+  model = predictor.load(workdir)
+  monkeypatch.setattr(predictor, "load", lambda workdir, which="best": model)
   lookup.assign(ImageId=lookup["ImageId"].where(lookup.index != 2, 99)).to_csv(
       no_feature, index=False)
   err = _fails(["--workdir=w", f"--csv={test_csv}", f"--lookup={no_feature}", f"--out={out}"],
@@ -265,7 +268,7 @@ def test_untrained_keypoints_are_left_empty_and_refused_in_submissions(loaded, k
   for k in five:  # A run on a 5-point data set: 10 of the 30 columns learnt.
     trained[2 * k:2 * k + 2] = 1.0
   partial = dataclasses.replace(loaded, trained=trained)
-  monkeypatch.setattr(inference, "load", lambda workdir, which="best": partial)
+  monkeypatch.setattr(predictor, "load", lambda workdir, which="best": partial)
   out = tmp_path / "predictions.csv"
   predict.main(["--workdir=w", f"--csv={test_csv}", f"--out={out}"])
   assert "untrained keypoints left empty: left_eye_inner_corner" in capsys.readouterr().out

@@ -1,0 +1,1 @@
+"""The bottom layer: keypoint layouts, the faces container, geometry, metrics, files, errors."""

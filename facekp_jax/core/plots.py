@@ -1,0 +1,102 @@
+"""The figures: prediction grids, learning curves, the CED, per-keypoint bars; PNG writing.
+
+matplotlib is imported here only, on the first figure (``pyplot``), with the Agg backend, so
+training, evaluation and the commands start without it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from facekp_jax.core import files
+from facekp_jax.core.faces import Faces
+
+
+def pyplot():
+  """``matplotlib.pyplot`` on the file-only Agg backend, imported on first use."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def save_figure(fig, path: str) -> None:
+  """Writes ``fig`` as a PNG, atomically, and closes it."""
+  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100,
+                                                       bbox_inches="tight"))
+  pyplot().close(fig)
+
+
+def plot_grid(images: np.ndarray, predictions: np.ndarray, targets=None, mask=None,
+              title: str = "", size: int = 4):
+  """A size x size grid of faces: true keypoints (green dots), predicted (red crosses)."""
+  fig, axes = pyplot().subplots(size, size, figsize=(2.2 * size, 2.2 * size))
+  for i, ax in enumerate(axes.flat):
+    ax.axis("off")
+    if i >= len(images):
+      continue
+    ax.imshow(images[i].squeeze(), cmap="gray", vmin=0, vmax=1)
+    if targets is not None:
+      present = mask[i].reshape(-1, 2).min(1) > 0
+      t = targets[i].reshape(-1, 2)[present]
+      ax.plot(t[:, 0], t[:, 1], "o", ms=3, mfc="none", mec="lime", mew=1)
+    p = predictions[i].reshape(-1, 2)
+    ax.plot(p[:, 0], p[:, 1], "x", ms=4, color="red", mew=1)
+  fig.suptitle(title + "  (green o: true, red x: predicted)", fontsize=10)
+  return fig
+
+
+def plot_curves(history: list[dict]):
+  epochs = [h["epoch"] for h in history]
+  fig, ax = pyplot().subplots(figsize=(6, 4))
+  ax.plot(epochs, [h["train_rmse"] for h in history], label="train RMSE (augmented batches)")
+  if history and "val_rmse" in history[0]:
+    ax.plot(epochs, [h["val_rmse"] for h in history], label="validation RMSE")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("RMSE (pixels)")
+  ax.set_yscale("log")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  return fig
+
+
+def plot_ced(per_face_nme, normaliser: str, title: str = "", threshold: float = 0.10):
+  """The cumulative error distribution: share of faces with NME <= x, up to ``threshold``."""
+  errors = np.sort(np.asarray(per_face_nme, np.float64))
+  fig, ax = pyplot().subplots(figsize=(5, 4))
+  ax.step(errors, np.arange(1, len(errors) + 1) / max(len(errors), 1), where="post")
+  ax.set_xlim(0, threshold)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel(f"NME ({normaliser.replace('_', '-')})")
+  ax.set_ylabel("share of faces")
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  return fig
+
+
+def plot_per_keypoint(per_keypoint_rmse: dict):
+  names = [n for n, v in per_keypoint_rmse.items() if v is not None]
+  fig, ax = pyplot().subplots(figsize=(7, 4.5))
+  ax.barh(names, [per_keypoint_rmse[n] for n in names])
+  ax.invert_yaxis()
+  ax.set_xlabel("validation RMSE (pixels)")
+  ax.grid(True, axis="x", alpha=0.3)
+  return fig
+
+
+
+def write_run_plots(workdir: str, history, val: Faces, predictions, per_keypoint_rmse) -> None:
+  """A run's learning curves; with a validation split, its 4x4 grid and per-keypoint RMSE too."""
+  path = lambda name: os.path.join(workdir, name)
+  save_figure(plot_curves(history), path("learning_curves.png"))
+  if not len(val):
+    return
+  n = min(16, len(val))
+  sq = val.mask[:n] * (predictions[:n] - val.targets[:n]) ** 2
+  save_figure(plot_grid(val.images[:n], predictions[:n], val.targets[:n], val.mask[:n],
+                        title=f"validation faces, RMSE of these {n}: "
+                        f"{np.sqrt(sq.sum() / max(val.mask[:n].sum(), 1)):.2f} px"),
+              path("predictions.png"))
+  save_figure(plot_per_keypoint(per_keypoint_rmse), path("per_keypoint_rmse.png"))

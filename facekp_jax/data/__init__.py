@@ -1,0 +1,1 @@
+"""Faces from files or the generator, split and augmented: readers, dataset, sampler, on-device."""

@@ -1,0 +1,241 @@
+"""Kaggle's CSV layouts read into faces: training.csv (keypoints, Image), test.csv (ImageId, Image).
+
+Whole files (``read_training_csv``, ``read_test_csv``) or streamed in chunks for files too large
+to hold as text and images at once (``read_training_chunks``, ``read_test_chunks``), with the
+same checks and messages. Every problem with an input file raises ``DataError`` whose message
+is one line naming the file, the row (1-based, excluding the header) and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from absl import logging
+
+from facekp_jax.core import faces as faces_lib
+from facekp_jax.core import keypoints
+from facekp_jax.core.errors import DataError
+from facekp_jax.core.faces import Faces
+
+NUM_PIXELS = keypoints.IMAGE_SIZE * keypoints.IMAGE_SIZE
+# Coordinates this far outside the 96x96 frame are treated as corrupt labels.
+_COORD_SLACK = 0.5 * keypoints.IMAGE_SIZE
+# What to do with a coordinate beyond the plausibility bound (the image +- _COORD_SLACK):
+# refuse the file, drop that coordinate (it becomes missing), or drop the whole row.
+BAD_LABELS = ("error", "mask", "drop")
+
+
+# The reading failures of a damaged file (truncated gzip, binary bytes, broken quoting).
+_CSV_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError)
+
+
+def _unreadable(path: str, e: Exception) -> DataError:
+  detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return DataError(f"{path}: cannot be read as CSV ({detail})")
+
+
+def _read_frame(path: str, required: tuple[str, ...]) -> pd.DataFrame:
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  try:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+  except pd.errors.EmptyDataError:
+    raise DataError(f"{path}: file is empty") from None
+  except _CSV_ERRORS as e:
+    raise _unreadable(path, e) from None
+  missing = [c for c in required if c not in frame.columns]
+  if missing:
+    shown = ", ".join(missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+    raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {shown}")
+  if len(frame) == 0:
+    raise DataError(f"{path}: no data rows")
+  return frame
+
+
+def _parse_pixels(path: str, cells: pd.Series, first_row: int = 0) -> np.ndarray:
+  """Parses the space-separated ``Image`` strings into uint8 (N, 96, 96).
+
+  ``first_row`` is the file row (0-based) of ``cells[0]``, so errors name file rows.
+  """
+  images = np.empty((len(cells), NUM_PIXELS), np.uint8)
+  for row, cell in enumerate(cells):
+    values = np.array(cell.split(), dtype=object)
+    if len(values) != NUM_PIXELS:
+      raise DataError(f"{path}: row {first_row + row + 1}: Image has {len(values)} pixel values, "
+                      f"expected {NUM_PIXELS} (96x96)")
+    try:
+      pixels = values.astype(np.float64)
+    except ValueError:
+      bad = next(i for i, v in enumerate(values) if not _is_number(v))
+      raise DataError(f"{path}: row {first_row + row + 1}: Image pixel {bad + 1} is not a number: "
+                      f"{values[bad]!r:.40}") from None
+    out_of_range = (pixels < 0) | (pixels > 255) | ~np.isfinite(pixels)
+    if out_of_range.any():
+      bad = int(np.argmax(out_of_range))
+      raise DataError(f"{path}: row {first_row + row + 1}: Image pixel {bad + 1} is {values[bad]}, "
+                      "outside 0..255")
+    images[row] = np.rint(pixels).astype(np.uint8)
+  return images.reshape(-1, keypoints.IMAGE_SIZE, keypoints.IMAGE_SIZE)
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
+
+
+def _parse_coords(path: str, frame: pd.DataFrame, first_row: int = 0,
+                  bad_labels: str = "error") -> tuple[np.ndarray, np.ndarray]:
+  """Parses the 30 keypoint columns into float32 (N, 30), NaN where empty.
+
+  A coordinate outside the image but within ``_COORD_SLACK`` of it is a real label (faces in
+  strong poses reach past a 96x96 crop) and is kept. One beyond is, by ``bad_labels``, an
+  error ("error"), a missing value ("mask") or the end of its row ("drop").
+  ``first_row`` is the file row (0-based) of the frame's first row, so errors name file rows.
+
+  Returns:
+    (coords, rows with an implausible coordinate) — the rows are already NaN-masked or to be
+    dropped by the caller, as ``bad_labels`` says.
+  """
+  implausible = np.zeros(len(frame), bool)
+  coords = np.full((len(frame), keypoints.NUM_COORDS), np.nan, np.float32)
+  for j, column in enumerate(keypoints.COLUMNS):
+    cells = frame[column].str.strip()
+    values = pd.to_numeric(cells, errors="coerce").to_numpy(np.float64)
+    bad = np.isnan(values) & (cells != "").to_numpy() & (cells.str.lower() != "nan").to_numpy()
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise DataError(f"{path}: row {first_row + row + 1}: column {column} is not a number: "
+                      f"{cells.iloc[row]!r:.40}")
+    far = np.abs(values - keypoints.IMAGE_SIZE / 2) > keypoints.IMAGE_SIZE / 2 + _COORD_SLACK
+    far |= np.isinf(values)
+    if far.any() and bad_labels == "error":
+      row = int(np.argmax(far))
+      raise DataError(f"{path}: row {first_row + row + 1}: column {column} is {values[row]}, "
+                      f"far outside the 96x96 image (over {_COORD_SLACK:g} px); to go on, mask "
+                      "such values (data.bad_labels=mask, evaluate --bad_labels=mask) or drop "
+                      "their rows (=drop)")
+    implausible |= far
+    coords[:, j] = np.where(far, np.nan, values)
+  return coords, implausible
+
+
+def _faces(images, coords, implausible, bad_labels: str) -> Faces:
+  if bad_labels == "drop":
+    images, coords = images[~implausible], coords[~implausible]
+  return faces_lib.from_arrays(images, coords)
+
+
+def read_training_csv(path: str, bad_labels: str = "error") -> Faces:
+  """Reads a Kaggle training.csv-layout file (``.csv`` or ``.csv.gz``).
+
+  ``bad_labels``: see ``_parse_coords``; the rows it touched are logged.
+
+  Raises:
+    DataError: on any malformed content, naming file, row and problem.
+  """
+  frame = _read_frame(path, keypoints.COLUMNS + (keypoints.IMAGE_COLUMN,))
+  coords, implausible = _parse_coords(path, frame, bad_labels=bad_labels)
+  images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN])
+  _log_bad_labels(path, int(implausible.sum()), bad_labels)
+  return _faces(images, coords, implausible, bad_labels)
+
+
+def _log_bad_labels(path: str, rows: int, bad_labels: str) -> None:
+  if rows:
+    what = "masked those values" if bad_labels == "mask" else "dropped those rows"
+    logging.warning("%s: %d rows with a coordinate beyond %g px outside the image: %s "
+                    "(data.bad_labels=%s)", path, rows, _COORD_SLACK, what, bad_labels)
+
+
+def read_test_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a Kaggle test.csv-layout file: returns (image_ids, images (N,96,96,1))."""
+  frame = _read_frame(path, (keypoints.ID_COLUMN, keypoints.IMAGE_COLUMN))
+  ids = pd.to_numeric(frame[keypoints.ID_COLUMN], errors="coerce")
+  if ids.isna().any():
+    row = int(np.argmax(ids.isna().to_numpy()))
+    raise DataError(f"{path}: row {row + 1}: ImageId is not a number: "
+                    f"{frame[keypoints.ID_COLUMN].iloc[row]!r:.40}")
+  images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN])
+  return ids.to_numpy(np.int64), (images.astype(np.float32) / 255.0)[..., None]
+
+
+# Chunked reading: the same checks and messages as the whole-file readers above, for files
+# too large to hold as text and images at once.
+
+
+def read_csv_chunks(path: str, required: tuple[str, ...],
+                    chunk_rows: int = 1024) -> Iterator[tuple[int, pd.DataFrame]]:
+  """Streams a CSV as ``(first_row, frame)`` pieces of at most ``chunk_rows`` rows (as text).
+
+  ``first_row`` is the file row (0-based, excluding the header) of the frame's first row,
+  for the row parsers' messages.
+
+  Raises:
+    DataError: a missing, empty or unreadable file, missing columns, or no data rows.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  try:
+    reader = pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunk_rows)
+  except pd.errors.EmptyDataError:
+    raise DataError(f"{path}: file is empty") from None
+  except _CSV_ERRORS as e:
+    raise _unreadable(path, e) from None
+  with reader:
+    first_row = 0
+    while True:
+      try:
+        frame = next(reader)
+      except StopIteration:
+        break
+      except _CSV_ERRORS as e:
+        raise _unreadable(path, e) from None
+      if first_row == 0:
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+          shown = ", ".join(missing[:3]) + (
+              f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+          raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {shown}")
+      if len(frame):
+        yield first_row, frame
+      first_row += len(frame)
+  if first_row == 0:
+    raise DataError(f"{path}: no data rows")
+
+
+def read_training_chunks(path: str, chunk_rows: int = 1024,
+                         bad_labels: str = "error") -> Iterator[Faces]:
+  """``read_training_csv`` in pieces of at most ``chunk_rows`` faces; errors name file rows."""
+  required = keypoints.COLUMNS + (keypoints.IMAGE_COLUMN,)
+  for first_row, frame in read_csv_chunks(path, required, chunk_rows):
+    coords, implausible = _parse_coords(path, frame, first_row, bad_labels)
+    images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN], first_row)
+    _log_bad_labels(f"{path} rows {first_row + 1}-{first_row + len(frame)}",
+                    int(implausible.sum()), bad_labels)
+    yield _faces(images, coords, implausible, bad_labels)
+
+
+def read_test_chunks(path: str,
+                     chunk_rows: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """``read_test_csv`` in pieces: yields (image_ids, images (n, 96, 96, 1)) per chunk.
+
+  ImageIds must be whole numbers; errors name file rows.
+  """
+  required = (keypoints.ID_COLUMN, keypoints.IMAGE_COLUMN)
+  for first_row, frame in read_csv_chunks(path, required, chunk_rows):
+    cells = frame[keypoints.ID_COLUMN].str.strip()
+    ids = pd.to_numeric(cells, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(ids) | (ids != np.round(ids))
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise DataError(f"{path}: row {first_row + row + 1}: ImageId is not a whole number: "
+                      f"{cells.iloc[row]!r:.40}")
+    images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN], first_row)
+    yield ids.astype(np.int64), (images.astype(np.float32) / 255.0)[..., None]

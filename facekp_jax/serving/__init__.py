@@ -1,0 +1,1 @@
+"""Trained models at work: the predictor, scoring, submissions, photos and export."""

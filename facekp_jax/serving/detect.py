@@ -1,0 +1,272 @@
+"""Finding faces in photos, and the affine maps between a photo and the model's aligned crops.
+
+The model knows one framing only, Kaggle's: an upright face, eye centres
+``EYE_DISTANCE`` (36.2) px apart with their midpoint at ``EYE_MIDPOINT`` (48.3, 37.8)
+of the 96x96 frame (the statistics ``../shared/data/README.md`` gives and the built-in
+faces are drawn from). Each face of a photo is brought into that framing by a
+similarity map ``M`` (2x3, photo pixels -> crop pixels), the model predicts in the
+crop, and ``to_photo`` maps the keypoints back through ``M``'s inverse. Pixel
+``(row i, column j)`` is centred at ``(x=j, y=i)`` in both frames.
+
+Detector: OpenCV's Haar cascade ``haarcascade_frontalface_alt2.xml``, whose weights
+ship inside ``opencv-python-headless`` (4.x; 5.0 dropped the cascades, hence ``<5``).
+Weighed against: OpenCV's YuNet (``cv2.FaceDetectorYN``: better on turned and small
+faces, but its ONNX weights are not in the wheel and would have to be fetched),
+scikit-image's LBP cascade (ships in the wheel, same family, no confidence score),
+dlib's HOG detector (no wheels; builds from source) and MediaPipe / RetinaFace /
+InsightFace (large dependencies, or weights downloaded at run time). On 600 MTFL faces
+(placed in a larger canvas) ``alt2`` found 97 % with no false box, ``default`` 95.5 % with
+4 false boxes, ``alt`` 95 % at twice the time (``experiments/faces_align.py``). Haar
+finds frontal, upright faces; profiles and strongly tilted heads are missed.
+
+From a box, the eyes are placed where they lie in ``alt2``'s boxes on those faces
+(median midpoint at (0.497, 0.389) of the box, distance 0.377 of its width). That guess
+is rough (the distance's interquartile range is ~10 % of it, and it knows no roll). With
+``refine``, a first pass of the model reads the face in that crop and the face is cropped
+again by the similarity that lays its 15 keypoints on Kaggle's mean shape in the training
+framing (``shape_transform``), then read there. Measured on 600 held-out MTFL faces
+(``experiments/faces_align.py``, README "Using a trained model"): it helps with tilted heads
+and is even on upright ones; re-framing from the two eyes alone made things worse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from facekp_jax.core import keypoints
+from facekp_jax.data import shape_stats
+
+SIZE = keypoints.IMAGE_SIZE
+EYE_DISTANCE = 36.2
+EYE_MIDPOINT = (48.3, 37.8)
+CASCADE = "haarcascade_frontalface_alt2.xml"
+# Where alt2's box (x, y, w, h) puts the eye midpoint (fractions of w and h) and the eye
+# distance (fraction of w): medians over 600 MTFL faces, experiments/faces_align.py.
+BOX_EYE_MIDPOINT = (0.497, 0.389)
+BOX_EYE_DISTANCE = 0.377
+_DETECT_SIDE = 1280  # Photos are searched at most this large (longest side); boxes scaled back.
+_MIN_FACE = 24  # Smallest face searched for, pixels of the searched image.
+
+# (N, 96, 96, 1) in [0, 1] -> (N, 30) crop pixels (NaN: a keypoint the model does not read).
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+  """A detected face: ``box`` (x, y, width, height) in photo pixels (x, y: its top-left
+  pixel's centre) and the detector's ``score`` (the cascade's last-stage weight: larger is
+  more face-like, not a probability; NaN for a box given by hand)."""
+
+  box: tuple[float, float, float, float]
+  score: float = math.nan
+
+
+@dataclasses.dataclass
+class Keypoints:
+  """One face's result: its ``face``, the crop map ``transform`` (2x3, photo -> crop)
+  the prediction was made in, and ``keypoints`` (30,) in the photo's pixels."""
+
+  face: Face
+  transform: np.ndarray
+  keypoints: np.ndarray
+
+
+_cascade = None
+
+
+def _detector() -> cv2.CascadeClassifier:
+  global _cascade  # One load per process (~50 ms); cascades are not shared across threads.
+  if _cascade is None:
+    path = cv2.data.haarcascades + CASCADE
+    _cascade = cv2.CascadeClassifier(path)
+    if _cascade.empty():
+      raise RuntimeError(f"cannot load OpenCV's face cascade {path}")
+  return _cascade
+
+
+def to_uint8(grey: np.ndarray) -> np.ndarray:
+  """A float picture in [0, 1] -> uint8 0..255 (rounded)."""
+  return np.round(np.clip(grey, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def detect(grey: np.ndarray) -> list[Face]:
+  """The frontal faces of a grey (H, W) photo (uint8, or float in [0, 1]), left to right.
+
+  Photos longer than 1280 px are searched at that size; boxes are in the photo's pixels.
+  """
+  image = grey if grey.dtype == np.uint8 else to_uint8(grey)
+  shrink = min(1.0, _DETECT_SIDE / max(image.shape))
+  if shrink < 1.0:
+    image = cv2.resize(image, (max(1, round(image.shape[1] * shrink)),
+                               max(1, round(image.shape[0] * shrink))),
+                       interpolation=cv2.INTER_AREA)
+  boxes, _, weights = _detector().detectMultiScale3(
+      image, scaleFactor=1.1, minNeighbors=5, minSize=(_MIN_FACE, _MIN_FACE),
+      outputRejectLevels=True)
+  faces = []
+  for (x, y, w, h), score in zip(np.reshape(boxes, (-1, 4)), np.reshape(weights, -1)):
+    # The searched image's pixel centres -> the photo's: u -> (u + 0.5) / shrink - 0.5.
+    faces.append(Face(((x + 0.5) / shrink - 0.5, (y + 0.5) / shrink - 0.5, w / shrink,
+                       h / shrink), float(score)))
+  return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+
+
+def eye_transform(midpoint, distance: float, roll: float = 0.0) -> np.ndarray:
+  """The similarity (2x3, photo -> crop) that puts eyes with this ``midpoint`` (x, y),
+  ``distance`` and ``roll`` (radians, the eye line's angle from the x axis) at Kaggle's
+  framing: upright, ``EYE_DISTANCE`` apart, midpoint at ``EYE_MIDPOINT``."""
+  if not distance > 0:
+    raise ValueError(f"eye distance must be positive, got {distance}")
+  s = EYE_DISTANCE / distance
+  c, n = s * math.cos(roll), s * math.sin(roll)
+  linear = np.array([[c, n], [-n, c]])  # Rotation by -roll, then the scale.
+  shift = np.asarray(EYE_MIDPOINT) - linear @ np.asarray(midpoint, np.float64)
+  return np.concatenate([linear, shift[:, None]], axis=1)
+
+
+def box_transform(box) -> np.ndarray:
+  """The crop map guessed from a detector box (x, y, w, h): eyes where alt2's boxes have them."""
+  x, y, w, h = box
+  midpoint = (x + BOX_EYE_MIDPOINT[0] * w, y + BOX_EYE_MIDPOINT[1] * h)
+  return eye_transform(midpoint, BOX_EYE_DISTANCE * w)
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+  """The similarity (2x3) that maps points ``src`` (K, 2) closest to ``dst`` (least squares,
+  Umeyama 1991): rotation, one scale, shift; no reflection."""
+  ms, md = src.mean(0), dst.mean(0)
+  s0, d0 = src - ms, dst - md
+  u, sv, vt = np.linalg.svd(d0.T @ s0 / len(src))
+  flip = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+  linear = (np.trace(np.diag(sv) @ flip) / (s0 ** 2).sum(1).mean()) * (u @ flip @ vt)
+  return np.concatenate([linear, (md - linear @ ms)[:, None]], axis=1)
+
+
+def _framed_mean_shape() -> np.ndarray:
+  """Kaggle's mean shape (15, 2), moved so that its eyes sit at the training framing."""
+  mean = shape_stats.MEAN.reshape(-1, 2)
+  left, right = mean[keypoints.LEFT_EYE], mean[keypoints.RIGHT_EYE]
+  dx, dy = left - right
+  frame = eye_transform((left + right) / 2, math.hypot(dx, dy), math.atan2(dy, dx))
+  return to_crop(frame, mean.reshape(-1)).reshape(-1, 2)
+
+
+def shape_transform(coords: np.ndarray) -> np.ndarray:
+  """The crop map from a face's keypoints (30,) in photo pixels: the similarity that lays them
+  on Kaggle's mean shape in the training framing (upright, eyes ~36 px apart). Keypoints that
+  are NaN (a model's untrained ones, ``inference.Model.only_trained``) are left out of the fit."""
+  xy = np.asarray(coords, np.float64).reshape(-1, 2)
+  known = np.isfinite(xy).all(axis=1)
+  return _similarity(xy[known], MEAN_SHAPE[known])
+
+
+def to_photo(transform: np.ndarray, coords: np.ndarray) -> np.ndarray:
+  """(..., 30) coordinates in a crop -> the photo's pixels, through ``transform``'s inverse."""
+  xy = np.asarray(coords, np.float64).reshape(*np.shape(coords)[:-1], -1, 2)
+  linear, shift = transform[:, :2], transform[:, 2]
+  back = (xy - shift) @ np.linalg.inv(linear).T
+  return back.reshape(np.shape(coords))
+
+
+def to_crop(transform: np.ndarray, coords: np.ndarray) -> np.ndarray:
+  """(..., 30) coordinates in the photo -> the crop's pixels."""
+  xy = np.asarray(coords, np.float64).reshape(*np.shape(coords)[:-1], -1, 2)
+  return (xy @ transform[:, :2].T + transform[:, 2]).reshape(np.shape(coords))
+
+
+def crop(grey: np.ndarray, transform: np.ndarray) -> np.ndarray:
+  """The 96x96 float32 crop of a grey float (H, W) photo under ``transform`` (photo -> crop).
+
+  Bilinear sampling; when the crop shrinks the photo, the region it covers is first blurred
+  (Gaussian, sigma = (1/scale - 1) / 2, as scikit-image's anti-aliasing) so that small
+  details do not alias. Outside the photo, its edge pixels are repeated (as
+  ``pictures.fit`` pads).
+  """
+  grey = np.asarray(grey, np.float32)
+  linear = transform[:, :2]
+  scale = math.sqrt(abs(np.linalg.det(linear)))
+  sigma = max(0.0, (1.0 / scale - 1.0) / 2.0)
+  # The photo region the crop sees, with room for the blur and the bilinear taps.
+  corners = to_photo(transform, np.array([-1, -1, SIZE, -1, -1, SIZE, SIZE, SIZE], np.float64))
+  margin = 3.0 * sigma + 2.0
+  x0, y0 = (max(0, math.floor(corners[i::2].min() - margin)) for i in (0, 1))
+  x1 = min(grey.shape[1], math.ceil(corners[0::2].max() + margin) + 1)
+  y1 = min(grey.shape[0], math.ceil(corners[1::2].max() + margin) + 1)
+  if x1 <= x0 or y1 <= y0:  # The crop lies wholly outside: the nearest edge pixels.
+    x0, y0 = min(x0, grey.shape[1] - 1), min(y0, grey.shape[0] - 1)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+  region = grey[y0:y1, x0:x1]
+  if sigma > 0.05:
+    region = cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+  local = transform.copy()
+  local[:, 2] = transform[:, 2] + linear @ np.array([x0, y0], np.float64)
+  return cv2.warpAffine(region, local, (SIZE, SIZE), flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+
+
+def predict_in_crops(predict: Predict,
+                     crops: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+  """Crops (photo, map) pairs, predicts them as one batch, maps keypoints back to each photo."""
+  if not crops:
+    return []
+  images = np.stack([crop(grey, t) for grey, t in crops])[..., None]
+  predictions = np.asarray(predict(images), np.float64)
+  return [to_photo(t, p) for (_, t), p in zip(crops, predictions)]
+
+
+def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None = None,
+                   refine: bool = True) -> list[Keypoints]:
+  """The keypoints of every face in a grey float (H, W) photo, in its pixels.
+
+  Args:
+    predict: the model on aligned crops, (N, 96, 96, 1) in [0, 1] -> (N, 30) crop pixels.
+    grey: the photo, float in [0, 1].
+    faces: the faces to read (default: ``detect(grey)``).
+    refine: crop each face a second time, from the keypoints the first pass found
+      (``shape_transform``: upright, to scale), and predict again there.
+  """
+  return find_keypoints_in(predict, [(grey, faces)], refine)[0]
+
+
+def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face] | None]],
+                      refine: bool = True) -> list[list[Keypoints]]:
+  """``find_keypoints`` of several (grey photo, faces or None) at once: every face of every
+  photo goes into the same batch (one model call per pass, not one per photo)."""
+  photos = [(grey, detect(grey) if found is None else found) for grey, found in photos]
+  owners = [(grey, f) for grey, found in photos for f in found]
+  transforms = [box_transform(f.box) for _, f in owners]
+  coords = predict_in_crops(predict, [(grey, t) for (grey, _), t in zip(owners, transforms)])
+  if refine and owners:
+    again = [_refined(t, c) for t, c in zip(transforms, coords)]
+    redo = [i for i, t in enumerate(again) if t is not None]
+    second = predict_in_crops(predict, [(owners[i][0], again[i]) for i in redo])
+    for i, c in zip(redo, second):
+      transforms[i], coords[i] = again[i], c
+  results = iter(Keypoints(f, t, c) for (_, f), t, c in zip(owners, transforms, coords))
+  return [[next(results) for _ in found] for _, found in photos]
+
+
+# Fewest keypoints a second crop is fitted to (a similarity needs 2; 3 tolerate one bad point).
+MIN_REFINE_KEYPOINTS = 3
+
+
+def _refined(first: np.ndarray, coords: np.ndarray) -> np.ndarray | None:
+  """The crop map from a first pass's keypoints (NaN: untrained, left out); None (keep the
+  first) where they are implausible: under ``MIN_REFINE_KEYPOINTS`` finite ones, or a framing
+  under half or over twice the first crop's scale."""
+  if np.isfinite(np.reshape(coords, (-1, 2))).all(axis=1).sum() < MIN_REFINE_KEYPOINTS:
+    return None
+  again = shape_transform(coords)
+  if not np.isfinite(again).all() or abs(np.linalg.det(again[:, :2])) < 1e-12:
+    return None
+  ratio = math.sqrt(abs(np.linalg.det(again[:, :2]) / np.linalg.det(first[:, :2])))
+  return again if 0.5 <= ratio <= 2.0 else None
+
+
+# Kaggle's mean shape in the training framing (15, 2): what ``shape_transform`` fits to.
+MEAN_SHAPE = _framed_mean_shape()

@@ -1,0 +1,1 @@
+"""Training: the config's checks, the train state and steps, the loop, checkpoints, workdirs."""

@@ -1,0 +1,220 @@
+"""A training's workdir: the checks before a run, its writer, disk failures, what a run wrote.
+
+``check_workdir`` refuses a workdir before a run writes anything; ``RunWriter`` owns a run's
+files (through ``core.files``' atomic writer); ``disk_failures_end_the_run`` turns a full disk
+into one line; ``trained_keypoints`` and ``config_differences`` read what a run wrote. Plots are
+``core.plots``'s, figures ``core.metrics``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+
+import ml_collections
+import numpy as np
+
+from facekp_jax.core import files, keypoints
+from facekp_jax.core.errors import WorkdirError
+from facekp_jax.training import config as config_lib
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(map(tuple, v)) if _is_nested_seq(v) else (
+          tuple(v) if isinstance(v, (list, tuple)) else v)
+  return out
+
+
+def _is_nested_seq(v) -> bool:
+  return isinstance(v, (list, tuple)) and any(isinstance(x, (list, tuple)) for x in v)
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Fields whose values differ between a saved config (JSON) and ``config``."""
+  had, new = _flatten(saved), _flatten(json.loads(config.to_json()))
+  # Fields the saved run predates mean what the project did before them (``training.config``);
+  # others it does not have were added later without changing anything: not a difference.
+  old = {k: v for k, v in _flatten(config_lib.upgrade(saved)).items()
+         if k in had or k in new}
+  return [f"{k}: {old[k]!r} -> {new.get(k, '<absent>')!r}"
+          for k in sorted(old) if old[k] != new.get(k, object())]
+
+
+def check_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
+  """Refuses a workdir that cannot be written, or that holds a run of another config.
+
+  Raises:
+    WorkdirError: with a one-line description; nothing is created or written.
+  """
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise WorkdirError(f"workdir {workdir}: {existing} is not a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise WorkdirError(f"workdir {workdir}: {existing} is not writable")
+  saved_path = os.path.join(workdir, "config.json")
+  if os.path.exists(saved_path) and not allow_config_change:
+    with open(saved_path) as f:
+      diffs = config_differences(json.load(f), config)
+    if diffs:
+      raise WorkdirError(f"workdir {workdir} holds a run with another config ({'; '.join(diffs)}); "
+                         "use a new --workdir, or --allow_config_change to continue anyway")
+
+
+TRAINED_KEYPOINTS = "trained_keypoints.json"
+
+
+def trained_keypoints(workdir: str) -> np.ndarray:
+  """(30,) 1 for the coordinates of keypoints the run's training split labelled.
+
+  Workdirs written before the record existed count every keypoint as trained.
+  """
+  path = os.path.join(workdir, TRAINED_KEYPOINTS)
+  if not os.path.exists(path):
+    return np.ones(keypoints.NUM_COORDS, np.float32)
+  try:
+    with open(path) as f:
+      names = set(json.load(f)["trained"])
+  except (OSError, ValueError, KeyError) as e:
+    raise WorkdirError(f"workdir {workdir}: cannot read {TRAINED_KEYPOINTS} ({e})") from None
+  return np.repeat([float(n in names) for n in keypoints.KEYPOINT_NAMES], 2).astype(np.float32)
+
+
+# Errors of the storage itself (full, failing, read-only, over quota), not of the program.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS})
+
+
+# TensorStore (Orbax's array writer) reports an OS error inside a ValueError's message.
+_TENSORSTORE_OS_ERROR = re.compile(r"os_error_code='(\d+)'")
+_TENSORSTORE_FILE = re.compile(r'file "([^"]+)"')
+
+
+def disk_failure(error: BaseException) -> OSError | None:
+  """The storage error (``DISK_ERRNOS``) behind ``error``, looking through the exceptions it
+  was raised from (Orbax wraps its writers' errors) and TensorStore's messages, or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+      return error
+    code = _TENSORSTORE_OS_ERROR.search(str(error))
+    if code and int(code.group(1)) in DISK_ERRNOS:
+      path = _TENSORSTORE_FILE.search(str(error))
+      return OSError(int(code.group(1)), os.strerror(int(code.group(1))),
+                     path.group(1) if path else None)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+class _OrbaxDiskNoise(logging.Filter):
+  """Drops Orbax's own error records of a disk failure: its writer threads log each failing
+  write with a traceback (~280 lines), before and after the run's one-line error."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not ((error is not None and disk_failure(error))
+                or disk_failure(ValueError(record.getMessage())))
+
+
+@contextlib.contextmanager
+def disk_failures_end_the_run(workdir: str):
+  """Turns a write that fails on a full or failing disk (``disk_failure``) into one
+  ``WorkdirError`` line that says how to go on; other errors pass unchanged.
+
+  Every writer of a run leaves the last good state behind when it fails (``files.atomic_write``
+  renames complete files only, ``RunWriter.append_metrics`` takes back a partial line, Orbax
+  renames complete checkpoints only), so running the same command again resumes. Orbax's own
+  error records of the disk failure (``_OrbaxDiskNoise``) stay out of the log meanwhile.
+  """
+  noise = _OrbaxDiskNoise()
+  absl_logger = logging.getLogger("absl")  # Orbax logs through absl.logging.
+  absl_logger.addFilter(noise)
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    failure = disk_failure(e)
+    if failure is None:
+      absl_logger.removeFilter(noise)
+      raise
+    # The filter stays: Orbax's threads go on logging the failure until the process ends.
+    where = f" {failure.filename}" if failure.filename else ""
+    raise WorkdirError(
+        f"workdir {workdir}: a write{where} failed ({failure.strerror or failure}); the last "
+        "complete checkpoint and metrics.jsonl are intact: free space (or mend the disk) and "
+        "run the same command again to resume") from e
+  absl_logger.removeFilter(noise)
+
+
+class RunWriter:
+  """Owns the files of a workdir; a no-op on processes other than the main one."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.workdir = workdir
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+
+  def _path(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def write_config(self, config) -> None:
+    if self.enabled:
+      files.atomic_write(self._path("config.json"),
+                         lambda f: f.write(config.to_json(indent=2).encode()))
+
+  def write_trained_keypoints(self, mask) -> None:
+    """Records which keypoints the training split labels (``TRAINED_KEYPOINTS``)."""
+    if self.enabled:
+      counts = np.asarray(mask).reshape(-1, keypoints.NUM_KEYPOINTS, 2).min(axis=2).sum(axis=0)
+      files.write_json(self._path(TRAINED_KEYPOINTS), {
+          "trained": [n for n, c in zip(keypoints.KEYPOINT_NAMES, counts) if c > 0],
+          "labelled_faces": {n: int(c) for n, c in zip(keypoints.KEYPOINT_NAMES, counts)}})
+
+  def rewrite_metrics(self, history: list[dict]) -> None:
+    """Makes metrics.jsonl hold exactly ``history`` (a resumed run's checkpointed epochs)."""
+    if self.enabled:
+      text = "".join(json.dumps(r) + "\n" for r in history)
+      files.atomic_write(self._path("metrics.jsonl"), lambda f: f.write(text.encode()))
+
+  def append_metrics(self, record: dict) -> None:
+    """Appends one epoch to metrics.jsonl and to the TensorBoard event file."""
+    if not self.enabled:
+      return
+    with open(self._path("metrics.jsonl"), "a") as f:
+      size = f.tell()
+      try:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+      except OSError:  # A full or failing disk: no half line stays behind.
+        f.truncate(size)
+        raise
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(self._path("tensorboard"), flush_secs=30)
+    for key in ("train_loss", "train_rmse", "val_rmse", "val_nme"):
+      if key in record:  # No validation figures in a final fit on every face.
+        self._tb.add_scalar(key, record[key], global_step=record["step"])
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+  def write_results(self, results: dict) -> None:
+    if self.enabled:
+      files.write_json(self._path("results.json"), results)

@@ -1,0 +1,130 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from facekp_jax.core import errors, keypoints
+from facekp_jax.core import faces as faces_lib
+from facekp_jax.data import dataset as dataset_lib
+from facekp_jax.data import kaggle
+from tests.conftest import kaggle_frame, random_faces
+
+
+def test_reader_round_trip(write_csv):
+  images, coords = random_faces(5, missing_every=2)
+  faces = kaggle.read_training_csv(write_csv("train.csv", images, coords))
+  assert faces.images.shape == (5, 96, 96, 1) and faces.images.dtype == np.float32
+  np.testing.assert_allclose(faces.images[..., 0], images / 255.0, atol=1e-7)
+  np.testing.assert_array_equal(faces.mask, ~np.isnan(coords))
+  np.testing.assert_allclose(faces.targets, np.nan_to_num(coords, nan=0.0), atol=1e-4)
+  assert faces.mask[0].sum() == 8 and faces.mask[1].sum() == 30
+
+
+def test_reader_reads_gzip(tmp_path):
+  images, coords = random_faces(3)
+  path = tmp_path / "train.csv.gz"
+  kaggle_frame(images, coords).to_csv(path, index=False)
+  faces = kaggle.read_training_csv(str(path))
+  assert len(faces) == 3 and faces.mask.all()
+
+
+def test_read_test_csv(tmp_path):
+  images, _ = random_faces(3)
+  frame = kaggle_frame(images, np.zeros((3, 30)))[["Image"]]
+  frame.insert(0, "ImageId", [7, 8, 9])
+  frame.to_csv(tmp_path / "test.csv", index=False)
+  ids, imgs = kaggle.read_test_csv(str(tmp_path / "test.csv"))
+  np.testing.assert_array_equal(ids, [7, 8, 9])
+  assert imgs.shape == (3, 96, 96, 1)
+
+
+def _damaged(write_csv, damage):
+  frame = damage(kaggle_frame(*random_faces(4)))
+  path = write_csv("bad.csv", np.zeros((0, 96, 96), np.uint8), np.zeros((0, 30)))
+  frame.to_csv(path, index=False)
+  return path
+
+
+def _set(column, row, value):
+  return lambda f: f.assign(**{column: f[column].astype(object).where(f.index != row, value)})
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (_set("Image", 2, "1 2 3"), "row 3: Image has 3 pixel values, expected 9216"),
+    (_set("Image", 1, "x " * 9216), "row 2: Image pixel 1 is not a number"),
+    (_set("Image", 0, "300 " * 9216), "row 1: Image pixel 1 is 300, outside 0..255"),
+    (_set("nose_tip_y", 3, "abc"), "row 4: column nose_tip_y is not a number"),
+    (_set("nose_tip_x", 1, 900.0), "row 2: column nose_tip_x is 900.0, far outside the 96x96"),
+    (lambda f: f.drop(columns=["mouth_left_corner_y"]), "missing column mouth_left_corner_y"),
+    (lambda f: f.drop(columns=["Image"]), "missing column Image"),
+])
+def test_reader_errors_name_file_row_and_problem(write_csv, damage, expected):
+  path = _damaged(write_csv, damage)
+  with pytest.raises(errors.DataError) as e:
+    kaggle.read_training_csv(path)
+  msg = str(e.value)
+  assert msg.startswith(path + ": ") and expected in msg and "\n" not in msg
+
+
+def test_reader_errors_for_missing_empty_and_corrupt_files(tmp_path):
+  with pytest.raises(errors.DataError, match="file not found"):
+    kaggle.read_training_csv(str(tmp_path / "nope.csv"))
+  (tmp_path / "empty.csv").write_text("")
+  with pytest.raises(errors.DataError, match="empty.csv: file is empty"):
+    kaggle.read_training_csv(str(tmp_path / "empty.csv"))
+  (tmp_path / "header.csv").write_text(",".join(keypoints.COLUMNS + ("Image",)) + "\n")
+  with pytest.raises(errors.DataError, match="header.csv: no data rows"):
+    kaggle.read_training_csv(str(tmp_path / "header.csv"))
+  raw = gzip.compress(kaggle_frame(*random_faces(2)).to_csv(index=False).encode())
+  (tmp_path / "cut.csv.gz").write_bytes(raw[: len(raw) // 2])
+  with pytest.raises(errors.DataError, match="cut.csv.gz: cannot be read as CSV"):
+    kaggle.read_training_csv(str(tmp_path / "cut.csv.gz"))
+
+
+def test_select_rows_complete_and_all(write_csv):
+  images, coords = random_faces(6, missing_every=3)  # Rows 0 and 3 are partial.
+  coords[5] = np.nan  # No label at all.
+  faces = kaggle.read_training_csv(write_csv("t.csv", images, coords))
+  assert len(dataset_lib.select_rows(faces, "complete", "t.csv")) == 3
+  assert len(dataset_lib.select_rows(faces, "all", "t.csv")) == 5
+  coords[[1, 2, 4]] = np.nan
+  partial = kaggle.read_training_csv(write_csv("p.csv", images, coords))
+  with pytest.raises(errors.DataError, match="p.csv: no usable rows"):
+    dataset_lib.select_rows(partial, "complete", "p.csv")
+
+
+def test_split_is_seeded_disjoint_and_sized():
+  train, val = dataset_lib.split(100, 0.2, seed=3)
+  assert len(val) == 20 and len(train) == 80
+  assert not set(train) & set(val) and set(train) | set(val) == set(range(100))
+  again = dataset_lib.split(100, 0.2, seed=3)
+  np.testing.assert_array_equal(train, again[0])
+  assert not np.array_equal(val, dataset_lib.split(100, 0.2, seed=4)[1])
+
+
+def test_eval_batches_pad_with_masked_rows():
+  faces = faces_lib.Faces(np.ones((5, 96, 96, 1), np.float32), np.ones((5, 30), np.float32),
+                     np.ones((5, 30), np.float32))
+  batches = list(faces_lib.batches(faces, 4))
+  assert [len(b) for b in batches] == [4, 4]
+  assert batches[1].mask.sum() == 30  # One real face, three padded rows with no labels.
+
+
+def test_labels_outside_the_frame_are_kept_and_implausible_ones_follow_bad_labels(write_csv):
+  images, coords = random_faces(4)
+  coords[0, 1] = 140.0  # 44 px below the image: a real label of a face in a strong pose.
+  coords[2, 3] = 150.0  # 54 px below: beyond the plausibility bound.
+  path = write_csv("poses.csv", images, coords)
+  with pytest.raises(errors.DataError) as e:
+    kaggle.read_training_csv(path)  # Default "error": the message names the ways on.
+  assert "row 3: column left_eye_center_y" not in str(e.value)
+  assert "row 3: column right_eye_center_y is 150.0" in str(e.value)
+  assert "data.bad_labels=mask" in str(e.value) and "=drop" in str(e.value)
+  masked = kaggle.read_training_csv(path, bad_labels="mask")
+  assert len(masked) == 4 and masked.targets[0, 1] == 140.0 and masked.mask[0, 1] == 1
+  assert masked.mask[2, 3] == 0 and masked.mask[2].sum() == 29  # Only that value goes.
+  dropped = kaggle.read_training_csv(path, bad_labels="drop")
+  assert len(dropped) == 3 and dropped.targets[0, 1] == 140.0
+  np.testing.assert_allclose(dropped.targets[2], coords[3], atol=1e-4)  # Row 3 went.
+  chunks = list(kaggle.read_training_chunks(path, chunk_rows=2, bad_labels="drop"))
+  assert [len(c) for c in chunks] == [2, 1]

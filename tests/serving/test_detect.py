@@ -1,0 +1,176 @@
+"""Faces in photos: the detector on a real photograph, and crop -> predict -> map back."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage, optimize
+from skimage import data as skimage_data
+
+from facekp_jax.core import keypoints
+from facekp_jax.data import shape_stats, synthetic
+from facekp_jax.serving import detect, pictures
+
+# skimage.data.astronaut() (512x512): the eye centres (pupils), read off the picture at 10x.
+ASTRONAUT_EYES = {"right_eye_center": (202.5, 100.5), "left_eye_center": (246.5, 102.0)}
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+  return pictures.to_grey(skimage_data.astronaut().astype(np.float32) / 255.0)
+
+
+def test_astronaut_gives_one_face_whose_box_holds_the_eyes(astronaut):
+  found = detect.detect(astronaut)
+  assert len(found) == 1, found
+  (x, y, w, h), score = found[0].box, found[0].score
+  assert np.isfinite(score) and score > 0
+  for ex, ey in ASTRONAUT_EYES.values():
+    assert x < ex < x + w and y < ey < y + h
+  # The box's guess of the framing puts the true eyes within a few pixels of Kaggle's.
+  eyes = np.zeros(keypoints.NUM_COORDS)
+  for name, xy in ASTRONAUT_EYES.items():
+    k = keypoints.KEYPOINT_NAMES.index(name)
+    eyes[2 * k:2 * k + 2] = xy
+  in_crop = detect.to_crop(detect.box_transform(found[0].box), eyes).reshape(-1, 2)
+  mid = (in_crop[keypoints.LEFT_EYE] + in_crop[keypoints.RIGHT_EYE]) / 2
+  assert np.hypot(*(mid - detect.EYE_MIDPOINT)) < 4.0, mid
+  distance = np.hypot(*(in_crop[keypoints.LEFT_EYE] - in_crop[keypoints.RIGHT_EYE]))
+  assert 0.75 * detect.EYE_DISTANCE < distance < 1.4 * detect.EYE_DISTANCE, distance
+
+
+def test_a_picture_without_a_face_has_none():
+  rng = np.random.default_rng(0)
+  assert detect.detect(np.full((300, 400), 0.5, np.float32)) == []
+  assert detect.detect(rng.random((200, 200)).astype(np.float32)) == []
+
+
+# ------------------------------------------------------ a pasted face, read by a stand-in
+
+
+def _paste(scale, roll_deg, centre, canvas_shape=(360, 480)):
+  """A built-in face with a bright dot on each keypoint, pasted into a larger grey canvas.
+
+  Returns the canvas (float in [0, 1]), the keypoints there, and a detector-like box.
+  """
+  images, coords = synthetic.generate(2, seed=1)
+  image, kp = images[1].astype(np.float32) / 255.0, coords[1].astype(np.float64)
+  a = math.radians(roll_deg)
+  linear = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+  paste = np.concatenate([linear, (np.asarray(centre) - linear @ [47.5, 47.5])[:, None]], 1)
+  canvas = cv2.warpAffine(image, paste, canvas_shape[::-1], flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.5)
+  truth = detect.to_crop(paste, kp)
+  yy, xx = np.mgrid[:canvas_shape[0], :canvas_shape[1]]
+  dots = np.zeros(canvas_shape, np.float32)
+  sigma = 0.8 * scale  # About 0.8 px once the crop brings the face back to 96x96.
+  for x, y in truth.reshape(-1, 2):
+    dots = np.maximum(dots, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2)))
+  canvas = 0.3 * canvas + 0.7 * dots
+  # A box where the detector would put it for these eyes, 4 % too large and a little off.
+  xy = truth.reshape(-1, 2)
+  mid = (xy[keypoints.LEFT_EYE] + xy[keypoints.RIGHT_EYE]) / 2
+  width = 1.04 * np.hypot(*(xy[keypoints.LEFT_EYE] - xy[keypoints.RIGHT_EYE])) \
+      / detect.BOX_EYE_DISTANCE
+  box = (mid[0] - detect.BOX_EYE_MIDPOINT[0] * width + 2.0,
+         mid[1] - detect.BOX_EYE_MIDPOINT[1] * width - 1.5, width, width)
+  return canvas.astype(np.float32), truth, box
+
+
+def _dot_finder(crops):
+  """A stand-in model: the keypoints it returns are the crop's own dots (their intensity
+  centroids), named by matching them to Kaggle's mean shape."""
+  out = []
+  mean_shape = shape_stats.MEAN.reshape(-1, 2)
+  for image in crops[..., 0]:
+    weight = np.clip(image - 0.45, 0.0, None)
+    labels, n = ndimage.label(weight > 0)
+    assert n == keypoints.NUM_KEYPOINTS, f"{n} dots in the crop"
+    found = np.array(ndimage.center_of_mass(weight, labels, range(1, n + 1)))[:, ::-1]
+    shifted = found - found.mean(0) + mean_shape.mean(0)
+    cost = ((shifted[:, None] - mean_shape[None]) ** 2).sum(-1)
+    rows, cols = optimize.linear_sum_assignment(cost)
+    named = np.empty_like(found)
+    named[cols] = found[rows]
+    out.append(named.reshape(-1))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+@pytest.mark.parametrize("scale, roll_deg, centre", [(2.5, 0.0, (170.0, 150.0)),
+                                                    (1.6, 14.0, (300.0, 200.0))])
+def test_a_pasted_face_comes_back_where_it_was_pasted(scale, roll_deg, centre, refine):
+  canvas, truth, box = _paste(scale, roll_deg, centre)
+  got, = detect.find_keypoints(_dot_finder, canvas, [detect.Face(box, 1.0)], refine=refine)
+  assert got.face.box == box
+  np.testing.assert_array_less(np.hypot(*(got.keypoints - truth).reshape(-1, 2).T), 1.0)
+  first = detect.box_transform(box)
+  if refine:  # The second crop lays the (perfectly read) face on the framed mean shape.
+    np.testing.assert_allclose(detect.to_crop(got.transform, truth),
+                               detect.to_crop(detect.shape_transform(truth), truth), atol=0.2)
+    assert not np.allclose(got.transform, first, atol=0.05)
+  else:
+    np.testing.assert_array_equal(got.transform, first)
+
+
+def test_shape_transform_undoes_a_similarity_of_the_mean_shape():
+  """The mean shape turned, scaled and moved is brought back onto the framed mean shape."""
+  a = math.radians(25)
+  linear = 3.0 * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+  moved = detect.MEAN_SHAPE @ linear.T + [400.0, 120.0]
+  back = detect.to_crop(detect.shape_transform(moved.reshape(-1)), moved.reshape(-1))
+  np.testing.assert_allclose(back.reshape(-1, 2), detect.MEAN_SHAPE, atol=1e-9)
+  eyes = detect.MEAN_SHAPE[[keypoints.LEFT_EYE, keypoints.RIGHT_EYE]]
+  np.testing.assert_allclose(eyes.mean(0), detect.EYE_MIDPOINT, atol=1e-9)
+  np.testing.assert_allclose(np.hypot(*(eyes[0] - eyes[1])), detect.EYE_DISTANCE, atol=1e-9)
+
+
+def test_maps_round_trip_and_crops_resample_where_the_map_says():
+  t = detect.eye_transform((210.0, 140.0), 72.0, math.radians(-20))
+  coords = np.random.default_rng(1).uniform(0, 96, (3, 30))
+  np.testing.assert_allclose(detect.to_crop(t, detect.to_photo(t, coords)), coords, atol=1e-9)
+  np.testing.assert_allclose(detect.to_crop(t, np.array([210.0, 140.0])), detect.EYE_MIDPOINT)
+  # A linear ramp is resampled exactly (bilinear; OpenCV places samples to 1/32 px), also where
+  # the crop shrinks and blurs it.
+  yy, xx = np.mgrid[:300, :400].astype(np.float32)
+  ramp = (0.001 * xx + 0.0005 * yy).astype(np.float32)
+  crop = detect.crop(ramp, t)
+  at = detect.to_photo(t, np.stack(np.meshgrid(np.arange(96.0), np.arange(96.0)), -1)
+                      .reshape(96, 96 * 2)).reshape(96, 96, 2)
+  np.testing.assert_allclose(crop, 0.001 * at[..., 0] + 0.0005 * at[..., 1],
+                             atol=0.0015 / 32)
+
+
+def test_several_photos_share_each_pass_and_keep_their_own_faces():
+  photos = [_paste(2.5, 0.0, (170.0, 150.0)), None, _paste(1.6, 14.0, (300.0, 200.0))]
+  calls = []
+
+  def counting(crops):
+    calls.append(len(crops))
+    return _dot_finder(crops)
+
+  blank = np.full((100, 120), 0.5, np.float32)
+  got = detect.find_keypoints_in(counting, [
+      (p[0], [detect.Face(p[2])]) if p else (blank, []) for p in photos])
+  assert calls == [2, 2] and [len(g) for g in got] == [1, 0, 1]
+  for p, g in zip(photos[::2], got[::2]):
+    assert g[0].face.box == p[2]
+    np.testing.assert_array_less(np.hypot(*(g[0].keypoints - p[1]).reshape(-1, 2).T), 1.0)
+
+
+def test_the_second_crop_is_fitted_to_the_trained_keypoints_only():
+  """A model that reads 5 of the 15 keypoints (MTFL's; the others NaN) is still refined, and
+  its second crop is the similarity of those 5 to the mean shape."""
+  canvas, truth, box = _paste(1.6, 14.0, (300.0, 200.0))
+  five = np.isin(np.arange(keypoints.NUM_COORDS) // 2, [keypoints.KEYPOINT_NAMES.index(n) for n in (
+      "left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner",
+      "mouth_right_corner")])
+  got, = detect.find_keypoints(lambda c: np.where(five, _dot_finder(c), np.nan), canvas,
+                              [detect.Face(box, 1.0)])
+  np.testing.assert_array_equal(np.isfinite(got.keypoints), five)
+  np.testing.assert_array_less(np.hypot(*(got.keypoints - truth)[five].reshape(-1, 2).T), 1.0)
+  assert not np.allclose(got.transform, detect.box_transform(box), atol=0.05)  # Refined.
+  fitted = detect.shape_transform(np.where(five, truth, np.nan))
+  np.testing.assert_allclose(detect.to_crop(got.transform, truth),
+                             detect.to_crop(fitted, truth), atol=0.2)
