@@ -493,7 +493,7 @@ def _same_run(scratch: str, dataset: str, seed: int, config, robustness: bool,
   """A finished run (of any study) that trained this very config and seed, hence the same
   data, held-out faces and model, and whose record has the scores this study needs.
 
-  Configs compare as a workdir reads them (``config_upgrade``: a field added since the run
+  Configs compare as a workdir reads them (``training.config.upgrade``: a field added since the run
   means what the run did), so new config fields do not orphan finished runs.
   """
   def trained(saved: dict) -> dict:  # What training read: scoring fields left out.

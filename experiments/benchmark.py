@@ -190,7 +190,7 @@ def time_inference(config, calls: int) -> list[dict]:
 
 def main(argv):
   del argv
-  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (ops/host_memory.py).
+  host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (core/host_memory.py).
   if FLAGS.inference:
     cli.quiet_libraries()
     for record in time_inference(FLAGS.config, FLAGS.calls):

@@ -12,7 +12,7 @@ the paired change (refined - box only, mean and standard error over faces).
   python -m experiments.faces_align --csv=FACES.csv[.gz] [--rows=600] [--roll=0] [--workdir=W]
 
 Prints one JSON line per cascade (detection rate, false boxes, the box statistics
-``faces.BOX_EYE_*`` holds: medians and interquartile ranges) and, with a workdir, one line
+``detect.BOX_EYE_*`` holds: medians and interquartile ranges) and, with a workdir, one line
 with the two NMEs.
 """
 

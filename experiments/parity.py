@@ -454,7 +454,8 @@ def markdown(result: dict) -> str:
       "batch order). Δ / % vs keras: the arm's mean minus the Keras mean (issue 17's target: "
       "within 2 % plain and under ±20° rotations). rot±20 / rot±30 RMSE: mean of the -θ and +θ "
       "rotations' RMSE; ratios: perturbed RMSE over the same run's plain RMSE "
-      "(`facekp_jax/serving/robustness.py`; labels pushed off the frame are not scored). train s/run: "
+      "(`facekp_jax/serving/robustness.py`; labels pushed off the frame are not scored). "
+      "train s/run: "
       "seconds of training (Keras' fit; JAX's epochs, over every session of a resumed run) on a "
       "2-core machine shared with other trainings (load 4-11): not a speed comparison.", "",
       "Arms (each switches one difference to Keras' behaviour):", ""]
@@ -464,7 +465,8 @@ def markdown(result: dict) -> str:
       "before its geometric augmentation, EMA and TTA): " + ", ".join(
           f"`{k}={v!r}`" for k, v in PINNED.items()) + " (arm `current-defaults` unpins them).",
       "", "Equal by construction, so no arm: the architecture (18,007,710 parameters in both), "
-      "batch norm (momentum 0.99, epsilon 1e-3: Keras' defaults, `facekp_jax/model/resnet.py`), dropout "
+      "batch norm (momentum 0.99, epsilon 1e-3: Keras' defaults, `facekp_jax/model/resnet.py`), "
+      "dropout "
       "0.2/0.1, zero biases, Adam 1e-4 (β 0.9/0.999), MSE over the labelled coordinates, batch "
       "32, pixels / 255, and the data amount (both train on the same training faces; JAX "
       "without a validation split).", "",

@@ -26,10 +26,13 @@ import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.conftest import kaggle_frame, random_faces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -129,10 +132,10 @@ def _commands_in(code):
 
 
 def _readme():
-  """[(module, args, the text they came from)] for every command README.md shows."""
+  """[(module, args)] for every command README.md shows, in its order."""
   with open(README) as f:
     blocks, spans = _code(f.read())
-  return [(m, a, code) for code in blocks + spans for m, a in _commands_in(code)]
+  return [c for code in blocks + spans for c in _commands_in(code)]
 
 
 def _key(module, args):
@@ -152,12 +155,12 @@ def _python_blocks():
 
 def test_every_readme_command_is_in_the_table():
   commands = _readme()
-  keys = {_key(m, a) for m, a, _ in commands}
+  keys = {_key(m, a) for m, a in commands}
   assert keys - set(COMMANDS) == set(), (
       "README commands no test runs: add them to COMMANDS: "
-      + "; ".join(_show(m, a) for m, a, _ in commands if _key(m, a) not in COMMANDS))
+      + "; ".join(_show(m, a) for m, a in commands if _key(m, a) not in COMMANDS))
   assert set(COMMANDS) - keys == set(), "COMMANDS entries the README no longer shows"
-  for module, args, _ in commands:
+  for module, args in commands:
     assert not any(a.startswith("[") for a in args), f"not runnable as written: {args}"
     if COMMANDS[_key(module, args)][0] == PARSE:
       assert module == "facekp_jax.main", "PARSE checks facekp_jax.main's flags only"
@@ -168,7 +171,7 @@ def test_set_up_and_test_commands_are_the_ones_ci_runs():
   with open(os.path.join(ROOT, ".ci", "run")) as f:
     ci = [_commands_in(line) for line in f if not line.startswith("#")]
   ci = [c for found in ci for c in found]
-  for module, args, _ in _readme():
+  for module, args in _readme():
     if COMMANDS[_key(module, args)][0] == CI:
       assert (module, args) in ci, f"{_show(module, args)} is not what .ci/run runs"
   with open(README) as f:
@@ -208,28 +211,24 @@ def _substitute(args, tmp):
 
 
 def _make_inputs(tmp):
-  """The files the README's commands read, small: faces from the synthetic writer."""
+  """The files the README's commands read, small (the README's synthesize command runs too)."""
   import matplotlib.image
   from skimage import data as skimage_data
 
-  proc = _run(["-m", "facekp_jax.synthesize", "--out", f"{tmp}/training.csv", "--n", "40"])
-  assert proc.returncode == 0, proc.stderr
-  faces = pd.read_csv(f"{tmp}/training.csv")
-  columns = [c for c in faces.columns if c != "Image"]
-  labelled = faces.iloc[:16].copy()
-  labelled.loc[labelled.index[::2], columns[-4:]] = np.nan  # Missing cells, as Kaggle's.
-  labelled.to_csv(f"{tmp}/FILE.csv", index=False)
-  test = pd.DataFrame({"ImageId": range(1, 6), "Image": faces["Image"][:5]})
-  test.to_csv(f"{tmp}/test.csv", index=False)
+  images, coords = random_faces(40)
+  kaggle_frame(images, coords).to_csv(f"{tmp}/training.csv", index=False)
+  kaggle_frame(*random_faces(16, seed=1, missing_every=2)).to_csv(f"{tmp}/FILE.csv", index=False)
+  pd.DataFrame({"ImageId": range(1, 6), "Image": kaggle_frame(images[:5], coords[:5])["Image"]}
+               ).to_csv(f"{tmp}/test.csv", index=False)
+  columns = [c for c in kaggle_frame(images[:1], coords[:1]).columns if c != "Image"]
   lookup = [(i, c) for i in range(1, 6) for c in columns]
   pd.DataFrame({"RowId": range(1, len(lookup) + 1), "ImageId": [i for i, _ in lookup],
                 "FeatureName": [c for _, c in lookup], "Location": np.nan}).to_csv(
                     f"{tmp}/IdLookupTable.csv", index=False)
   os.makedirs(f"{tmp}/photos")
-  for i, name in enumerate(("face1.png", "face2.jpg", "photos/face3.png")):
-    face = np.array(faces["Image"][i].split(), np.uint8).reshape(96, 96)
-    matplotlib.image.imsave(f"{tmp}/{name}", np.kron(face, np.ones((3, 3), np.uint8)),
-                            cmap="gray")
+  for image, name in zip(images, ("face1.png", "face2.jpg", "photos/face3.png")):
+    matplotlib.image.imsave(f"{tmp}/{name}", np.kron(image, np.ones((3, 3), np.uint8)),
+                            cmap="gray")  # Pictures of 288x288.
   matplotlib.image.imsave(f"{tmp}/photo.jpg", skimage_data.astronaut())  # A face is found.
 
 
@@ -272,37 +271,43 @@ def _parse_checks(commands):
   return failures
 
 
+def _run_command(module, args, outputs, tmp):
+  """Failures of one RUN command: its exit code, the outputs it should have written."""
+  argv = _substitute(args, tmp)
+  proc = _run(["-m", module, *argv])
+  if proc.returncode:
+    return [f"{_show(module, argv)}: exit {proc.returncode}\n{proc.stderr[-2000:]}"]
+  named = {a.lstrip("-").split("=")[0]: a.split("=", 1)[1] for a in argv if "=" in a}
+  return [f"{_show(module, argv)}: wrote no {out}"
+          for out in [named.get("out"), named.get("out_dir"), *outputs]
+          if out and not os.path.exists(os.path.join(tmp, out.format(out=named.get("out"))))]
+
+
 def test_readme_commands_run(tmp_path):
   tmp = str(tmp_path)
   before = set(os.listdir(ROOT))
-  commands = [(m, a) for m, a, _ in _readme()]
-  _make_inputs(tmp)
-
-  train = {}
-  for module, args in commands:
-    if COMMANDS[_key(module, args)][0] == TRAIN:
-      for arg in _substitute(args, tmp):
-        name, _, text = arg.partition("=")
-        assert train.setdefault(name, text) == text, f"TRAIN commands disagree on {name}"
-  argv = ["-m", "facekp_jax.main", *(f"{k}={v}" for k, v in train.items())]
-  proc = _run(argv)
-  assert proc.returncode == 0, f"TRAIN {argv}:\n{proc.stderr[-3000:]}"
-
-  failures = _parse_checks([(m, a) for m, a in commands if COMMANDS[_key(m, a)][0] == PARSE])
-  for module, args in commands:
-    kind, *outputs = COMMANDS[_key(module, args)]
-    if kind != RUN:
-      continue
-    argv = _substitute(args, tmp)
-    proc = _run(["-m", module, *argv])
-    if proc.returncode:
-      failures.append(f"{_show(module, argv)}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-      continue
-    named = {a.lstrip("-").split("=")[0]: a.split("=", 1)[1] for a in argv if "=" in a}
-    for out in [named.get("out"), named.get("out_dir"), *outputs]:
-      if out and not os.path.exists(os.path.join(tmp, out.format(out=named.get("out")))):
-        failures.append(f"{_show(module, argv)}: wrote no {out}")
-  for block in _python_blocks():  # After the exports: it reads model.stablehlo, model.onnx.
+  commands = _readme()
+  kind = {i: COMMANDS[_key(m, a)][0] for i, (m, a) in enumerate(commands)}
+  runs = [(m, a, COMMANDS[_key(m, a)][1:]) for i, (m, a) in enumerate(commands) if kind[i] == RUN]
+  # Two at a time (2 cores): what needs no workdir first, beside the training; then the rest,
+  # exports (the longest) first. The Python blocks read the exports: last.
+  with ThreadPoolExecutor(max_workers=2) as pool:
+    jobs = [pool.submit(_parse_checks, [c for i, c in enumerate(commands) if kind[i] == PARSE])]
+    jobs += [pool.submit(_run_command, *r, tmp) for r in runs if "--workdir=W" not in r[1]]
+    _make_inputs(tmp)
+    train = {}
+    for i, (_, args) in enumerate(commands):
+      if kind[i] == TRAIN:
+        for arg in _substitute(args, tmp):
+          name, _, text = arg.partition("=")
+          assert train.setdefault(name, text) == text, f"TRAIN commands disagree on {name}"
+    argv = ["-m", "facekp_jax.main", *(f"{k}={v}" for k, v in train.items())]
+    proc = _run(argv)
+    assert proc.returncode == 0, f"TRAIN {argv}:\n{proc.stderr[-3000:]}"
+    later = sorted((r for r in runs if "--workdir=W" in r[1]), key=lambda r: "export" not in r[0])
+    jobs += [pool.submit(_run_command, *r, tmp) for r in later]
+    failures = [f for job in jobs for f in job.result()]
+  for block in _python_blocks():
     proc = _run(["-c", block], cwd=tmp, timeout=120)
     if proc.returncode:
       failures.append(f"README Python block: exit {proc.returncode}\n{proc.stderr[-2000:]}")

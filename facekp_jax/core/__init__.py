@@ -1,1 +1,1 @@
-"""The bottom layer: keypoint layouts, the faces container, geometry, metrics, files, errors."""
+"""The bottom layer: the keypoints, the faces container, geometry, metrics, files, errors, plots."""

@@ -17,32 +17,13 @@ from collections.abc import Iterator
 import numpy as np
 
 from facekp_jax.core import faces as faces_lib
-from facekp_jax.core import geometry, keypoints
+from facekp_jax.core import geometry
 from facekp_jax.core.faces import Faces
 
 
 def brightness(images, factors, xp=np):
   """Multiplies each image by its factor and clips to [0, 1]."""
   return xp.clip(images * factors.reshape(-1, 1, 1, 1).astype(np.float32), 0.0, 1.0)
-
-
-def config_problems(config) -> list[str]:
-  """What is wrong with the ``augment`` section (empty when it can work)."""
-  problems = []
-  for name in ("hflip_prob", "vflip_prob", "brightness_prob", "geometry_prob"):
-    if not 0.0 <= config[name] <= 1.0:
-      problems.append(f"augment.{name} must be in [0, 1], got {config[name]}")
-  low, high = config.brightness_range
-  if not 0 < low <= high:
-    problems.append(f"augment.brightness_range must be 0 < low <= high, got {(low, high)}")
-  low, high = config.scale_range
-  if not 0 < low <= high:
-    problems.append(f"augment.scale_range must be 0 < low <= high, got {(low, high)}")
-  if not 0.0 <= config.rotate_deg <= 180.0:
-    problems.append(f"augment.rotate_deg must be in [0, 180], got {config.rotate_deg}")
-  if not 0.0 <= config.shift_px <= keypoints.IMAGE_SIZE / 2:
-    problems.append(f"augment.shift_px must be in [0, 48], got {config.shift_px}")
-  return problems
 
 
 def draw_plan(n: int, rng: np.random.Generator, config) -> dict[str, np.ndarray]:

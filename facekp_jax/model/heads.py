@@ -2,7 +2,7 @@
 
 The last stage's feature map (5x5 for the seed's two stages) goes through a
 1x1 convolution to one map of logits per keypoint (with ``finer`` maps, earlier
-stages' logits are added top-down: ``models.ResNet.heatmap_stages``), is upsampled bilinearly to
+stages' logits are added top-down: ``resnet.ResNet.heatmap_stages``), is upsampled bilinearly to
 ``size`` x ``size`` cells covering the 96x96 image, and each map's spatial
 softmax gives a probability over cells whose expected centre is the keypoint.
 The expectation is differentiable and not bound to the grid, so coarse maps
@@ -47,7 +47,7 @@ def cell_centres(size: int, margin: float = 0.0) -> jnp.ndarray:
 
 def margin_cells(size: int, margin: float) -> int:
   """Cells that a margin of ``margin`` pixels adds on each side of ``size`` cells over the frame
-  (``margin`` must be a whole number of cells: ``models.config_problems`` checks it)."""
+  (``margin`` must be a whole number of cells: ``training.config`` checks it)."""
   return int(round(margin * size / keypoints.IMAGE_SIZE))
 
 

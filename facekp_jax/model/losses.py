@@ -60,16 +60,3 @@ def masked_sum(config):
     return jnp.sum(mask * per_coordinate(error)), jnp.sum(mask)
 
   return loss
-
-
-def config_problems(config) -> list[str]:
-  """What is wrong with the loss fields of ``config`` (empty when they can work)."""
-  if config.loss not in LOSSES:
-    return [f"loss must be one of {list(LOSSES)}, got {config.loss!r}"]
-  problems = []
-  if not config.smooth_l1_beta > 0:
-    problems.append(f"smooth_l1_beta must be > 0, got {config.smooth_l1_beta}")
-  if not config.wing_w > 0 or not config.wing_epsilon > 0:
-    problems.append(f"wing_w and wing_epsilon must be > 0, got {config.wing_w}, "
-                    f"{config.wing_epsilon}")
-  return problems

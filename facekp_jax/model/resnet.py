@@ -9,7 +9,7 @@ Architecture (the seed's Keras model, with a linear output by default):
   head:   2x2 average pool, flatten, dense 4096 + ReLU, dropout 0.2,
           dense 2048 + ReLU, dropout 0.1, dense 30;
           or (``head="heatmap"``) per-keypoint maps read out by soft-argmax
-          (``facekp_jax/heads.py``), with no dense layers.
+          (``facekp_jax/model/heads.py``), with no dense layers.
 
 The network predicts keypoints in *pixels*: its last dense layer is followed by
 a fixed affine map ``y * output_scale + output_offset`` so that the trainable
@@ -157,53 +157,15 @@ class ResNet(nn.Module):
     return jnp.asarray(x, jnp.float32) * self.output_scale + self.output_offset
 
 
-def config_problems(m) -> list[str]:
-  """What is wrong with a ``config.model`` section (empty when it can build a network)."""
-  if m.head not in HEADS:
-    return [f"model.head must be one of {list(HEADS)}, got {m.head!r}"]
-  problems = []
-  if m.output_activation not in OUTPUT_ACTIVATIONS:
-    problems.append(f"model.output_activation must be one of {sorted(OUTPUT_ACTIVATIONS)}, "
-                    f"got {m.output_activation!r}")
-  elif m.head == "heatmap" and m.output_activation != "linear":
-    problems.append("model.output_activation applies to the regression head only; use "
-                    "'linear' with model.head='heatmap'")
-  if m.kernel_init not in KERNEL_INITS:
-    problems.append(f"model.kernel_init must be one of {list(KERNEL_INITS)}, got "
-                    f"{m.kernel_init!r}")
-  if len(m.stage_filters) != len(m.stage_blocks):
-    problems.append("model.stage_filters and model.stage_blocks must have the same length")
-  if len(m.dense_sizes) != len(m.dropout_rates):
-    problems.append("model.dense_sizes and model.dropout_rates must have the same length")
-  counts = [m.heatmap_size, m.stem_filters, *m.stage_blocks, *m.dense_sizes,
-            *(f for stage in m.stage_filters for f in stage)]
-  if not all(isinstance(c, int) and c >= 1 for c in counts):
-    problems.append("model.heatmap_size, stem_filters, stage_filters, stage_blocks and "
-                    "dense_sizes must be whole numbers >= 1")
-  levels = len(m.stage_blocks) + 1  # The stem's map and each stage's.
-  if not (isinstance(m.heatmap_stages, int) and 1 <= m.heatmap_stages <= levels):
-    problems.append(f"model.heatmap_stages must be a whole number from 1 to the number of "
-                    f"stages + 1 for the stem ({levels}), got {m.heatmap_stages!r}")
-  cells = m.heatmap_margin * m.heatmap_size / keypoints.IMAGE_SIZE
-  if not (m.heatmap_margin >= 0 and abs(cells - round(cells)) < 1e-6):
-    problems.append(f"model.heatmap_margin must be a whole number >= 0 of cells of "
-                    f"{keypoints.IMAGE_SIZE}/heatmap_size px, got {m.heatmap_margin}")
-  if not all(0.0 <= r < 1.0 for r in m.dropout_rates):
-    problems.append(f"model.dropout_rates must be in [0, 1), got {tuple(m.dropout_rates)}")
-  return problems
-
-
 def compute_dtype(config):
   """The dtype the model computes in: bfloat16 with ``config.half_precision``, else float32."""
   return jnp.bfloat16 if config.half_precision else jnp.float32
 
 
 def create_model(config, dtype=jnp.float32) -> ResNet:
-  """Builds the ResNet that ``config.model`` describes (``config_problems`` must be empty)."""
+  """Builds the ResNet that ``config.model`` describes (``training.config.check_config``
+  refuses a config it cannot build)."""
   m = config.model
-  problems = config_problems(m)
-  if problems:
-    raise ValueError("; ".join(problems))
   return ResNet(
       stage_filters=tuple(tuple(f) for f in m.stage_filters),
       stage_blocks=tuple(m.stage_blocks),

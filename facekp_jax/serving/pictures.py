@@ -302,6 +302,11 @@ def face_lines(p: Photo) -> str:
   return "\n".join(lines)
 
 
+def overlay_path(out_dir: str, path: str) -> str:
+  """Where a picture's overlay goes: ``<out_dir>/<its stem>_keypoints.png``."""
+  return os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + "_keypoints.png")
+
+
 def run_pictures(model: predictor.Predictor, paths: list[str], out_dir: str, crop: str = "none",
                  tta: bool = False) -> list[Picture]:
   """Prints each picture's keypoints and writes its overlay into ``out_dir``."""
@@ -311,8 +316,7 @@ def run_pictures(model: predictor.Predictor, paths: list[str], out_dir: str, cro
   done = []
   for p in predict_pictures(lambda x: model.predict(x, tta=tta), paths, crop):
     p.keypoints = model.only_trained(p.keypoints)
-    overlay = os.path.join(out_dir, os.path.splitext(os.path.basename(p.path))[0]
-                           + "_keypoints.png")
+    overlay = overlay_path(out_dir, p.path)
     plots.save_figure(plot_picture(p), overlay)
     print(f"{keypoint_lines(p, crop)}\n  overlay: {overlay}")
     p.preview = None  # Keep only the numbers.
@@ -361,8 +365,7 @@ def run_photos(model: predictor.Predictor, paths: list[str], out_dir: str, tta: 
   for p in predict_photos(read, paths, refine):
     print(face_lines(p))
     if p.faces:
-      overlay = os.path.join(out_dir, os.path.splitext(os.path.basename(p.path))[0]
-                             + "_keypoints.png")
+      overlay = overlay_path(out_dir, p.path)
       plots.save_figure(plot_photo(p), overlay)
       print(f"  overlay: {overlay}")
     p.preview = None  # Keep only the numbers.

@@ -1,57 +1,193 @@
-"""A run's config beyond its file: the checks of its values, and old workdirs' configs upgraded.
+"""The config's fields, each declared once: its default, its check, its value in old workdirs.
 
-``check_config`` refuses impossible settings before any data is read or file written.
-
-A workdir's ``config.json`` holds the fields its version knew. A field added later
-means "what the project did before": the seed's dense head before ``model.head``,
-no geometric augmentation before ``augment.geometry_prob``, and so on; that is
-not always the field's *current* default (the head's default is now the heatmap).
-``upgrade`` fills exactly those values into a saved config, so that evaluating,
-predicting from or resuming an old run does what that run did, and code reads
-``config.model.head`` directly instead of repeating a default at each use.
+``FIELDS`` declares every field of a run's config: its default (``defaults()`` builds the
+config that configs/resnet.py returns), what it means (one line), the check of its values, and
+its value in workdirs written before the field existed (``legacy``). A field added later means
+"what the project did before": the seed's dense head before ``model.head``, no geometric
+augmentation before ``augment.geometry_prob``; that is not always its default (the head's
+default is now the heatmap). ``upgrade`` fills exactly those values into a saved config, so
+evaluating, predicting from or resuming an old run does what that run did, and code reads
+``config.model.head`` directly. ``check_config`` runs every field's check and the rules that
+join several fields (``RULES``), before any data is read or file written. Adding a field is
+one entry here, plus its use. The evidence behind the defaults is in experiments/README.md.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
+from facekp_jax.core import keypoints
 from facekp_jax.core.errors import ConfigError, WorkdirError
-from facekp_jax.data import augment, kaggle
+from facekp_jax.data import kaggle
 from facekp_jax.model import losses, resnet, tta
 from facekp_jax.training import optim
 
+_ALWAYS = object()  # ``legacy`` of a field every saved config has.
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field: dotted ``name``, ``default``, one-line ``doc``, ``check(value)`` -> the
+  problem (a message without the field's name) or None, and ``legacy``: its value in workdirs
+  written before it existed."""
+
+  name: str
+  default: Any
+  doc: str
+  check: Callable[[Any], str | None] | None = None
+  legacy: Any = _ALWAYS
+
+
+def _one_of(choices) -> Callable:
+  return lambda v: None if v in choices else f"must be one of {list(choices)}, got {v!r}"
+
+
+def _at_least(low) -> Callable:
+  return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+
+
+def _positive(v):
+  return None if v > 0 else f"must be > 0, got {v}"
+
+
+def _unit(v):
+  return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
+
+
+def _probability(v):
+  return None if 0.0 <= v <= 1.0 else f"must be in [0, 1], got {v}"
+
+
+def _between(low, high) -> Callable:
+  return lambda v: None if low <= v <= high else f"must be in [{low:g}, {high:g}], got {v}"
+
+
+def _range(v):
+  low, high = v
+  return None if 0 < low <= high else f"must be 0 < low <= high, got {(low, high)}"
+
+
+def _tta_rotations(v):
+  problems = tta.problems(v)
+  return problems[0].removeprefix("tta_rotations ") if problems else None
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("seed", 0, "the root of every random draw: initialisation, split, sampler"),
+    Field("num_epochs", 50, "passes over the training split", _at_least(1)),
+    Field("batch_size", 32, "faces per step, over all devices (RULES: a multiple of them)"),
+    Field("eval_batch_size", 128, "faces per evaluation call at most", _at_least(1)),
+    Field("learning_rate", 1e-4, "the peak rate of any schedule", _positive),
+    Field("optimizer", "adam", "adam, or adamw (decoupled decay of kernels only)",
+          _one_of(optim.OPTIMIZERS), legacy="adam"),
+    Field("adam_eps", 1e-8, "Adam's epsilon: optax's default; Keras' Adam uses 1e-7",
+          legacy=1e-8),
+    Field("weight_decay", 1e-4, "AdamW only; optax scales it by the learning rate",
+          _at_least(0), legacy=1e-4),
+    Field("schedule", "constant", "constant, cosine or onecycle (training/optim.py)",
+          _one_of(optim.SCHEDULES), legacy="constant"),
+    Field("warmup_epochs", 0.0, "linear warm-up; onecycle: its rise (0: 30 % of the run)",
+          legacy=0.0),
+    Field("half_precision", False, "bfloat16 compute (accelerators; 2.5x slower on a CPU)"),
+    Field("input_on_device", False, "keep the training split on the devices and augment "
+          "there (the same batches as the host pipeline)", legacy=False),
+    Field("steps_per_call", 1, "with input_on_device: steps per compiled call (lax.scan)",
+          _at_least(1), legacy=1),
+    Field("checkpoint_every_steps", 0, "0: a checkpoint at the end of every epoch only",
+          _at_least(0)),
+    Field("keep_checkpoints", 2, "the last ones kept, plus the best by validation RMSE",
+          _at_least(1)),
+    Field("tta", True, "evaluation (final, evaluate, predict, export) averages a face's views",
+          legacy=False),
+    Field("tta_rotations", (10.0,), "with tta, also the views turned by -a and +a degrees, "
+          "each angle four more passes (model/tta.py)", _tta_rotations, legacy=()),
+    Field("loss", "mse", "the training loss on pixels (model/losses.py); figures stay in px",
+          _one_of(losses.LOSSES), legacy="mse"),
+    Field("smooth_l1_beta", 1.0, "px: smooth_l1 is quadratic below, linear above", _positive,
+          legacy=1.0),
+    Field("wing_w", 10.0, "px: the wing loss's log region's width", legacy=10.0),
+    Field("wing_epsilon", 2.0, "px: the wing loss's log region's curvature", legacy=2.0),
+    Field("ema_decay", 0.999, "parameter EMA (0: off); what validation, checkpoints' scores, "
+          "evaluate, predict and export use", _unit, legacy=0.0),
+    Field("data.train_csv", "", "a Kaggle training.csv-layout file; empty: the built-in faces"),
+    Field("data.rows", "all", "all (missing values masked out of the loss) or complete "
+          "(all 30 values, the seed's choice)", lambda v: None if v in ("complete", "all")
+          else f"must be 'complete' or 'all', got {v!r}"),
+    Field("data.val_fraction", 0.2, "the validation split (0: a final fit on every face)",
+          _unit),
+    Field("data.bad_labels", "error", "a coordinate over 48 px outside the image: error, mask "
+          "it, or drop its row", _one_of(kaggle.BAD_LABELS), legacy="error"),
+    Field("data.seed_copies", False, "the seed's fixed offline copies (training split only)"),
+    Field("data.flip_copies", False, "mirrored copies (label swap) added once, as Keras did",
+          legacy=False),
+    Field("data.synthetic_n", 2140, "built-in faces: as many as Kaggle's complete rows"),
+    Field("data.synthetic_seed", 0, "built-in faces: the generator's seed"),
+    Field("data.synthetic_missing", False, "built-in faces: Kaggle's missing-label pattern"),
+    Field("augment.hflip_prob", 0.5, "a horizontal flip (left/right labels swapped)",
+          _probability),
+    Field("augment.hflip_swap", True, "False reproduces the seed's fault (labels unswapped)"),
+    Field("augment.vflip_prob", 0.0, "a vertical flip (faces are upright: off)", _probability),
+    Field("augment.brightness_prob", 0.5, "a brightness factor", _probability),
+    Field("augment.brightness_range", (0.8, 1.25), "its factors", _range),
+    Field("augment.geometry_prob", 0.75, "one affine warp per face (core/geometry.py)",
+          _probability, legacy=0.0),
+    Field("augment.rotate_deg", 30.0, "the warp's rotation in [-a, a] degrees",
+          _between(0, 180), legacy=0.0),
+    Field("augment.scale_range", (0.8, 1.2), "the warp's scale about the frame centre", _range,
+          legacy=(1.0, 1.0)),
+    Field("augment.shift_px", 8.0, "the warp's shift per axis, at most",
+          _between(0, keypoints.IMAGE_SIZE / 2), legacy=0.0),
+    Field("model.stage_filters", ((64, 64, 256), (128, 128, 512)), "each stage's bottleneck "
+          "filters"),
+    Field("model.stage_blocks", (3, 3), "each stage's residual blocks"),
+    Field("model.stem_filters", 64, "the stem's filters"),
+    Field("model.dense_sizes", (4096, 2048), "regression head: its dense layers"),
+    Field("model.dropout_rates", (0.2, 0.1), "regression head: each dense layer's dropout",
+          lambda v: None if all(0.0 <= r < 1.0 for r in v)
+          else f"must be in [0, 1), got {tuple(v)}"),
+    Field("model.head", "heatmap", "heatmap (maps + soft-argmax, model/heads.py) or "
+          "regression (the seed's dense layers)", _one_of(resnet.HEADS), legacy="regression"),
+    Field("model.heatmap_size", 48, "heatmap head: cells of its maps across the frame (2 px)",
+          legacy=48),
+    Field("model.heatmap_margin", 0.0, "heatmap head: pixels its maps reach beyond the frame "
+          "(whole cells)", legacy=0.0),
+    Field("model.heatmap_stages", 2, "heatmap head: how many of the last stages feed its maps",
+          legacy=1),
+    Field("model.output_activation", "linear", "regression head only: linear, or the seed's "
+          "relu", _one_of(sorted(resnet.OUTPUT_ACTIVATIONS))),
+    Field("model.output_scale", 1.0, "regression head: outputs map to pixels by y * scale + "
+          "offset; raw pixels (1, 0), as Keras"),
+    Field("model.output_offset", 0.0, "regression head: see output_scale"),
+    Field("model.conv_bias", True, "convolutions carry a bias, as Keras'"),
+    Field("model.kernel_init", "lecun_normal", "lecun_normal, or glorot_uniform (Keras')",
+          _one_of(list(resnet.KERNEL_INITS)), legacy="lecun_normal"),
+    Field("model.fast_ops", True, "the same function and parameters, faster on a CPU "
+          "(model/ops)"),
+)
+
 # Dotted field -> its value before the field existed (behaviour unchanged by the field).
-LEGACY: dict[str, object] = {
-    "optimizer": "adam",
-    "weight_decay": 1e-4,
-    "schedule": "constant",
-    "warmup_epochs": 0.0,
-    "adam_eps": 1e-8,
-    "input_on_device": False,
-    "steps_per_call": 1,
-    "tta": False,
-    "tta_rotations": (),
-    "loss": "mse",
-    "smooth_l1_beta": 1.0,
-    "wing_w": 10.0,
-    "wing_epsilon": 2.0,
-    "ema_decay": 0.0,
-    "data.flip_copies": False,
-    "data.bad_labels": "error",
-    "augment.geometry_prob": 0.0,
-    "augment.rotate_deg": 0.0,
-    "augment.scale_range": (1.0, 1.0),
-    "augment.shift_px": 0.0,
-    "model.head": "regression",
-    "model.heatmap_size": 48,
-    "model.heatmap_margin": 0.0,
-    "model.heatmap_stages": 1,
-    "model.kernel_init": "lecun_normal",
-}
+LEGACY: dict[str, object] = {f.name: f.legacy for f in FIELDS if f.legacy is not _ALWAYS}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """A config holding every field's default (configs/resnet.py's)."""
+  config = ml_collections.ConfigDict()
+  for f in FIELDS:
+    *parents, name = f.name.split(".")
+    node = config
+    for parent in parents:
+      if parent not in node:
+        node[parent] = ml_collections.ConfigDict()
+      node = node[parent]
+    node[name] = f.default
+  return config
 
 
 def upgrade(saved: dict) -> dict:
@@ -97,43 +233,86 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_tuples(upgrade(saved)))
 
 
-def check_config(config, num_devices: int) -> None:
-  """Refuses impossible settings before any data is read or file written."""
-  problems = []
-  if config.data.rows not in ("complete", "all"):
-    problems.append(f"data.rows must be 'complete' or 'all', got {config.data.rows!r}")
-  if config.data.bad_labels not in kaggle.BAD_LABELS:
-    problems.append(f"data.bad_labels must be one of {list(kaggle.BAD_LABELS)}, got "
-                    f"{config.data.bad_labels!r}")
-  if not 0.0 <= config.data.val_fraction < 1.0:
-    problems.append(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
-  if config.batch_size < 1 or config.batch_size % num_devices:
-    problems.append(f"batch_size {config.batch_size} does not divide evenly over {num_devices} "
-                    f"devices; use a multiple of {num_devices}")
-  for name, low in (("num_epochs", 1), ("eval_batch_size", 1), ("keep_checkpoints", 1),
-                    ("checkpoint_every_steps", 0), ("steps_per_call", 1)):
-    if not config[name] >= low:
-      problems.append(f"{name} must be >= {low}, got {config[name]}")
-  problems += augment.config_problems(config.augment) + losses.config_problems(config)
-  problems += tta.problems(config.tta_rotations)
-  if not 0.0 <= config.ema_decay < 1.0:
-    problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
-  problems += _optimizer_problems(config) + resnet.config_problems(config.model)
-  if problems:
-    raise ConfigError("; ".join(problems))
-
-
-def _optimizer_problems(config) -> list[str]:
-  problems = []
-  if config.optimizer not in optim.OPTIMIZERS:
-    problems.append(f"optimizer must be one of {list(optim.OPTIMIZERS)}, got {config.optimizer!r}")
-  if config.schedule not in optim.SCHEDULES:
-    problems.append(f"schedule must be one of {list(optim.SCHEDULES)}, got {config.schedule!r}")
-  if not config.learning_rate > 0:
-    problems.append(f"learning_rate must be > 0, got {config.learning_rate}")
-  if not config.weight_decay >= 0:
-    problems.append(f"weight_decay must be >= 0, got {config.weight_decay}")
-  if not 0 <= config.warmup_epochs < max(config.num_epochs, 1):
-    problems.append(f"warmup_epochs must be in [0, num_epochs={config.num_epochs}), "
-                    f"got {config.warmup_epochs}")
+def _model_problems(config, num_devices: int) -> list[str]:
+  """The rules joining several ``model`` fields (each field's own check is in ``FIELDS``)."""
+  m, problems = config.model, []
+  if m.head == "heatmap" and m.output_activation != "linear":
+    problems.append("model.output_activation applies to the regression head only; use "
+                    "'linear' with model.head='heatmap'")
+  if len(m.stage_filters) != len(m.stage_blocks):
+    problems.append("model.stage_filters and model.stage_blocks must have the same length")
+  if len(m.dense_sizes) != len(m.dropout_rates):
+    problems.append("model.dense_sizes and model.dropout_rates must have the same length")
+  counts = [m.heatmap_size, m.stem_filters, *m.stage_blocks, *m.dense_sizes,
+            *(f for stage in m.stage_filters for f in stage)]
+  if not all(isinstance(c, int) and c >= 1 for c in counts):
+    problems.append("model.heatmap_size, stem_filters, stage_filters, stage_blocks and "
+                    "dense_sizes must be whole numbers >= 1")
+  levels = len(m.stage_blocks) + 1  # The stem's map and each stage's.
+  if not (isinstance(m.heatmap_stages, int) and 1 <= m.heatmap_stages <= levels):
+    problems.append(f"model.heatmap_stages must be a whole number from 1 to the number of "
+                    f"stages + 1 for the stem ({levels}), got {m.heatmap_stages!r}")
+  cells = m.heatmap_margin * m.heatmap_size / keypoints.IMAGE_SIZE
+  if not (m.heatmap_margin >= 0 and abs(cells - round(cells)) < 1e-6):
+    problems.append(f"model.heatmap_margin must be a whole number >= 0 of cells of "
+                    f"{keypoints.IMAGE_SIZE}/heatmap_size px, got {m.heatmap_margin}")
   return problems
+
+
+def _batch_problems(config, num_devices: int) -> list[str]:
+  if config.batch_size < 1 or config.batch_size % num_devices:
+    return [f"batch_size {config.batch_size} does not divide evenly over {num_devices} "
+            f"devices; use a multiple of {num_devices}"]
+  return []
+
+
+def _schedule_problems(config, num_devices: int) -> list[str]:
+  if not 0 <= config.warmup_epochs < max(config.num_epochs, 1):
+    return [f"warmup_epochs must be in [0, num_epochs={config.num_epochs}), "
+            f"got {config.warmup_epochs}"]
+  return []
+
+
+def _wing_problems(config, num_devices: int) -> list[str]:
+  if not config.wing_w > 0 or not config.wing_epsilon > 0:
+    return [f"wing_w and wing_epsilon must be > 0, got {config.wing_w}, {config.wing_epsilon}"]
+  return []
+
+
+# The checks that join several fields: (config, number of devices) -> problems.
+RULES = (_batch_problems, _schedule_problems, _wing_problems, _model_problems)
+
+
+def _value(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def problems(config, num_devices: int = 1) -> list[str]:
+  """Every problem of ``config`` (empty when it can train): each field's check, then ``RULES``.
+
+  A bad ``model`` field leaves the model's rules out, so each problem is told once.
+  """
+  out = []
+  for f in FIELDS:
+    problem = f.check(_value(config, f.name)) if f.check else None
+    if problem:
+      out.append(f"{f.name} {problem}")
+  model_sound = not any(p.startswith("model.") for p in out)
+  for rule in RULES:
+    if rule is not _model_problems or model_sound:  # It assumes each model field is sound.
+      out += rule(config, num_devices)
+  return out
+
+
+def check_config(config, num_devices: int) -> None:
+  """Refuses impossible settings before any data is read or file written.
+
+  Raises:
+    ConfigError: every problem of ``problems``, in one line.
+  """
+  found = problems(config, num_devices)
+  if found:
+    raise ConfigError("; ".join(found))

@@ -23,7 +23,8 @@ class TrainState(train_state.TrainState):
 
   ``ema_params`` is the parameters' exponential moving average when ``config.ema_decay``
   is on (``None`` otherwise: the state then has the tree of runs from before the EMA), and
-  it is what ``predict_step`` uses: validation, the best checkpoint, evaluate and predict.
+  it is what ``inference_variables`` chooses: validation, the best checkpoint, evaluate, predict
+  and export.
   """
 
   batch_stats: Any

@@ -88,7 +88,7 @@ def test_keras_predictions_are_scored_by_evaluate_on_the_perturbed_faces(tmp_pat
   kaggle_frame(images, coords).to_csv(csv, index=False)
   sets = parity.keras_sets(str(csv), str(tmp_path / "sets"))
   assert set(sets) == {"plain", *robustness.PERTURBATIONS}
-  faces = parity.data.read_training_csv(str(csv))
+  faces = parity.kaggle.read_training_csv(str(csv))
   idx = [keypoints.COLUMNS.index(c) for c in MTFL_COLUMNS]
 
   def keras_output(name, offset=0.0):

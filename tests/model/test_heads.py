@@ -84,7 +84,8 @@ def test_a_margin_extends_the_maps_beyond_the_frame():
 
 def test_a_margin_lets_an_edge_peak_reach_the_frame_and_keeps_the_interior():
   features = np.full((1, 5, 5, keypoints.NUM_KEYPOINTS), -8.0, np.float32)  # The seed's 5x5.
-  kernel = {"params": {"keypoint_maps": {"kernel": np.eye(keypoints.NUM_KEYPOINTS, dtype=np.float32),
+  eye = np.eye(keypoints.NUM_KEYPOINTS, dtype=np.float32)
+  kernel = {"params": {"keypoint_maps": {"kernel": eye,
                                          "bias": np.zeros(keypoints.NUM_KEYPOINTS, np.float32)}}}
 
   def read(margin, row, col):
@@ -110,7 +111,7 @@ def test_heatmap_margin_model_shapes_and_its_config_check():
   assert out.shape == (2, keypoints.NUM_COORDS)
   assert np.all((out > -16.5) & (out < 111.5))  # An expectation over frame and margin.
   for margin, ok in ((8.0, True), (3.0, False), (-2.0, False)):  # Whole 2 px cells only.
-    problems = models.config_problems(_heatmap_config(heatmap_margin=margin).model)
+    problems = config_lib.problems(_heatmap_config(heatmap_margin=margin))
     assert (not problems) == ok, (margin, problems)
 
 
@@ -206,5 +207,5 @@ def test_two_stage_heatmaps_add_the_finer_stage_and_are_checked():
   assert stem["finer_maps2"]["kernel"].shape == (config.model.stem_filters,
                                                  keypoints.NUM_KEYPOINTS)  # The stem's map.
   for stages, ok in ((1, True), (2, True), (3, True), (0, False), (4, False)):
-    problems = models.config_problems(_heatmap_config(heatmap_stages=stages).model)
+    problems = config_lib.problems(_heatmap_config(heatmap_stages=stages))
     assert (not problems) == ok, (stages, problems)

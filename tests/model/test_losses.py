@@ -52,14 +52,6 @@ def test_a_masked_coordinate_gets_no_gradient_from_any_loss():
     assert float(grad[0, 3]) == 0.0 and np.all(np.isfinite(np.asarray(grad)))
 
 
-def test_loss_config_problems_name_the_field():
-  assert losses.config_problems(_config("huber")) == [
-      "loss must be one of ['mse', 'l1', 'smooth_l1', 'wing'], got 'huber'"]
-  bad = _config("wing")
-  bad.wing_epsilon = 0.0
-  assert losses.config_problems(bad) == ["wing_w and wing_epsilon must be > 0, got 10.0, 0.0"]
-
-
 def test_ema_arithmetic_and_warm_up():
   assert float(state_lib.ema_decay_at(0.999, 0)) == pytest.approx(0.1)  # (1 + 0) / (10 + 0).
   assert float(state_lib.ema_decay_at(0.999, 10**6)) == pytest.approx(0.999)

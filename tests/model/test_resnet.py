@@ -5,6 +5,7 @@ import pytest
 
 from configs import resnet, tiny
 from facekp_jax.model import resnet as models
+from facekp_jax.training import config as config_lib
 
 
 def _count(tree):
@@ -56,8 +57,8 @@ def test_unknown_output_activation_is_refused():
   config = tiny.get_config()
   config.model.head = "regression"
   config.model.output_activation = "tanh"
-  with pytest.raises(ValueError, match="output_activation"):
-    models.create_model(config)
+  with pytest.raises(ValueError, match="output_activation"):  # ConfigError, before a model.
+    config_lib.check_config(config, num_devices=1)
 
 
 def test_depth_width_and_third_stage_come_from_config():

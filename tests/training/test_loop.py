@@ -33,8 +33,9 @@ def _config(csv=None, **overrides):
 
 
 def test_epoch_batches_cover_each_face_at_most_once_with_fixed_shapes():
-  faces = faces_lib.Faces(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 96, 96, 1)),
-                     np.zeros((10, 30), np.float32), np.ones((10, 30), np.float32))
+  faces = faces_lib.Faces(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
+                          * np.ones((1, 96, 96, 1)),
+                          np.zeros((10, 30), np.float32), np.ones((10, 30), np.float32))
   config = _config(**{"batch_size": 3, "augment.brightness_prob": 0.0})
   seen = [b.images[:, 0, 0, 0] for b in loop.epoch_batches(faces, config, epoch=0)]
   assert [len(s) for s in seen] == [3, 3, 3]  # The remainder is dropped: fixed shapes.

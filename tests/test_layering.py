@@ -1,4 +1,4 @@
-"""The package's layers hold: no import cycle, nothing imports upward, no import hidden in a function.
+"""The package's layers hold: no import cycle, no upward import, none hidden in a function.
 
 Layers, bottom to top: core <- data <- model <- training <- serving <- the commands (the modules
 at the package's top: ``cli`` and the ``python -m facekp_jax.<command>`` files). A module may
@@ -123,7 +123,7 @@ def test_cycle_finder_finds_one():
 def test_no_import_cycle():
   # Package __init__ files are not edges: importing ``facekp_jax.core.x`` runs them, but they
   # import nothing of the package.
-  graph = {m: {i for i, _ in imports if i in MODULES and MODULES[i].endswith("__init__.py") is False}
+  graph = {m: {i for i, _ in imports if i in MODULES and not MODULES[i].endswith("__init__.py")}
            for m, imports in GRAPH.items()}
   assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
 

@@ -1,0 +1,85 @@
+"""The config's fields, declared once: defaults, checks, old workdirs' values, the rules."""
+
+import json
+
+import pytest
+
+from configs import resnet, tiny
+from facekp_jax.core import errors
+from facekp_jax.training import config as config_lib
+from facekp_jax.training import workdir as workdir_lib
+
+
+def _flat(config) -> dict:
+  return _flat_dict(json.loads(config.to_json()))
+
+
+def test_each_field_is_declared_once_with_its_default_and_a_one_line_doc():
+  names = [f.name for f in config_lib.FIELDS]
+  assert len(names) == len(set(names))
+  assert sorted(_flat(config_lib.defaults())) == sorted(names)
+  for f in config_lib.FIELDS:
+    assert f.doc and "\n" not in f.doc and len(f.doc) < 120, f.name
+  assert resnet.get_config() == config_lib.defaults()  # configs/resnet.py is the defaults.
+
+
+def test_each_check_accepts_its_default_and_its_legacy_value():
+  for f in config_lib.FIELDS:
+    if f.check:
+      assert f.check(f.default) is None, f.name
+      if f.name in config_lib.LEGACY:
+        assert f.check(config_lib.LEGACY[f.name]) is None, f.name
+
+
+def test_a_bad_value_is_named_with_its_field():
+  config = tiny.get_config()
+  config.augment.rotate_deg, config.model.kernel_init = 200.0, "zeros"
+  assert config_lib.problems(config) == [
+      "augment.rotate_deg must be in [0, 180], got 200.0",
+      "model.kernel_init must be one of ['lecun_normal', 'glorot_uniform'], got 'zeros'"]
+  with pytest.raises(errors.ConfigError, match="rotate_deg.*; model.kernel_init"):
+    config_lib.check_config(config, num_devices=1)
+
+
+def test_loss_config_problems_name_the_field():
+  config = tiny.get_config()
+  config.loss = "huber"
+  assert config_lib.problems(config) == [
+      "loss must be one of ['mse', 'l1', 'smooth_l1', 'wing'], got 'huber'"]
+  bad = tiny.get_config()
+  bad.loss, bad.wing_epsilon = "wing", 0.0
+  assert config_lib.problems(bad) == ["wing_w and wing_epsilon must be > 0, got 10.0, 0.0"]
+
+
+def test_a_bad_model_field_leaves_the_model_rules_out():
+  config = tiny.get_config()
+  config.model.head, config.model.heatmap_stages = "dense", 9
+  assert config_lib.problems(config) == [
+      "model.head must be one of ['regression', 'heatmap'], got 'dense'"]
+  config.model.head = "heatmap"
+  assert [p[:24] for p in config_lib.problems(config)] == ["model.heatmap_stages mus"]
+
+
+def test_a_workdir_of_before_every_field_upgrades_to_the_legacy_values():
+  saved = json.loads(resnet.get_config().to_json())
+  for dotted in config_lib.LEGACY:
+    *parents, name = dotted.split(".")
+    node = saved
+    for parent in parents:
+      node = node[parent]
+    del node[name]
+  upgraded = _flat_dict(config_lib.upgrade(saved))
+  for dotted, value in config_lib.LEGACY.items():
+    assert upgraded[dotted] == value, dotted
+  diffs = workdir_lib.config_differences(saved, resnet.get_config())
+  assert "ema_decay: 0.0 -> 0.999" in diffs and not any(d.startswith("seed") for d in diffs)
+
+
+def _flat_dict(d, prefix=""):
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flat_dict(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
