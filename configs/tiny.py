@@ -16,7 +16,7 @@ def get_config():
   config.model.stage_filters = ((4, 4, 8), (8, 8, 16))
   config.model.stage_blocks = (2, 1)
   config.model.stem_filters = 8
-  # The seed's dense head, tiny: cheaper than 48x48 heatmaps (tests/test_heads.py trains them).
+  # The seed's dense head, tiny: cheaper than 48x48 heatmaps (tests/model/test_heads.py trains them).
   config.model.head = "regression"
   config.model.dense_sizes = (32,)
   config.model.dropout_rates = (0.1,)

@@ -95,8 +95,8 @@ def box_statistics(faces_: faces_lib.Faces, roll: float, name: str) -> dict:
 
 def refinement(faces_: faces_lib.Faces, roll: float, workdir: str, tta: bool) -> dict:
   model = predictor.load(workdir)
-  # The model's function at the exact batch (Model.predict pads every call to its evaluation
-  # batch, 128 faces, which would dominate one-face calls): the export's, same to 1e-4 px.
+  # The model's function at the exact batch (Predictor.predict pads a call to the next power
+  # of two): the export's, same to 1e-4 px.
   fn = jax.jit(export.keypoint_function(model, tta=tta, input_dtype="float32"))
   predict = lambda x: model.only_trained(np.asarray(fn(x[..., 0])))  # As predict reads photos.
   errors = {False: [], True: []}

@@ -14,7 +14,7 @@ the held-out ablation studies score on; 6120 training faces, 1530 held out) into
   and its mirror, static copies), then predicts the held-out faces, plain and under every
   robustness perturbation (written here as .npz by ``facekp_jax.serving.robustness.perturb``).
 - **JAX arms**: ``facekp_jax.training.loop.train_and_evaluate`` on configs/resnet.py with the seed's
-  regression head, ``kaggle.val_fraction=0`` (every training face trains; the last checkpoint is
+  regression head, ``data.val_fraction=0`` (every training face trains; the last checkpoint is
   the model), for the same number of training images: ``2 x keras_epochs`` epochs, or
   ``keras_epochs`` where the arm adds static flipped copies. Each arm switches ONE difference
   to Keras' behaviour (``ARMS``); ``all-keras`` switches them all.
@@ -419,7 +419,7 @@ def markdown(result: dict) -> str:
       f"- data: {result['train_faces']} training faces and {result['heldout_faces']} held-out "
       f"faces of `{result['source']}` (seeded 80/20 split, `ablate.heldout_files`: the held-out "
       "faces of the ablation studies); both sides train on every training face "
-      "(JAX `kaggle.val_fraction=0`, its last checkpoint is the model; no validation split)",
+      "(JAX `data.val_fraction=0`, its last checkpoint is the model; no validation split)",
       "- scored: the present coordinates of the held-out faces (5 points), by "
       "`facekp_jax.serving.scoring.evaluate(..., perturbed=True)` for both sides; no flip TTA; "
       "errors in pixels of the 96x96 image",

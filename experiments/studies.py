@@ -176,11 +176,13 @@ _NO_EMA_TTA = {"ema_decay": 0.0, "tta": False, "tta_rotations": (), "model.outpu
                "model.output_offset": 48.0, "model.heatmap_stages": 1}
 _HEATMAP_UNUSED = {"model.output_scale": 48.0, "model.output_offset": 48.0}  # As its run had.
 _FLIP_TTA = {"tta_rotations": ()}  # Scored as the default scored before its turned views.
-# The recipe before the accuracy studies: every field at its value from before it existed
-# (``training.config.LEGACY``: a field added later is pinned to its old behaviour by itself),
-# but the head (the old default arm trains the heatmap head), scored as the screens are.
-OLD_DEFAULTS = {**{k: v for k, v in config_lib.LEGACY.items() if k != "model.head"},
-                **_NO_EMA_TTA}
+# The recipe before the accuracy studies: each field whose value from before it existed
+# (``training.config.LEGACY``) is not today's default at that value (a field added later is
+# pinned to its old behaviour by itself), but the head (the old default arm trains the
+# heatmap head), scored as the screens are.
+_TODAY = config_lib.defaults()
+OLD_DEFAULTS = {**{k: v for k, v in config_lib.LEGACY.items()
+                   if k != "model.head" and v != config_lib.value(_TODAY, k)}, **_NO_EMA_TTA}
 
 
 # Proposed budgets: about 25 minutes each on this 2-core CPU when it runs nothing else (the

@@ -28,9 +28,16 @@ def _modules() -> dict[str, str]:
   return out
 
 
-def _imports(path: str, modules) -> list[tuple[str, bool]]:
-  """(imported package module, whether the import sits inside a function) of one file."""
+# Top-level packages of this repository that the package must never import.
+OUTSIDE = ("configs", "experiments", "tests")
+
+
+def _imports(module: str, path: str, modules) -> list[tuple[str, bool]]:
+  """(imported module, whether the import sits inside a function) of one file: its imports of
+  the package (relative ones resolved), of ``OUTSIDE``, and any ``importlib`` / ``__import__``
+  (recorded as ``"importlib"``: a dynamic import the walk cannot follow)."""
   tree = ast.parse(open(path).read())
+  package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
   found = []
 
   def visit(node, in_function):
@@ -39,11 +46,18 @@ def _imports(path: str, modules) -> list[tuple[str, bool]]:
       names = []
       if isinstance(child, ast.Import):
         names = [a.name for a in child.names]
-      elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+      elif isinstance(child, ast.ImportFrom):
+        base = child.module or ""
+        if child.level:  # ``from ..core import x`` inside facekp_jax.data.y.
+          parent = package.split(".")[:len(package.split(".")) - child.level + 1]
+          base = ".".join(parent + ([child.module] if child.module else []))
         # ``from facekp_jax.core import keypoints`` imports facekp_jax.core.keypoints.
-        names = [f"{child.module}.{a.name}" if f"{child.module}.{a.name}" in modules
-                 else child.module for a in child.names]
-      found.extend((n, inner) for n in names if n == "facekp_jax" or n.startswith("facekp_jax."))
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                 for a in child.names]
+      elif isinstance(child, ast.Name) and child.id == "__import__":
+        names = ["importlib"]
+      found.extend((n, inner) for n in names
+                   if n.split(".")[0] in ("facekp_jax", "importlib", *OUTSIDE))
       visit(child, inner)
 
   visit(tree, False)
@@ -58,7 +72,7 @@ def _rank(module: str) -> int:
 
 
 MODULES = _modules()
-GRAPH = {m: _imports(path, MODULES) for m, path in MODULES.items()}
+GRAPH = {m: _imports(m, path, MODULES) for m, path in MODULES.items()}
 
 
 def test_the_walk_sees_the_layers():
@@ -68,6 +82,26 @@ def test_the_walk_sees_the_layers():
   assert ("facekp_jax.core.keypoints", False) in GRAPH["facekp_jax.core.geometry"]
   assert ("facekp_jax.training.loop", False) in GRAPH["facekp_jax.main"]
   assert ("facekp_jax.model.ops.pooling", False) in GRAPH["facekp_jax.model.ops.conv"]
+
+
+def test_the_top_holds_only_the_commands_and_cli():
+  top = {m for m in MODULES if m.count(".") == 1 and m.split(".")[1] not in LAYERS}
+  assert top == {f"facekp_jax.{c}" for c in (*COMMANDS, "cli")}
+
+
+def test_the_walk_resolves_relative_and_sees_dynamic_imports(tmp_path):
+  path = tmp_path / "x.py"
+  path.write_text("from ..serving import predictor\nimport importlib\n"
+                  "def f():\n  return __import__('facekp_jax.main')\n")
+  found = _imports("facekp_jax.data.x", str(path), MODULES)
+  assert ("facekp_jax.serving.predictor", False) in found
+  assert ("importlib", False) in found and ("importlib", True) in found
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_dynamic_import_and_nothing_from_outside_the_package(module):
+  outside = [m for m, _ in GRAPH[module] if m.split(".")[0] in ("importlib", *OUTSIDE)]
+  assert not outside, f"{module} imports {outside}"
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -121,10 +155,9 @@ def test_cycle_finder_finds_one():
 
 
 def test_no_import_cycle():
-  # Package __init__ files are not edges: importing ``facekp_jax.core.x`` runs them, but they
-  # import nothing of the package.
-  graph = {m: {i for i, _ in imports if i in MODULES and not MODULES[i].endswith("__init__.py")}
-           for m, imports in GRAPH.items()}
+  # Every import of a package module is an edge, a layer's ``__init__`` included (they import
+  # nothing: ``test_layer_packages_import_nothing``).
+  graph = {m: {i for i, _ in imports if i in MODULES} for m, imports in GRAPH.items()}
   assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
 
 

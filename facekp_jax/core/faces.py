@@ -1,4 +1,4 @@
-"""The faces container (images, keypoint targets, their mask) and its joins, selections and padding.
+"""The faces container (images, keypoint targets, their mask): its joins, selections, padding.
 
 ``Faces`` holds numpy arrays on the host; inside a traced function (the on-device pipeline,
 ``data.augment.apply_plan`` over ``jax.numpy``) it holds JAX arrays alike, so one piece of code
@@ -8,7 +8,7 @@ serves both. It is a JAX pytree, so it can pass in and out of ``jax.jit``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -67,13 +67,3 @@ def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
   return array if n <= 0 else np.concatenate([array, np.zeros((n,) + array.shape[1:],
                                                               array.dtype)])
 
-
-def pad(faces: Faces, size: int) -> Faces:
-  """``faces`` with masked all-zero faces appended up to ``size``."""
-  return Faces(*(pad_rows(getattr(faces, f), size) for f in FIELDS))
-
-
-def batches(faces: Faces, batch_size: int) -> Iterator[Faces]:
-  """Yields every face once in order; the last batch is padded with masked faces (``pad``)."""
-  for start in range(0, len(faces), batch_size):
-    yield pad(faces.take(slice(start, start + batch_size)), batch_size)

@@ -13,6 +13,13 @@ from facekp_jax.core.errors import DataError
 from facekp_jax.core.faces import Faces
 from facekp_jax.data import kaggle, synthetic
 
+ROWS = ("complete", "all")
+
+
+def rows_problem(rows) -> str | None:
+  """What is wrong with a ``data.rows`` value (None: it is one of ``ROWS``)."""
+  return None if rows in ROWS else f"must be 'complete' or 'all', got {rows!r}"
+
 
 def select_rows(faces: Faces, rows: str, source: str) -> Faces:
   """Keeps ``"complete"`` rows (all 30 values) or ``"all"`` rows with any label."""
@@ -23,7 +30,7 @@ def select_rows(faces: Faces, rows: str, source: str) -> Faces:
     keep = faces.mask.any(axis=1)
     what = "rows with any keypoint value"
   else:
-    raise ValueError(f"data.rows must be 'complete' or 'all', got {rows!r}")
+    raise ValueError(f"data.rows {rows_problem(rows)}")
   if not keep.any():
     raise DataError(f"{source}: no usable rows (no {what}; data.rows={rows!r})")
   return faces.take(np.flatnonzero(keep))

@@ -159,7 +159,7 @@ def _framed_mean_shape() -> np.ndarray:
 def shape_transform(coords: np.ndarray) -> np.ndarray:
   """The crop map from a face's keypoints (30,) in photo pixels: the similarity that lays them
   on Kaggle's mean shape in the training framing (upright, eyes ~36 px apart). Keypoints that
-  are NaN (a model's untrained ones, ``inference.Model.only_trained``) are left out of the fit."""
+  are NaN (a model's untrained ones, ``Predictor.only_trained``) are left out of the fit."""
   xy = np.asarray(coords, np.float64).reshape(-1, 2)
   known = np.isfinite(xy).all(axis=1)
   return _similarity(xy[known], MEAN_SHAPE[known])

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from facekp_jax.core import keypoints, sharding
+from facekp_jax.core.errors import WorkdirError
 from facekp_jax.model import apply, resnet
 from facekp_jax.training import checkpoint, state
 from facekp_jax.training import config as config_lib
@@ -90,6 +91,10 @@ def load(workdir: str, which: str = "best", ema: bool = True) -> Predictor:
       model; one line.
   """
   config = config_lib.read_config(workdir)
+  problems = config_lib.problems(config)
+  if problems:  # A hand-edited config.json: name its fields, not a failure deep in Flax.
+    raise WorkdirError(f"workdir {workdir}: config.json cannot build a model "
+                       f"({'; '.join(problems)})")
   mesh = sharding.make_mesh()
   model = resnet.create_model(config, dtype=resnet.compute_dtype(config))
   restored, _ = checkpoint.restore_trained(

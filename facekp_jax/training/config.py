@@ -25,7 +25,7 @@ import ml_collections
 
 from facekp_jax.core import keypoints
 from facekp_jax.core.errors import ConfigError, WorkdirError
-from facekp_jax.data import kaggle
+from facekp_jax.data import dataset, kaggle
 from facekp_jax.model import losses, resnet, tta
 from facekp_jax.training import optim
 
@@ -118,8 +118,7 @@ FIELDS: tuple[Field, ...] = (
           "evaluate, predict and export use", _unit, legacy=0.0),
     Field("data.train_csv", "", "a Kaggle training.csv-layout file; empty: the built-in faces"),
     Field("data.rows", "all", "all (missing values masked out of the loss) or complete "
-          "(all 30 values, the seed's choice)", lambda v: None if v in ("complete", "all")
-          else f"must be 'complete' or 'all', got {v!r}"),
+          "(all 30 values, the seed's choice)", dataset.rows_problem),
     Field("data.val_fraction", 0.2, "the validation split (0: a final fit on every face)",
           _unit),
     Field("data.bad_labels", "error", "a coordinate over 48 px outside the image: error, mask "
@@ -283,7 +282,8 @@ def _wing_problems(config, num_devices: int) -> list[str]:
 RULES = (_batch_problems, _schedule_problems, _wing_problems, _model_problems)
 
 
-def _value(config, dotted: str):
+def value(config, dotted: str):
+  """``config``'s value of the dotted field ``dotted``."""
   node = config
   for part in dotted.split("."):
     node = node[part]
@@ -297,7 +297,7 @@ def problems(config, num_devices: int = 1) -> list[str]:
   """
   out = []
   for f in FIELDS:
-    problem = f.check(_value(config, f.name)) if f.check else None
+    problem = f.check(value(config, f.name)) if f.check else None
     if problem:
       out.append(f"{f.name} {problem}")
   model_sound = not any(p.startswith("model.") for p in out)

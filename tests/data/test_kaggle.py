@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from facekp_jax.core import errors, keypoints
-from facekp_jax.core import faces as faces_lib
 from facekp_jax.data import dataset as dataset_lib
 from facekp_jax.data import kaggle
 from tests.conftest import kaggle_frame, random_faces
@@ -100,14 +99,6 @@ def test_split_is_seeded_disjoint_and_sized():
   again = dataset_lib.split(100, 0.2, seed=3)
   np.testing.assert_array_equal(train, again[0])
   assert not np.array_equal(val, dataset_lib.split(100, 0.2, seed=4)[1])
-
-
-def test_eval_batches_pad_with_masked_rows():
-  faces = faces_lib.Faces(np.ones((5, 96, 96, 1), np.float32), np.ones((5, 30), np.float32),
-                     np.ones((5, 30), np.float32))
-  batches = list(faces_lib.batches(faces, 4))
-  assert [len(b) for b in batches] == [4, 4]
-  assert batches[1].mask.sum() == 30  # One real face, three padded rows with no labels.
 
 
 def test_labels_outside_the_frame_are_kept_and_implausible_ones_follow_bad_labels(write_csv):

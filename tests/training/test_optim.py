@@ -11,6 +11,7 @@ import pytest
 
 from configs import resnet, tiny
 from facekp_jax.core import errors, sharding
+from facekp_jax.serving import predictor
 from facekp_jax.training import checkpoint, loop, optim, steps
 from facekp_jax.training import config as config_lib
 
@@ -113,7 +114,8 @@ def test_config_check_names_the_bad_field(field, value, message):
 
 
 def test_a_scheduled_adamw_run_trains_and_its_checkpoint_restores(tmp_path):
-  """``predictor.load`` builds its restore target without the data's size: it still fits."""
+  """The restore target is built without the data's size (``checkpoint.restore_trained`` with
+  ``init_state()``, as ``predictor.load`` builds it): it still fits."""
   config = _config(optimizer="adamw", schedule="onecycle", num_epochs=2)
   config.data.synthetic_n = 24
   results = loop.train_and_evaluate(config, str(tmp_path / "w"))
@@ -122,3 +124,4 @@ def test_a_scheduled_adamw_run_trains_and_its_checkpoint_restores(tmp_path):
   state, step = checkpoint.restore_trained(str(tmp_path / "w"), trainer.init_state, "latest")
   assert step == 4
   assert int(state.opt_state[0].count) == 4  # Adam's moments came back with the step.
+  assert predictor.load(str(tmp_path / "w"), "latest").step == 4
