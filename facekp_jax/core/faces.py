@@ -61,6 +61,16 @@ def where(select, a: Faces, b: Faces, xp=np) -> Faces:
                xp.where(s, a.targets, b.targets), xp.where(s, a.mask, b.mask))
 
 
+def put(faces: Faces, rows: np.ndarray, values: Faces) -> Faces:
+  """A copy of ``faces`` (numpy) whose faces at ``rows`` are ``values``."""
+  out = []
+  for f in FIELDS:
+    array = getattr(faces, f).copy()
+    array[rows] = getattr(values, f)
+    out.append(array)
+  return Faces(*out)
+
+
 def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
   """``array`` with all-zero rows appended up to ``size`` rows."""
   n = size - len(array)

@@ -72,6 +72,18 @@ def _runs(xp, chosen, prob: float) -> bool:
   return bool(chosen.any()) if xp is np else prob > 0
 
 
+def _warp_chosen(faces: Faces, plan: dict, xp) -> Faces:
+  """The faces that drew a warp, warped. Traced, every face is warped and chosen per face; the
+  host resamples only the chosen ones (the same numbers: each face's warp is its own)."""
+  chosen = plan["geometry"]
+  if xp is not np:
+    moved = geometry.warp(faces, plan["forward"], plan["inverse"], xp)
+    return faces_lib.where(chosen, moved, faces, xp)
+  rows = np.flatnonzero(chosen)
+  moved = geometry.warp(faces.take(rows), plan["forward"][rows], plan["inverse"][rows])
+  return faces_lib.put(faces, rows, moved)
+
+
 def apply_plan(faces: Faces, plan: dict, config, xp=np) -> Faces:
   """Applies a ``draw_plan`` plan to a batch: per face hflip (with the label swap), vflip, the
   affine warp, brightness, over numpy or ``jax.numpy`` (``xp``)."""
@@ -80,8 +92,7 @@ def apply_plan(faces: Faces, plan: dict, config, xp=np) -> Faces:
   if _runs(xp, plan["vflip"], config.vflip_prob):
     faces = faces_lib.where(plan["vflip"], geometry.vflip(faces, xp), faces, xp)
   if _runs(xp, plan["geometry"], config.geometry_prob):
-    moved = geometry.warp(faces, plan["forward"], plan["inverse"], xp)
-    faces = faces_lib.where(plan["geometry"], moved, faces, xp)
+    faces = _warp_chosen(faces, plan, xp)
   if _runs(xp, plan["brightness"] != 1.0, config.brightness_prob):
     faces = Faces(brightness(faces.images, plan["brightness"], xp), faces.targets, faces.mask)
   return faces

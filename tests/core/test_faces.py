@@ -41,3 +41,10 @@ def test_pad_rows_appends_zero_rows_up_to_the_size_only():
   padded = faces_lib.pad_rows(x, 8)
   assert padded.shape == (8, 3) and padded[:5].sum() == 15 and padded[5:].sum() == 0
   assert faces_lib.pad_rows(x, 4) is x and faces_lib.pad_rows(x, 5) is x
+
+
+def test_put_replaces_the_rows_in_a_copy():
+  faces, values = _faces(4, 1.0), _faces(2, 5.0)
+  out = faces_lib.put(faces, np.array([1, 3]), values)
+  assert out.targets[:, 0].tolist() == [1, 5, 1, 5] and out.images[:, 0, 0, 0].tolist() == [1, 5, 1, 5]
+  assert faces.targets[:, 0].tolist() == [1, 1, 1, 1]  # The input is left alone.
