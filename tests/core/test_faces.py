@@ -46,5 +46,6 @@ def test_pad_rows_appends_zero_rows_up_to_the_size_only():
 def test_put_replaces_the_rows_in_a_copy():
   faces, values = _faces(4, 1.0), _faces(2, 5.0)
   out = faces_lib.put(faces, np.array([1, 3]), values)
-  assert out.targets[:, 0].tolist() == [1, 5, 1, 5] and out.images[:, 0, 0, 0].tolist() == [1, 5, 1, 5]
+  assert out.targets[:, 0].tolist() == [1, 5, 1, 5]
+  assert out.images[:, 0, 0, 0].tolist() == [1, 5, 1, 5]
   assert faces.targets[:, 0].tolist() == [1, 1, 1, 1]  # The input is left alone.
