@@ -23,7 +23,7 @@ from absl import flags, logging
 from facekp_jax.core import errors
 from facekp_jax.model import tta as tta_lib
 from facekp_jax.serving import predictor
-from facekp_jax.training import lock
+from facekp_jax.training import checkpoint, lock
 
 # Problems with the user's input, config or storage: one line on stderr, exit code 2.
 USER_ERRORS = (errors.DataError, errors.WorkdirError, errors.ConfigError, lock.WorkdirBusy)
@@ -65,7 +65,7 @@ def define_model_flags(fv: flags.FlagValues) -> None:
   """The flags of every command that loads a trained workdir: --workdir, --checkpoint, --tta."""
   flags.DEFINE_string("workdir", None, "a training workdir", flag_values=fv)
   flags.mark_flag_as_required("workdir", flag_values=fv)
-  flags.DEFINE_enum("checkpoint", "best", predictor.CHECKPOINTS,
+  flags.DEFINE_enum("checkpoint", "best", checkpoint.CHECKPOINTS,
                     "best by validation RMSE (default), or latest", flag_values=fv)
   flags.DEFINE_bool("tta", None, "flip test-time augmentation (--notta: off; default: the run's "
                     "config.tta)", flag_values=fv)

@@ -23,8 +23,6 @@ from facekp_jax.training import checkpoint, state
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import workdir as workdir_lib
 
-CHECKPOINTS = checkpoint.CHECKPOINTS
-
 
 @dataclasses.dataclass
 class Predictor:
