@@ -145,7 +145,7 @@ def _inference_model(config) -> predictor.Predictor:
   trainer = steps.Trainer(config, sharding.make_mesh())
   return predictor.Predictor("", config, state_lib.inference_variables(trainer.init_state()),
                              trainer.inference, 0, "initial",
-                             np.ones(keypoints.NUM_COORDS, np.float32))
+                             np.ones(keypoints.KAGGLE.num_coords, np.float32))
 
 
 def time_inference(config, calls: int) -> list[dict]:

@@ -56,8 +56,8 @@ def photos(faces_: faces_lib.Faces, roll: float, seed: int = 0):
 
 
 def eyes(coords: np.ndarray):
-  left = 2 * keypoints.KEYPOINT_NAMES.index("left_eye_center")
-  right = 2 * keypoints.KEYPOINT_NAMES.index("right_eye_center")
+  left = 2 * keypoints.KAGGLE.names.index("left_eye_center")
+  right = 2 * keypoints.KAGGLE.names.index("right_eye_center")
   return coords[left:left + 2], coords[right:right + 2]
 
 
@@ -99,6 +99,8 @@ def refinement(faces_: faces_lib.Faces, roll: float, workdir: str, tta: bool) ->
   # of two): the export's, same to 1e-4 px.
   fn = jax.jit(export.keypoint_function(model, tta=tta, input_dtype="float32"))
   predict = lambda x: model.only_trained(np.asarray(fn(x[..., 0])))  # As predict reads photos.
+  # The model's keypoints among the file's (Kaggle's 15, by name).
+  own = [keypoints.KAGGLE.index(n) for n in model.layout.names]
   errors = {False: [], True: []}
   for photo, _, coords in photos(faces_, roll):
     found = detect.detect(photo)
@@ -108,11 +110,13 @@ def refinement(faces_: faces_lib.Faces, roll: float, workdir: str, tta: bool) ->
     face = next(f for f in found if f.box == box)
     left, right = eyes(coords)
     scale = np.hypot(*(left - right))
-    present = np.isfinite(coords).reshape(-1, 2).all(axis=1)
-    truth = coords.reshape(-1, 2)[present]
+    xy = coords.reshape(-1, 2)[own]
+    present = np.isfinite(xy).all(axis=1)
+    truth = xy[present]
     grey = photo.astype(np.float32) / 255.0
     for refine in (False, True):
-      got = detect.find_keypoints(predict, grey, [face], refine=refine)[0].keypoints
+      got = detect.find_keypoints(predict, grey, [face], refine=refine,
+                                  mean_shape=model.mean_shape)[0].keypoints
       point = np.hypot(*(got.reshape(-1, 2)[present] - truth).T)
       errors[refine].append(point.mean() / scale)
   box_only, refined = (np.array(errors[k]) for k in (False, True))

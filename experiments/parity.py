@@ -132,11 +132,11 @@ def to_layout(predictions: np.ndarray, columns) -> np.ndarray:
   Columns Keras does not predict are NaN; ``score_keras`` checks that none of them is labelled.
   """
   columns = [str(c) for c in columns]
-  unknown = sorted(set(columns) - set(keypoints.COLUMNS))
+  unknown = sorted(set(columns) - set(keypoints.KAGGLE.columns))
   if unknown:
     raise ValueError(f"Keras output columns not in Kaggle's layout: {unknown}")
-  out = np.full((len(predictions), keypoints.NUM_COORDS), np.nan, np.float32)
-  out[:, [keypoints.COLUMNS.index(c) for c in columns]] = predictions
+  out = np.full((len(predictions), keypoints.KAGGLE.num_coords), np.nan, np.float32)
+  out[:, [keypoints.KAGGLE.columns.index(c) for c in columns]] = predictions
   return out
 
 
@@ -149,6 +149,7 @@ def base_config(train_csv: str):
   config.model.head = "regression"
   config.data.train_csv = train_csv
   config.data.rows = "all"  # 5 of 15 keypoints labelled: the masked loss.
+  config.data.keypoints = keypoints.KAGGLE.name  # As the parity runs were (before layouts).
   config.data.val_fraction = 0.0
   config.batch_size = BATCH_SIZE
   for path, value in PINNED.items():
@@ -244,7 +245,7 @@ class LookupModel:
   def __init__(self, by_digest: dict[str, np.ndarray], workdir: str):
     self.by_digest = by_digest
     self.workdir = workdir
-    self.trained = np.ones(keypoints.NUM_COORDS, np.float32)  # Scored: every keypoint labelled.
+    self.trained = np.ones(keypoints.KAGGLE.num_coords, np.float32)  # Every keypoint scored.
 
   def predict(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
     if tta:
@@ -315,7 +316,7 @@ def score_keras(by_digest: dict[str, np.ndarray], heldout_csv: str, columns,
   """Keras' predictions scored by ``scoring.evaluate``, the JAX arms' own scoring."""
   faces = kaggle.read_training_csv(heldout_csv)
   n = len(faces)
-  idx = [keypoints.COLUMNS.index(c) for c in columns]
+  idx = [keypoints.KAGGLE.columns.index(c) for c in columns]
   other = np.delete(faces.mask, idx, axis=1)
   if other.any():
     raise ValueError("the held-out faces label columns Keras does not predict")

@@ -151,7 +151,7 @@ def _complete_rows_file(config) -> str:
   out = csv_stem(path) + "-complete.csv"
   if not os.path.exists(out):
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    cells = frame[list(keypoints.COLUMNS)].apply(lambda c: c.str.strip() != "")
+    cells = frame[list(keypoints.KAGGLE.columns)].apply(lambda c: c.str.strip() != "")
     labelled = cells.any(axis=0)
     write_frame(frame[cells.loc[:, labelled].all(axis=1)], out)
   return out

@@ -61,10 +61,15 @@ def command_flags() -> flags.FlagValues:
   return flags.FlagValues()
 
 
-def define_model_flags(fv: flags.FlagValues) -> None:
-  """The flags of every command that loads a trained workdir: --workdir, --checkpoint, --tta."""
-  flags.DEFINE_string("workdir", None, "a training workdir", flag_values=fv)
-  flags.mark_flag_as_required("workdir", flag_values=fv)
+def define_model_flags(fv: flags.FlagValues, shipped: bool = False) -> None:
+  """The flags of every command that loads a trained workdir: --workdir, --checkpoint, --tta.
+
+  ``shipped``: --workdir may be left out, for the model shipped in the package."""
+  flags.DEFINE_string("workdir", None, "a training workdir (or a packed model)" + (
+      "; default: the model shipped in the package (5 points, MTFL)" if shipped else ""),
+      flag_values=fv)
+  if not shipped:
+    flags.mark_flag_as_required("workdir", flag_values=fv)
   flags.DEFINE_enum("checkpoint", "best", checkpoint.CHECKPOINTS,
                     "best by validation RMSE (default), or latest", flag_values=fv)
   flags.DEFINE_bool("tta", None, "flip test-time augmentation (--notta: off; default: the run's "

@@ -1,5 +1,6 @@
 """Keypoints from a trained workdir: Kaggle submissions, prediction files, your own pictures.
 
+  python -m facekp_jax.predict photo.jpg          # the model shipped in the package (5 points)
   python -m facekp_jax.predict --workdir=W --csv=test.csv --lookup=IdLookupTable.csv \
       --out=submission.csv
   python -m facekp_jax.predict --workdir=W --csv=test.csv --out=predictions.csv
@@ -17,13 +18,13 @@ from absl import flags
 
 from facekp_jax import cli
 from facekp_jax.core import errors, host_memory
-from facekp_jax.serving import pictures, predictor, submission
+from facekp_jax.serving import images, pictures, predictor, submission
 
 
 def main(argv=None) -> None:
   host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (core/host_memory.py).
   fv = cli.command_flags()
-  cli.define_model_flags(fv)
+  cli.define_model_flags(fv, shipped=True)
   flags.DEFINE_string("csv", None, "Kaggle test.csv-layout file (ImageId, Image)", flag_values=fv)
   flags.DEFINE_string("lookup", None, "Kaggle IdLookupTable.csv: write a submission",
                       flag_values=fv)
@@ -35,8 +36,8 @@ def main(argv=None) -> None:
                     "keypoints", flag_values=fv)
   flags.DEFINE_enum("crop", None, pictures.CROPS, "--nodetect: pad to a square (none, default) "
                     "or keep the centre square", flag_values=fv)
-  flags.DEFINE_string("out_dir", None, "pictures: where overlays go (default: the workdir)",
-                      flag_values=fv)
+  flags.DEFINE_string("out_dir", None, "pictures: where overlays go (default: the workdir; "
+                      "with the shipped model, the current folder)", flag_values=fv)
   flags.DEFINE_bool("allow_untrained", False, "--lookup: submit keypoints the run had no labels "
                     "for (refused otherwise)", flag_values=fv)
   args = cli.parse(fv, "python -m facekp_jax.predict [flags] [image files or folders ...]",
@@ -63,11 +64,11 @@ def main(argv=None) -> None:
     for path in [fv.csv, fv.lookup] if fv.csv else []:
       if path and not os.path.isfile(path):
         raise errors.DataError(f"{path}: file not found")
-    paths = pictures.expand_paths(args)  # Check them before the model.
+    paths = images.expand_paths(args)  # Check them before the model.
     lookup = submission.read_lookup(fv.lookup) if fv.lookup else None  # Check it before the model.
     model = predictor.load(fv.workdir, fv.checkpoint)
     tta = cli.tta(fv, model)
-    out_dir = fv.out_dir or fv.workdir
+    out_dir = fv.out_dir or fv.workdir or "."
     if fv.csv:
       submission.run_csv(model, fv.csv, fv.out, fv.lookup, tta, lookup, fv.allow_untrained)
     elif fv.detect:

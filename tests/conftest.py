@@ -16,7 +16,7 @@ def random_faces(n, seed=0, missing_every=0):
   images = rng.integers(0, 256, (n, 96, 96), dtype=np.uint8)
   coords = rng.uniform(10, 85, (n, 30)).astype(np.float32)
   if missing_every:
-    keep = [keypoints.COLUMNS.index(c) for c in (
+    keep = [keypoints.KAGGLE.columns.index(c) for c in (
         "left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y",
         "nose_tip_x", "nose_tip_y", "mouth_center_bottom_lip_x", "mouth_center_bottom_lip_y")]
     drop = np.setdiff1d(np.arange(30), keep)
@@ -25,7 +25,7 @@ def random_faces(n, seed=0, missing_every=0):
 
 
 def kaggle_frame(images, coords):
-  frame = pd.DataFrame(coords, columns=list(keypoints.COLUMNS))
+  frame = pd.DataFrame(coords, columns=list(keypoints.KAGGLE.columns))
   frame[keypoints.IMAGE_COLUMN] = [" ".join(map(str, im.reshape(-1))) for im in images]
   return frame
 

@@ -53,12 +53,12 @@ def test_artefact_equals_the_jax_model(model, faces_u8, tmp_path, fmt, tta, rota
   x = faces_u8 if input_dtype == "uint8" else (faces_u8 / np.float32(255)).astype(np.float32)
   for n in (9, 1):  # Any batch size.
     got = _run(fmt, out, x[:n])
-    assert got.shape == (n, keypoints.NUM_COORDS) and got.dtype == np.float32
+    assert got.shape == (n, keypoints.KAGGLE.num_coords) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected[:n], atol=1e-4, rtol=0)
   assert reported < 1e-4
   meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
   assert meta["input"]["dtype"] == input_dtype and meta["input"]["shape"] == ["N", 96, 96]
-  assert meta["output"]["columns"] == list(keypoints.COLUMNS) and meta["tta"] is tta
+  assert meta["output"]["columns"] == list(keypoints.KAGGLE.columns) and meta["tta"] is tta
   assert meta["tta_rotations"] == list(rotations)
   if tta:  # Baked in: the mirror's prediction differs, so the two functions are not the same.
     assert np.abs(expected - model.predict(

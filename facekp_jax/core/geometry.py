@@ -1,10 +1,10 @@
 """Geometry of faces, once for numpy and ``jax.numpy``: mirrors, affine maps and the warp.
 
-Conventions (see ``keypoints``): pixel column j is centred at x = j, so a horizontal mirror
-maps x -> 95 - x (``mirror``). A mirrored face's left eye is the original right eye, so the
-horizontal flip also permutes keypoints (and their masks) with ``keypoints.FLIP_COORDS``
-(``flip_coords``); ``swap=False`` reproduces the seed notebook's fault (mirrored pixels,
-unswapped labels) for ablations only.
+Conventions (see ``keypoints``): pixel column j is centred at x = j, so a horizontal mirror maps
+x -> 95 - x (``mirror``). A mirrored face's left eye is the original right eye, so the
+horizontal flip also permutes keypoints (and their masks) with the layout's twins
+(``Layout.flip_coords``, ``flip_coords``); ``swap=False`` reproduces the seed notebook's fault
+(mirrored pixels, unswapped labels) for ablations only.
 
 Affine maps: per face, a rotation by ``angle`` degrees and a scaling about the frame centre
 (47.5, 47.5), where the Kaggle framing puts the face, then a shift, as one map
@@ -35,11 +35,13 @@ def mirror(coord):
   return (_SIZE - 1) - coord
 
 
-def flip_coords(coords, mask, xp=np, *, axis: int = 0, swap: bool = True):
+def flip_coords(coords, mask, layout: keypoints.Layout | None, xp=np, *, axis: int = 0,
+                swap: bool = True):
   """Keypoints (N, 2K) and their mask of faces mirrored along x (``axis=0``) or y (1).
 
-  With ``swap`` (the horizontal flip's rule), each keypoint takes its mirror twin's place
-  (``keypoints.FLIP_COORDS``: the left eye becomes the right eye). Masked coordinates are 0.
+  With ``swap`` (the horizontal flip's rule), each keypoint takes its mirror twin's place in
+  ``layout`` (``Layout.flip_coords``: the left eye becomes the right eye; ``layout`` may be None
+  without ``swap``). Masked coordinates are 0.
 
   Returns:
     ``(coords, mask)``.
@@ -48,21 +50,22 @@ def flip_coords(coords, mask, xp=np, *, axis: int = 0, swap: bool = True):
   x, y = (mirror(x), y) if axis == 0 else (x, mirror(y))
   coords = xp.stack([x, y], axis=-1).reshape(coords.shape)
   if swap:
-    perm = np.asarray(keypoints.FLIP_COORDS)
+    perm = layout.flip_coords
     coords, mask = coords[:, perm], mask[:, perm]
   return xp.where(mask > 0, coords, 0.0).astype(np.float32), mask
 
 
-def hflip(faces: Faces, swap_labels: bool = True, xp=np) -> Faces:
-  """Mirrors faces left-right: x -> 95 - x, left/right keypoints swapped (``flip_coords``)."""
+def hflip(faces: Faces, layout: keypoints.Layout, swap_labels: bool = True, xp=np) -> Faces:
+  """Mirrors faces left-right: x -> 95 - x, left/right keypoints of ``layout`` swapped
+  (``flip_coords``)."""
   return Faces(faces.images[:, :, ::-1],
-               *flip_coords(faces.targets, faces.mask, xp, axis=0, swap=swap_labels))
+               *flip_coords(faces.targets, faces.mask, layout, xp, axis=0, swap=swap_labels))
 
 
 def vflip(faces: Faces, xp=np) -> Faces:
   """Mirrors faces top-bottom: y -> 95 - y (no keypoint has an up/down twin)."""
   return Faces(faces.images[:, ::-1],
-               *flip_coords(faces.targets, faces.mask, xp, axis=1, swap=False))
+               *flip_coords(faces.targets, faces.mask, None, xp, axis=1, swap=False))
 
 
 def affine_maps(angle_deg, scale, shift) -> tuple[np.ndarray, np.ndarray]:

@@ -1,17 +1,17 @@
 """Keypoint metrics in pixels and the landmark conventions: RMSE, NME, FR and AUC.
 
-Every figure comes from masked sums and counts, so missing coordinates never count:
-RMSE over present coordinates, per-keypoint RMSE over each keypoint's present
-coordinates, and the per-face normalised mean error (NME): the mean Euclidean
-error of a face's present keypoints divided by that face's true normalising
-distance. The normaliser is the 300-W / WFLW convention, the inter-ocular
-distance (outer eye corners), where the faces have both outer corners; where
-they have fewer of those than of both eye centres (the Kaggle rows with 4
-points, the 5-point real sets), the inter-pupil distance (eye centres). Each
-result says which (``nme_normaliser``) and over how many faces (``nme_faces``).
-From the per-face errors: the failure rate FR@0.10 (share of faces with NME
-> 0.10) and AUC@0.10, the area under the cumulative error distribution up to
-0.10, divided by 0.10 (1: every face perfect).
+Each function takes the faces' ``core.keypoints.Layout`` (default: Kaggle's 15). Every figure
+comes from masked sums and counts, so missing coordinates never count: RMSE over present
+coordinates, per-keypoint RMSE over each keypoint's present coordinates, and the per-face
+normalised mean error (NME): the mean Euclidean error of a face's present keypoints divided by
+that face's true normalising distance. The normaliser is the layout's (``Layout.normalisers``):
+the 300-W / WFLW convention, the inter-ocular distance (outer eye corners), where the faces have
+both outer corners; where they have fewer of those than of both eye centres (the Kaggle rows
+with 4 points) or the layout has no corners (the 5-point sets), the inter-pupil distance (eye
+centres). Each result says which (``nme_normaliser``) and over how many faces (``nme_faces``).
+From the per-face errors: the failure rate FR@0.10 (share of faces with NME > 0.10) and
+AUC@0.10, the area under the cumulative error distribution up to 0.10, divided by 0.10 (1: every
+face perfect).
 """
 
 from __future__ import annotations
@@ -22,30 +22,32 @@ from facekp_jax.core import keypoints
 from facekp_jax.core.faces import Faces
 
 FAILURE_THRESHOLD = 0.10
-_OUTER = (keypoints.KEYPOINT_NAMES.index("left_eye_outer_corner"),
-          keypoints.KEYPOINT_NAMES.index("right_eye_outer_corner"))
-_CENTRES = (keypoints.LEFT_EYE, keypoints.RIGHT_EYE)
-NORMALISERS = {"inter_ocular": _OUTER, "inter_pupil": _CENTRES}
 
 
-def _points(a) -> np.ndarray:
-  return np.asarray(a, np.float64).reshape(-1, keypoints.NUM_KEYPOINTS, 2)
+def _points(a, layout: keypoints.Layout) -> np.ndarray:
+  return np.asarray(a, np.float64).reshape(-1, layout.num_keypoints, 2)
 
 
-def per_face_nme(predictions, targets, mask) -> tuple[np.ndarray, str]:
-  """Per-face NME of the faces that have the normaliser's two points; (errors, normaliser)."""
-  p, t = _points(predictions), _points(targets)
-  present = _points(mask).min(axis=2) > 0
+def per_face_nme(predictions, targets, mask,
+                 layout: keypoints.Layout = keypoints.DEFAULT) -> tuple[np.ndarray, str]:
+  """Per-face NME of the faces that have the normaliser's two points; (errors, normaliser).
+
+  The normaliser is the first of ``layout.normalisers`` that as many faces have as any later
+  one (and at least one face), else the last.
+  """
+  p, t = _points(predictions, layout), _points(targets, layout)
+  present = _points(mask, layout).min(axis=2) > 0
   n_present = present.sum(axis=1)
 
   def usable(pair):
     d = np.linalg.norm(t[:, pair[0]] - t[:, pair[1]], axis=1)
     return present[:, pair[0]] & present[:, pair[1]] & (d > 0) & (n_present > 0), d
 
-  outer_ok, _ = usable(_OUTER)
-  centre_ok, _ = usable(_CENTRES)
-  name = "inter_ocular" if outer_ok.sum() >= max(centre_ok.sum(), 1) else "inter_pupil"
-  ok, d = usable(NORMALISERS[name])
+  counts = [int(usable(pair)[0].sum()) for _, pair in layout.normalisers]
+  choice = next((i for i, c in enumerate(counts) if c >= max(counts[i + 1:] + [1])),
+                len(counts) - 1)
+  name, pair = layout.normalisers[choice]
+  ok, d = usable(pair)
   err = (np.linalg.norm(p - t, axis=2) * present).sum(axis=1)
   return err[ok] / n_present[ok] / d[ok], name
 
@@ -65,22 +67,24 @@ def auc(errors: np.ndarray, threshold: float = FAILURE_THRESHOLD) -> float:
       "nan")
 
 
-def normalized_mean_error(predictions, targets, mask) -> float:
+def normalized_mean_error(predictions, targets, mask,
+                          layout: keypoints.Layout = keypoints.DEFAULT) -> float:
   """Mean per-face NME (``per_face_nme``'s normaliser); NaN when no face has one."""
-  errors, _ = per_face_nme(predictions, targets, mask)
+  errors, _ = per_face_nme(predictions, targets, mask, layout)
   return float(errors.mean()) if len(errors) else float("nan")
 
 
-def keypoint_metrics(predictions: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dict:
-  """RMSE, per-keypoint RMSE, NME, FR@0.10 and AUC@0.10 of (N, 30) pixel predictions."""
+def keypoint_metrics(predictions: np.ndarray, targets: np.ndarray, mask: np.ndarray,
+                     layout: keypoints.Layout = keypoints.DEFAULT) -> dict:
+  """RMSE, per-keypoint RMSE, NME, FR@0.10 and AUC@0.10 of (N, 2K) pixel predictions."""
   predictions, targets, mask = (np.asarray(a, np.float64) for a in (predictions, targets, mask))
   sq = mask * np.square(predictions - targets)
   count = mask.sum()
-  per_kp_sse = sq.reshape(-1, keypoints.NUM_KEYPOINTS, 2).sum(axis=(0, 2))
-  per_kp_count = mask.reshape(-1, keypoints.NUM_KEYPOINTS, 2).sum(axis=(0, 2))
+  per_kp_sse = sq.reshape(-1, layout.num_keypoints, 2).sum(axis=(0, 2))
+  per_kp_count = mask.reshape(-1, layout.num_keypoints, 2).sum(axis=(0, 2))
   per_kp = {name: (float(np.sqrt(s / c)) if c else None)
-            for name, s, c in zip(keypoints.KEYPOINT_NAMES, per_kp_sse, per_kp_count)}
-  errors, normaliser = per_face_nme(predictions, targets, mask)
+            for name, s, c in zip(layout.names, per_kp_sse, per_kp_count)}
+  errors, normaliser = per_face_nme(predictions, targets, mask, layout)
   return {"rmse": float(np.sqrt(sq.sum() / count)) if count else float("nan"),
           "nme": float(errors.mean()) if len(errors) else float("nan"),
           "nme_normaliser": normaliser, "nme_faces": int(len(errors)),

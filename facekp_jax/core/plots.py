@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from facekp_jax.core import files
+from facekp_jax.core import files, keypoints
 from facekp_jax.core.faces import Faces
 
 
@@ -22,16 +22,51 @@ def pyplot():
   return plt
 
 
-def save_figure(fig, path: str) -> None:
-  """Writes ``fig`` as a PNG, atomically, and closes it."""
+def save_figure(fig, path: str, tight: bool = True) -> None:
+  """Writes ``fig`` as a PNG, atomically, and closes it (``tight=False``: the figure's own
+  size, pixel for pixel at 100 dpi)."""
   files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100,
-                                                       bbox_inches="tight"))
+                                                 bbox_inches="tight" if tight else None))
   pyplot().close(fig)
 
 
+def keypoint_groups(layout: keypoints.Layout) -> list[tuple[str, list[int]]]:
+  """How a legend names ``layout``'s keypoints: one entry per keypoint up to 15, else one per
+  region (the name without its trailing index: ``right_eye_36`` -> ``right_eye``)."""
+  if layout.num_keypoints <= 15:
+    return [(name, [i]) for i, name in enumerate(layout.names)]
+  groups: dict[str, list[int]] = {}
+  for i, name in enumerate(layout.names):
+    region = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
+    groups.setdefault(region, []).append(i)
+  return list(groups.items())
+
+
+def draw_keypoints(ax, xy: np.ndarray, layout: keypoints.Layout, size: float = 6.0,
+                   legend: bool = True, lines: bool = True) -> None:
+  """Draws one face's keypoints (K, 2) on ``ax``: a colour per ``keypoint_groups`` entry, the
+  layout's lines, a legend; NaN keypoints (untrained) are left out."""
+  colours = pyplot().get_cmap("tab20" if len(keypoint_groups(layout)) > 10 else "tab10")
+  finite = np.isfinite(xy).all(axis=1)
+  if lines:
+    for run in layout.lines:
+      run = [k for k in run if finite[k]]
+      ax.plot(xy[run, 0], xy[run, 1], "-", lw=max(0.5, size / 8), color="white", alpha=0.6)
+  for g, (name, index) in enumerate(keypoint_groups(layout)):
+    index = [k for k in index if finite[k]]
+    if index:
+      ax.plot(xy[index, 0], xy[index, 1], "o", ms=size, mec="black", mew=max(0.4, size / 12),
+              color=colours(g % colours.N), label=name, ls="none")
+  if legend and ax.get_legend_handles_labels()[0]:
+    ax.legend(loc="upper right", fontsize=max(5.0, size * 1.2), framealpha=0.7,
+              markerscale=1.0)
+
+
 def plot_grid(images: np.ndarray, predictions: np.ndarray, targets=None, mask=None,
-              title: str = "", size: int = 4):
-  """A size x size grid of faces: true keypoints (green dots), predicted (red crosses)."""
+              title: str = "", size: int = 4, layout: keypoints.Layout | None = None,
+              shown=None):
+  """A size x size grid of faces: true keypoints (green dots), predicted (red crosses) joined
+  by ``layout.lines``; ``shown`` (K,) bool: the predicted keypoints drawn (default: all)."""
   fig, axes = pyplot().subplots(size, size, figsize=(2.2 * size, 2.2 * size))
   for i, ax in enumerate(axes.flat):
     ax.axis("off")
@@ -43,7 +78,11 @@ def plot_grid(images: np.ndarray, predictions: np.ndarray, targets=None, mask=No
       t = targets[i].reshape(-1, 2)[present]
       ax.plot(t[:, 0], t[:, 1], "o", ms=3, mfc="none", mec="lime", mew=1)
     p = predictions[i].reshape(-1, 2)
-    ax.plot(p[:, 0], p[:, 1], "x", ms=4, color="red", mew=1)
+    keep = np.ones(len(p), bool) if shown is None else np.asarray(shown, bool)
+    for run in layout.lines if layout is not None else ():
+      run = [k for k in run if keep[k]]
+      ax.plot(p[run, 0], p[run, 1], "-", lw=0.6, color="red", alpha=0.5)
+    ax.plot(p[keep, 0], p[keep, 1], "x", ms=4 if len(p) < 30 else 2, color="red", mew=1)
   fig.suptitle(title + "  (green o: true, red x: predicted)", fontsize=10)
   return fig
 
@@ -78,25 +117,29 @@ def plot_ced(per_face_nme, normaliser: str, title: str = "", threshold: float = 
 
 def plot_per_keypoint(per_keypoint_rmse: dict):
   names = [n for n, v in per_keypoint_rmse.items() if v is not None]
-  fig, ax = pyplot().subplots(figsize=(7, 4.5))
+  fig, ax = pyplot().subplots(figsize=(7, max(4.5, 0.16 * len(names))))
   ax.barh(names, [per_keypoint_rmse[n] for n in names])
   ax.invert_yaxis()
   ax.set_xlabel("validation RMSE (pixels)")
   ax.grid(True, axis="x", alpha=0.3)
   return fig
 
+def write_run_plots(workdir: str, history, val: Faces, predictions, per_keypoint_rmse,
+                    layout: keypoints.Layout, trained=None) -> None:
+  """A run's learning curves; with a validation split, its 4x4 grid and per-keypoint RMSE too.
 
-
-def write_run_plots(workdir: str, history, val: Faces, predictions, per_keypoint_rmse) -> None:
-  """A run's learning curves; with a validation split, its 4x4 grid and per-keypoint RMSE too."""
+  ``trained`` (2K,): 1 for the coordinates the training split labelled; the grid draws only
+  those keypoints' predictions (default: all)."""
   path = lambda name: os.path.join(workdir, name)
   save_figure(plot_curves(history), path("learning_curves.png"))
   if not len(val):
     return
   n = min(16, len(val))
   sq = val.mask[:n] * (predictions[:n] - val.targets[:n]) ** 2
+  shown = None if trained is None else np.asarray(trained).reshape(-1, 2).min(axis=1) > 0
   save_figure(plot_grid(val.images[:n], predictions[:n], val.targets[:n], val.mask[:n],
                         title=f"validation faces, RMSE of these {n}: "
-                        f"{np.sqrt(sq.sum() / max(val.mask[:n].sum(), 1)):.2f} px"),
+                        f"{np.sqrt(sq.sum() / max(val.mask[:n].sum(), 1)):.2f} px",
+                        layout=layout, shown=shown),
               path("predictions.png"))
   save_figure(plot_per_keypoint(per_keypoint_rmse), path("per_keypoint_rmse.png"))

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from facekp_jax.core import faces as faces_lib
-from facekp_jax.core import geometry
+from facekp_jax.core import geometry, keypoints
 from facekp_jax.core.faces import Faces
 
 
@@ -84,11 +84,12 @@ def _warp_chosen(faces: Faces, plan: dict, xp) -> Faces:
   return faces_lib.put(faces, rows, moved)
 
 
-def apply_plan(faces: Faces, plan: dict, config, xp=np) -> Faces:
-  """Applies a ``draw_plan`` plan to a batch: per face hflip (with the label swap), vflip, the
-  affine warp, brightness, over numpy or ``jax.numpy`` (``xp``)."""
+def apply_plan(faces: Faces, plan: dict, config, layout: keypoints.Layout, xp=np) -> Faces:
+  """Applies a ``draw_plan`` plan to a batch of ``layout``'s faces: per face hflip (with the
+  label swap), vflip, the affine warp, brightness, over numpy or ``jax.numpy`` (``xp``)."""
   if _runs(xp, plan["hflip"], config.hflip_prob):
-    faces = faces_lib.where(plan["hflip"], geometry.hflip(faces, config.hflip_swap, xp), faces, xp)
+    flipped = geometry.hflip(faces, layout, config.hflip_swap, xp)
+    faces = faces_lib.where(plan["hflip"], flipped, faces, xp)
   if _runs(xp, plan["vflip"], config.vflip_prob):
     faces = faces_lib.where(plan["vflip"], geometry.vflip(faces, xp), faces, xp)
   if _runs(xp, plan["geometry"], config.geometry_prob):
@@ -98,7 +99,8 @@ def apply_plan(faces: Faces, plan: dict, config, xp=np) -> Faces:
   return faces
 
 
-def augment_batch(faces: Faces, rng: np.random.Generator, config) -> Faces:
+def augment_batch(faces: Faces, rng: np.random.Generator, config,
+                  layout: keypoints.Layout) -> Faces:
   """Applies the augmentations of ``config`` (``config.augment``), each per example.
 
   Args:
@@ -109,17 +111,18 @@ def augment_batch(faces: Faces, rng: np.random.Generator, config) -> Faces:
       ``vflip_prob``, ``brightness_prob``, ``brightness_range``, ``geometry_prob``,
       ``rotate_deg``, ``scale_range``, ``shift_px``.
   """
-  return apply_plan(faces, draw_plan(len(faces), rng, config), config)
+  return apply_plan(faces, draw_plan(len(faces), rng, config), config, layout)
 
 
-def seed_copies(faces: Faces, rng: np.random.Generator, config) -> Faces:
+def seed_copies(faces: Faces, rng: np.random.Generator, config,
+                layout: keypoints.Layout) -> Faces:
   """The seed notebook's offline augmentation: the set plus three altered copies.
 
   Copies: horizontal flip; that flipped copy flipped vertically as well; a
   brightness copy (factor ~ U(brightness_range)). The seed applied it *before*
   its train/test split; here it is only ever applied to the training split.
   """
-  flipped = geometry.hflip(faces, swap_labels=config.hflip_swap)
+  flipped = geometry.hflip(faces, layout, swap_labels=config.hflip_swap)
   both = geometry.vflip(flipped)
   low, high = config.brightness_range
   bright = Faces(brightness(faces.images, rng.uniform(low, high, len(faces))), faces.targets,
@@ -133,8 +136,10 @@ def training_faces(train: Faces, config) -> Faces:
   ``data.flip_copies``: every face plus its mirror (``geometry.hflip`` with the config's label
   swap), fixed once, as the Keras notebook fed its flips; online flips usually go with it off.
   """
+  layout = keypoints.get(config.data.keypoints)
   if config.data.seed_copies:
-    return seed_copies(train, np.random.default_rng([config.seed, 0xC0]), config.augment)
+    return seed_copies(train, np.random.default_rng([config.seed, 0xC0]), config.augment, layout)
   if config.data.flip_copies:
-    return faces_lib.concat([train, geometry.hflip(train, swap_labels=config.augment.hflip_swap)])
+    flipped = geometry.hflip(train, layout, swap_labels=config.augment.hflip_swap)
+    return faces_lib.concat([train, flipped])
   return train

@@ -1,17 +1,27 @@
-"""The data set of a run: its faces read (or synthesised), the rows it keeps, the seeded split.
+"""The data set of a run: its faces read (or synthesised), their layout, the rows it keeps, the
+seeded split.
 
-Data flows one way: ``load_dataset`` reads (or synthesises) the faces, keeps the rows the
-config asks for and splits them into train/validation *before* any augmentation.
+Data flows one way: ``load_dataset`` reads (or synthesises) the faces, settles their keypoint
+layout, keeps the rows the config asks for and splits them into train/validation *before* any
+augmentation. The layout is ``data.keypoints``, or when that is "" the data's own: a folder's
+point count (``data.pts``), a CSV's columns (``kaggle.header_layout``), Kaggle's 15 for the
+built-in faces; and where the keypoints that carry any label are all of a smaller built-in
+layout (a Kaggle file with only MTFL's 5 filled), that one (``narrow``). A one-line note says
+which layout was chosen.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+from absl import logging
 
 from facekp_jax.core import faces as faces_lib
+from facekp_jax.core import keypoints
 from facekp_jax.core.errors import DataError
 from facekp_jax.core.faces import Faces
-from facekp_jax.data import kaggle, synthetic
+from facekp_jax.data import kaggle, pts, synthetic
 
 ROWS = ("complete", "all")
 
@@ -22,10 +32,10 @@ def rows_problem(rows) -> str | None:
 
 
 def select_rows(faces: Faces, rows: str, source: str) -> Faces:
-  """Keeps ``"complete"`` rows (all 30 values) or ``"all"`` rows with any label."""
+  """Keeps ``"complete"`` rows (every value) or ``"all"`` rows with any label."""
   if rows == "complete":
     keep = faces.mask.all(axis=1)
-    what = "rows with all 30 keypoint values"
+    what = f"rows with all {faces.mask.shape[1]} keypoint values"
   elif rows == "all":
     keep = faces.mask.any(axis=1)
     what = "rows with any keypoint value"
@@ -50,20 +60,53 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def load_faces(data_config) -> tuple[Faces, str]:
-  """Reads ``data.train_csv``, or synthesises the built-in faces when it is empty."""
-  if data_config.train_csv:
-    path = data_config.train_csv
-    return kaggle.read_training_csv(path, data_config.bad_labels), path
-  images, coords = synthetic.generate(
-      data_config.synthetic_n, seed=data_config.synthetic_seed,
-      missing=data_config.synthetic_missing)
-  return faces_lib.from_arrays(images, coords), "built-in synthetic faces"
+def take_keypoints(faces: Faces, source: keypoints.Layout, target: keypoints.Layout) -> Faces:
+  """``faces`` of layout ``source`` with only the keypoints of ``target`` (named alike)."""
+  cols = [source.columns.index(c) for c in target.columns]
+  return Faces(faces.images, faces.targets[:, cols], faces.mask[:, cols])
 
 
-def load_dataset(data_config, seed: int) -> tuple[Faces, Faces, str]:
-  """Returns (train, validation, source description), split before augmentation."""
-  faces, source = load_faces(data_config)
+def narrow(faces: Faces, layout: keypoints.Layout) -> keypoints.Layout:
+  """The smallest built-in layout holding every keypoint of ``faces`` that has a label."""
+  labelled = faces.mask.reshape(len(faces), -1, 2).any(axis=(0, 2))
+  names = [n for n, has in zip(layout.names, labelled) if has]
+  return keypoints.of_names(names) if names else layout
+
+
+def load_faces(data_config) -> tuple[Faces, keypoints.Layout, str]:
+  """Reads ``data.train_csv`` (a CSV or a folder with .pts files), or synthesises the built-in
+  faces when it is empty; returns (faces, their layout, the source's description)."""
+  path, name = data_config.train_csv, data_config.keypoints
+  if not path:
+    layout = keypoints.get(name)
+    images, coords = synthetic.generate(
+        data_config.synthetic_n, seed=data_config.synthetic_seed,
+        missing=data_config.synthetic_missing)
+    faces = take_keypoints(faces_lib.from_arrays(images, coords), keypoints.KAGGLE, layout)
+    return faces, layout, "built-in synthetic faces"
+  if os.path.isdir(path):
+    faces, layout, _ = pts.read_folder(path, keypoints.get(name) if name else None)
+    how = "its .pts files' point count"
+  else:
+    layout = keypoints.get(name) if name else kaggle.header_layout(path)
+    faces = kaggle.read_training_csv(path, data_config.bad_labels, layout)
+    how = "its columns"
+  if name:
+    return faces, layout, path
+  smaller = narrow(faces, layout)
+  if smaller.num_keypoints < layout.num_keypoints:
+    faces = take_keypoints(faces, layout, smaller)
+    how = f"only its columns of {smaller.name}'s keypoints hold values"
+    layout = smaller
+  logging.info("data: %s: keypoint layout %s, from %s (data.keypoints names another)",
+               path, layout.describe(), how)
+  return faces, layout, path
+
+
+def load_dataset(data_config, seed: int) -> tuple[Faces, Faces, keypoints.Layout, str]:
+  """Returns (train, validation, the keypoint layout, the source's description), split before
+  augmentation."""
+  faces, layout, source = load_faces(data_config)
   faces = select_rows(faces, data_config.rows, source)
   train_idx, val_idx = split(len(faces), data_config.val_fraction, seed)
-  return faces.take(train_idx), faces.take(val_idx), source
+  return faces.take(train_idx), faces.take(val_idx), layout, source

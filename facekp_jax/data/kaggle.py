@@ -1,5 +1,9 @@
-"""Kaggle's CSV layouts read into faces: training.csv (keypoints, Image), test.csv (ImageId, Image).
+"""Keypoint CSVs read into faces: Kaggle's training.csv layout for any keypoint layout, test.csv.
 
+A training file holds a ``core.keypoints.Layout``'s coordinate columns (``{name}_x``,
+``{name}_y``, any order, empty where a value is missing) and ``Image`` (96x96 space-separated
+grey values): Kaggle's training.csv is the ``kaggle15`` one. ``header_layout`` names the layout
+whose columns a file's header holds exactly. A test file holds ``ImageId`` and ``Image``.
 Whole files (``read_training_csv``, ``read_test_csv``) or streamed in chunks for files too large
 to hold as text and images at once (``read_training_chunks``, ``read_test_chunks``), with the
 same checks and messages. Every problem with an input file raises ``DataError`` whose message
@@ -90,9 +94,9 @@ def _is_number(text: str) -> bool:
     return False
 
 
-def _parse_coords(path: str, frame: pd.DataFrame, first_row: int = 0,
+def _parse_coords(path: str, frame: pd.DataFrame, columns: tuple[str, ...], first_row: int = 0,
                   bad_labels: str = "error") -> tuple[np.ndarray, np.ndarray]:
-  """Parses the 30 keypoint columns into float32 (N, 30), NaN where empty.
+  """Parses the 2K keypoint ``columns`` into float32 (N, 2K), NaN where empty.
 
   A coordinate outside the image but within ``_COORD_SLACK`` of it is a real label (faces in
   strong poses reach past a 96x96 crop) and is kept. One beyond is, by ``bad_labels``, an
@@ -104,8 +108,8 @@ def _parse_coords(path: str, frame: pd.DataFrame, first_row: int = 0,
     dropped by the caller, as ``bad_labels`` says.
   """
   implausible = np.zeros(len(frame), bool)
-  coords = np.full((len(frame), keypoints.NUM_COORDS), np.nan, np.float32)
-  for j, column in enumerate(keypoints.COLUMNS):
+  coords = np.full((len(frame), len(columns)), np.nan, np.float32)
+  for j, column in enumerate(columns):
     cells = frame[column].str.strip()
     values = pd.to_numeric(cells, errors="coerce").to_numpy(np.float64)
     bad = np.isnan(values) & (cells != "").to_numpy() & (cells.str.lower() != "nan").to_numpy()
@@ -132,16 +136,41 @@ def _faces(images, coords, implausible, bad_labels: str) -> Faces:
   return faces_lib.from_arrays(images, coords)
 
 
-def read_training_csv(path: str, bad_labels: str = "error") -> Faces:
-  """Reads a Kaggle training.csv-layout file (``.csv`` or ``.csv.gz``).
+def header_layout(path: str) -> keypoints.Layout:
+  """The built-in layout whose coordinate columns a CSV's header holds exactly.
+
+  Raises:
+    DataError: a missing or unreadable file, or a header that matches no built-in layout.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  try:
+    header = pd.read_csv(path, dtype=str, nrows=0).columns
+  except pd.errors.EmptyDataError:
+    raise DataError(f"{path}: file is empty") from None
+  except _CSV_ERRORS as e:
+    raise _unreadable(path, e) from None
+  coords = [c for c in header if c not in (keypoints.IMAGE_COLUMN, keypoints.ID_COLUMN)]
+  found = keypoints.of_columns(coords)
+  if found is None:
+    raise DataError(f"{path}: its {len(coords)} keypoint columns are no built-in layout's "
+                    f"({', '.join(keypoints.LAYOUTS)}); to go on, name the layout "
+                    "(data.keypoints) whose columns it holds")
+  return found
+
+
+def read_training_csv(path: str, bad_labels: str = "error",
+                      layout: keypoints.Layout = keypoints.DEFAULT) -> Faces:
+  """Reads a training file of ``layout``'s columns (``.csv`` or ``.csv.gz``); other columns
+  are ignored.
 
   ``bad_labels``: see ``_parse_coords``; the rows it touched are logged.
 
   Raises:
     DataError: on any malformed content, naming file, row and problem.
   """
-  frame = _read_frame(path, keypoints.COLUMNS + (keypoints.IMAGE_COLUMN,))
-  coords, implausible = _parse_coords(path, frame, bad_labels=bad_labels)
+  frame = _read_frame(path, layout.columns + (keypoints.IMAGE_COLUMN,))
+  coords, implausible = _parse_coords(path, frame, layout.columns, bad_labels=bad_labels)
   images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN])
   _log_bad_labels(path, int(implausible.sum()), bad_labels)
   return _faces(images, coords, implausible, bad_labels)
@@ -210,12 +239,12 @@ def read_csv_chunks(path: str, required: tuple[str, ...],
     raise DataError(f"{path}: no data rows")
 
 
-def read_training_chunks(path: str, chunk_rows: int = 1024,
-                         bad_labels: str = "error") -> Iterator[Faces]:
+def read_training_chunks(path: str, chunk_rows: int = 1024, bad_labels: str = "error",
+                         layout: keypoints.Layout = keypoints.DEFAULT) -> Iterator[Faces]:
   """``read_training_csv`` in pieces of at most ``chunk_rows`` faces; errors name file rows."""
-  required = keypoints.COLUMNS + (keypoints.IMAGE_COLUMN,)
+  required = layout.columns + (keypoints.IMAGE_COLUMN,)
   for first_row, frame in read_csv_chunks(path, required, chunk_rows):
-    coords, implausible = _parse_coords(path, frame, first_row, bad_labels)
+    coords, implausible = _parse_coords(path, frame, layout.columns, first_row, bad_labels)
     images = _parse_pixels(path, frame[keypoints.IMAGE_COLUMN], first_row)
     _log_bad_labels(f"{path} rows {first_row + 1}-{first_row + len(frame)}",
                     int(implausible.sum()), bad_labels)

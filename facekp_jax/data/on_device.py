@@ -28,17 +28,18 @@ def upload(faces: Faces, mesh) -> dict:
           for name, x in ((f, getattr(faces, f)) for f in FIELDS)}
 
 
-def make_train_steps(train_step, augment_config):
+def make_train_steps(train_step, augment_config, layout):
   """(state, dataset, indices (K, B), plans (K, B)) -> (state, metrics stacked over K steps).
 
-  ``train_step(state, batch)`` takes the batch as ``{"images", "targets", "mask"}``.
+  ``train_step(state, batch)`` takes the batch as ``{"images", "targets", "mask"}``; ``layout``
+  is the faces' ``core.keypoints.Layout`` (its flip twins).
   """
 
   def steps(state, dataset: dict, indices, plans):
     def one(state, xs):
       idx, plan = xs
       batch = augment.apply_plan(Faces(*(dataset[f][idx] for f in FIELDS)), plan,
-                                 augment_config, xp=jnp)
+                                 augment_config, layout, xp=jnp)
       return train_step(state, {f: getattr(batch, f) for f in FIELDS})
 
     # Fully unrolled: XLA:CPU ran the rolled loop's body 5x slower (35 vs 169 img/s, batch 32);

@@ -3,7 +3,7 @@
 Embedded copy of ``../shared/data/kaggle_keypoint_shape_stats.json`` (computed from
 Kaggle's training.csv: 7049 label rows, 2140 of them with all 30 coordinates), so the
 package never reads outside itself at run time. Coordinates are pixels of a 96x96 image,
-x right, y down, "left" = the subject's left (image right), in ``keypoints.COLUMNS`` order.
+x right, y down, "left" = the subject's left (image right), in ``keypoints.KAGGLE.columns`` order.
 
 A Kaggle-like shape is ``MEAN + sum_i z_i * PRINCIPAL_STD[i] * PRINCIPAL_COMPONENTS[i]``
 with ``z ~ N(0, 1)``; the 12 components explain 95.2 % of the variance of the 2140

@@ -27,7 +27,8 @@ from facekp_jax.core import files, keypoints
 from facekp_jax.data import shape_stats
 
 _SIZE = keypoints.IMAGE_SIZE
-_K = {name: i for i, name in enumerate(keypoints.KEYPOINT_NAMES)}
+_K = {name: i for i, name in enumerate(keypoints.KAGGLE.names)}
+_LEFT, _RIGHT = _K["left_eye_center"], _K["right_eye_center"]
 _GRID = np.arange(_SIZE, dtype=np.float32)
 _X, _Y = _GRID[None, :], _GRID[:, None]  # Pixel (row i, col j) is centred at (x=j, y=i).
 
@@ -49,7 +50,7 @@ _PIXEL_TEXT = np.array([str(i) for i in range(256)], dtype=object)  # uint8 -> C
 
 def _reframe(shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Moves, scales and rolls a (15, 2) shape to a Kaggle-like framing."""
-  left, right = shape[keypoints.LEFT_EYE], shape[keypoints.RIGHT_EYE]
+  left, right = shape[_LEFT], shape[_RIGHT]
   vec = left - right  # Subject's left eye is on the image right.
   dist = max(float(np.hypot(*vec)), 1e-3)
   target_dist = min(max(rng.normal(_EYE_DIST_MEAN, _EYE_DIST_STD), 24.0), 50.0)
@@ -70,7 +71,7 @@ def _plausible(pts: np.ndarray) -> bool:
   """In frame, and ordered like a face (so the features can be drawn through the points)."""
   if pts.min() < _MARGIN or pts.max() > _SIZE - 1 - _MARGIN:
     return False
-  ex = pts[keypoints.LEFT_EYE] - pts[keypoints.RIGHT_EYE]
+  ex = pts[_LEFT] - pts[_RIGHT]
   along = pts @ ex / np.hypot(*ex)  # Distances across and down the face, in pixels.
   down = pts @ np.array([-ex[1], ex[0]]) / np.hypot(*ex)
   k = _K
@@ -143,7 +144,7 @@ def _background(rng) -> np.ndarray:
 
 def _draw_head(img, rng, pts, ex, d, skin) -> None:
   """Neck, ears, hair and the shaded skin of the head, from the eyes down to the chin."""
-  mid = (pts[keypoints.LEFT_EYE] + pts[keypoints.RIGHT_EYE]) / 2
+  mid = (pts[_LEFT] + pts[_RIGHT]) / 2
   u, v = _uv(_X, _Y, mid, ex)
   u, v = u / d, v / d  # Face units: one eye distance.
   centre_u = -0.4 * _local(pts[_K["nose_tip"]], mid, ex)[0] / d  # A turned head shows one cheek.
@@ -320,7 +321,7 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 def _render(rng: np.random.Generator, pts: np.ndarray) -> np.ndarray:
   """A uint8 (96, 96) face drawn through the (15, 2) keypoints ``pts``."""
-  left, right = pts[keypoints.LEFT_EYE], pts[keypoints.RIGHT_EYE]
+  left, right = pts[_LEFT], pts[_RIGHT]
   d = float(np.hypot(*(left - right)))
   ex = (left - right) / d
   skin = rng.uniform(70, 215)
@@ -353,13 +354,13 @@ def generate(n: int, seed: int = 0, missing: bool = False) -> tuple[np.ndarray, 
       rows keep only the eye centres, nose tip and bottom lip); the images are unchanged.
 
   Returns:
-    ``(images, keypoints)``: uint8 (n, 96, 96) and float32 (n, 30) in ``keypoints.COLUMNS``
+    ``(images, keypoints)``: uint8 (n, 96, 96) and float32 (n, 30) in ``keypoints.KAGGLE.columns``
     order, NaN where a label is absent.
   """
   if n < 0:
     raise ValueError(f"n must be >= 0, got {n}")
   images = np.empty((n, _SIZE, _SIZE), np.uint8)
-  coords = np.empty((n, keypoints.NUM_COORDS), np.float32)
+  coords = np.empty((n, keypoints.KAGGLE.num_coords), np.float32)
   for i in range(n):
     rng = np.random.default_rng([seed, i])
     pts = _sample_keypoints(rng)
@@ -373,7 +374,7 @@ def generate(n: int, seed: int = 0, missing: bool = False) -> tuple[np.ndarray, 
 
 def to_frame(images: np.ndarray, coords: np.ndarray) -> pd.DataFrame:
   """Kaggle training.csv layout: the 30 ``COLUMNS`` then ``Image`` (9216 space-separated ints)."""
-  frame = pd.DataFrame(np.asarray(coords, np.float32), columns=list(keypoints.COLUMNS))
+  frame = pd.DataFrame(np.asarray(coords, np.float32), columns=list(keypoints.KAGGLE.columns))
   flat = np.asarray(images, np.uint8).reshape(len(images), -1)
   frame[keypoints.IMAGE_COLUMN] = [" ".join(_PIXEL_TEXT[row].tolist()) for row in flat]
   return frame

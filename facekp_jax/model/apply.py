@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from facekp_jax.core import faces, sharding
+from facekp_jax.core import faces, keypoints, sharding
 from facekp_jax.model import tta
 
 
@@ -21,9 +21,13 @@ def round_up(n: int, multiple: int) -> int:
 
 
 class Inference:
-  """``model.apply(variables, images, train=False)`` jitted over ``mesh``, in padded batches."""
+  """``model.apply(variables, images, train=False)`` jitted over ``mesh``, in padded batches.
+
+  ``layout`` is the model's keypoint layout (``model.layout``), whose mirror twins TTA uses.
+  """
 
   def __init__(self, model, mesh, eval_batch_size: int):
+    self.layout = keypoints.get(model.layout)
     self.mesh = mesh
     self.eval_batch_size = round_up(eval_batch_size, mesh.devices.size)
     self._max_batch = eval_batch_size
@@ -49,7 +53,7 @@ class Inference:
     ``tta.average`` (``()``: flips only).
     """
     if tta_rotations is not None:
-      return tta.average(lambda x: self(variables, x), images, tta_rotations)
+      return tta.average(lambda x: self(variables, x), images, self.layout, tta_rotations)
     n = len(images)
     size = self.batch_size(n)
     out = []

@@ -71,7 +71,7 @@ def soft_argmax(logits: jnp.ndarray, margin: float = 0.0) -> jnp.ndarray:
 
 
 class HeatmapHead(nn.Module):
-  """Feature map (B, h, w, C) -> keypoints (B, 30) in pixels, by soft-argmax.
+  """Feature map (B, h, w, C) -> keypoints (B, 2K) in pixels, by soft-argmax (K maps).
 
   With ``finer`` feature maps (earlier stages' outputs, finest last), each gets its own 1x1
   convolution to keypoint logits, and the coarser logits are upsampled bilinearly and added
@@ -82,21 +82,23 @@ class HeatmapHead(nn.Module):
     margin: pixels the maps extend beyond the frame on each side (a whole number of cells);
       the maps then have ``size + 2 * margin_cells(size, margin)`` cells a side.
     dtype: computation dtype of the 1x1 convolution (the softmax is float32).
+    num_keypoints: K, the layout's keypoints (one map each).
   """
 
   size: int = 48
   margin: float = 0.0
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
+  num_keypoints: int = 15
 
   @nn.compact
   def __call__(self, features, finer=()):
     # A dense layer on the channel axis is a 1x1 convolution.
-    logits = nn.Dense(keypoints.NUM_KEYPOINTS, dtype=self.dtype, kernel_init=self.kernel_init,
+    logits = nn.Dense(self.num_keypoints, dtype=self.dtype, kernel_init=self.kernel_init,
                       name="keypoint_maps")(features)
     logits = jnp.asarray(logits, jnp.float32)
     for i, f in enumerate(finer):
-      fine = nn.Dense(keypoints.NUM_KEYPOINTS, dtype=self.dtype, kernel_init=self.kernel_init,
+      fine = nn.Dense(self.num_keypoints, dtype=self.dtype, kernel_init=self.kernel_init,
                       name=f"finer_maps{i + 1}")(f)
       logits = jax.image.resize(logits, (*fine.shape[:3], logits.shape[3]), method="bilinear")
       logits = logits + jnp.asarray(fine, jnp.float32)

@@ -103,6 +103,7 @@ class ResNet(nn.Module):
       parameters and function; faster on CPU).
       False uses the plain ``nn.Conv`` / ``nn.max_pool`` reference path
       (``ops.layers.make``).
+    layout: the keypoint layout's name (``core.keypoints``): 2K outputs, K heatmaps.
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -121,6 +122,7 @@ class ResNet(nn.Module):
   conv_bias: bool = True
   kernel_init: str = "lecun_normal"
   fast_ops: bool = True
+  layout: str = keypoints.DEFAULT.name
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -146,13 +148,15 @@ class ResNet(nn.Module):
     if self.head == "heatmap":
       finer = levels[-self.heatmap_stages:-1][::-1]  # Coarse to fine after the last.
       return heads.HeatmapHead(self.heatmap_size, self.heatmap_margin, dtype=self.dtype,
+                               num_keypoints=keypoints.get(self.layout).num_keypoints,
                                kernel_init=init, name="heatmap")(x, finer)
     x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for i, (size, rate) in enumerate(zip(self.dense_sizes, self.dropout_rates)):
       x = nn.relu(nn.Dense(size, dtype=self.dtype, kernel_init=init, name=f"dense{i + 1}")(x))
       x = nn.Dropout(rate, deterministic=not train)(x)
-    x = nn.Dense(keypoints.NUM_COORDS, dtype=self.dtype, kernel_init=init, name="output")(x)
+    coords = keypoints.get(self.layout).num_coords
+    x = nn.Dense(coords, dtype=self.dtype, kernel_init=init, name="output")(x)
     x = OUTPUT_ACTIVATIONS[self.output_activation](x)
     return jnp.asarray(x, jnp.float32) * self.output_scale + self.output_offset
 
@@ -182,4 +186,5 @@ def create_model(config, dtype=jnp.float32) -> ResNet:
       conv_bias=m.conv_bias,
       kernel_init=m.kernel_init,
       fast_ops=m.fast_ops,
+      layout=keypoints.get(config.data.keypoints).name,
       dtype=dtype)

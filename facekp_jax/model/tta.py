@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facekp_jax.core import geometry
+from facekp_jax.core import geometry, keypoints
 
 
 def problems(rotations) -> list[str]:
@@ -34,33 +34,35 @@ def rotation_views(rotations) -> list[np.ndarray]:
   return list(inverse)
 
 
-def flip_average(predict, images, xp=np):
+def flip_average(predict, images, layout: keypoints.Layout, xp=np):
   """The mean prediction of each image and of its mirror, the mirror's mapped back.
 
   Args:
-    predict: maps (N, 96, 96, 1) images to (N, 2K) pixel predictions.
+    predict: maps (N, 96, 96, 1) images to (N, 2K) pixel predictions of ``layout``.
     images: (N, 96, 96, 1).
+    layout: the predictions' keypoint layout (its mirror twins).
     xp: ``numpy`` or ``jax.numpy``.
   """
   mirrored = predict(images[:, :, ::-1])
-  back, _ = geometry.flip_coords(mirrored, xp.ones(mirrored.shape, np.float32), xp)
+  back, _ = geometry.flip_coords(mirrored, xp.ones(mirrored.shape, np.float32), layout, xp)
   return 0.5 * (predict(images) + back)
 
 
-def average(predict, images, rotations=(), xp=np):
+def average(predict, images, layout: keypoints.Layout, rotations=(), xp=np):
   """The test-time average: ``flip_average`` over the face as it is and turned by -a and +a
   degrees for each angle a of ``rotations`` (a turned view's keypoints turned back).
 
   Args:
     predict: maps (N, 96, 96, 1) images to (N, 2K) pixel predictions.
     images: (N, 96, 96, 1).
+    layout: the predictions' keypoint layout (its mirror twins).
     rotations: angles of the turned views (``config.tta_rotations``; empty: flips only).
     xp: ``numpy`` or ``jax.numpy``.
   """
-  views = [flip_average(predict, images, xp)]
+  views = [flip_average(predict, images, layout, xp)]
   for inverse in rotation_views(rotations):
     turned = geometry.fixed_warp(inverse)(images)
-    views.append(geometry.map_coords(inverse, flip_average(predict, turned, xp), xp))
+    views.append(geometry.map_coords(inverse, flip_average(predict, turned, layout, xp), xp))
   total = views[0]
   for view in views[1:]:
     total = total + view

@@ -19,14 +19,15 @@ InsightFace (large dependencies, or weights downloaded at run time). On 600 MTFL
 4 false boxes, ``alt`` 95 % at twice the time (``experiments/faces_align.py``). Haar
 finds frontal, upright faces; profiles and strongly tilted heads are missed.
 
-From a box, the eyes are placed where they lie in ``alt2``'s boxes on those faces
-(median midpoint at (0.497, 0.389) of the box, distance 0.377 of its width). That guess
-is rough (the distance's interquartile range is ~10 % of it, and it knows no roll). With
-``refine``, a first pass of the model reads the face in that crop and the face is cropped
-again by the similarity that lays its 15 keypoints on Kaggle's mean shape in the training
-framing (``shape_transform``), then read there. Measured on 600 held-out MTFL faces
-(``experiments/faces_align.py``, README "Using a trained model"): it helps with tilted heads
-and is even on upright ones; re-framing from the two eyes alone made things worse.
+From a box, the eyes are placed where they lie in ``alt2``'s boxes on those faces (median
+midpoint at (0.497, 0.389) of the box, distance 0.377 of its width). That guess is rough (the
+distance's interquartile range is ~10 % of it, and it knows no roll). With ``refine``, a first
+pass of the model reads the face in that crop and the face is cropped again by the similarity
+that lays its keypoints on the layout's mean shape in the training framing (``shape_transform``;
+Kaggle's mean shape, ``MEAN_SHAPE``, for Kaggle's points and MTFL's five, else the training
+split's mean, ``Predictor.mean_shape``), then read there. Measured on 600 held-out MTFL faces
+(``experiments/faces_align.py``, README "Using a trained model"): it helps with tilted heads and
+is even on upright ones; re-framing from the two eyes alone made things worse.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ BOX_EYE_DISTANCE = 0.377
 _DETECT_SIDE = 1280  # Photos are searched at most this large (longest side); boxes scaled back.
 _MIN_FACE = 24  # Smallest face searched for, pixels of the searched image.
 
-# (N, 96, 96, 1) in [0, 1] -> (N, 30) crop pixels (NaN: a keypoint the model does not read).
+# (N, 96, 96, 1) in [0, 1] -> (N, 2K) crop pixels (NaN: a keypoint the model does not read).
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
@@ -150,23 +151,25 @@ def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def _framed_mean_shape() -> np.ndarray:
   """Kaggle's mean shape (15, 2), moved so that its eyes sit at the training framing."""
   mean = shape_stats.MEAN.reshape(-1, 2)
-  left, right = mean[keypoints.LEFT_EYE], mean[keypoints.RIGHT_EYE]
+  left, right = (mean[keypoints.KAGGLE.index(f"{side}_eye_center")] for side in ("left", "right"))
   dx, dy = left - right
   frame = eye_transform((left + right) / 2, math.hypot(dx, dy), math.atan2(dy, dx))
   return to_crop(frame, mean.reshape(-1)).reshape(-1, 2)
 
 
-def shape_transform(coords: np.ndarray) -> np.ndarray:
-  """The crop map from a face's keypoints (30,) in photo pixels: the similarity that lays them
-  on Kaggle's mean shape in the training framing (upright, eyes ~36 px apart). Keypoints that
-  are NaN (a model's untrained ones, ``Predictor.only_trained``) are left out of the fit."""
+def shape_transform(coords: np.ndarray, mean_shape: np.ndarray | None = None) -> np.ndarray:
+  """The crop map from a face's keypoints (2K,) in photo pixels: the similarity that lays them
+  on ``mean_shape`` (K, 2), the layout's mean shape in the training framing (upright, eyes
+  ~36 px apart; default: Kaggle's, ``MEAN_SHAPE``). Keypoints that are NaN (a model's
+  untrained ones, ``Predictor.only_trained``) are left out of the fit."""
+  mean_shape = MEAN_SHAPE if mean_shape is None else np.asarray(mean_shape, np.float64)
   xy = np.asarray(coords, np.float64).reshape(-1, 2)
-  known = np.isfinite(xy).all(axis=1)
-  return _similarity(xy[known], MEAN_SHAPE[known])
+  known = np.isfinite(xy).all(axis=1) & np.isfinite(mean_shape).all(axis=1)
+  return _similarity(xy[known], mean_shape[known])
 
 
 def to_photo(transform: np.ndarray, coords: np.ndarray) -> np.ndarray:
-  """(..., 30) coordinates in a crop -> the photo's pixels, through ``transform``'s inverse."""
+  """(..., 2K) coordinates in a crop -> the photo's pixels, through ``transform``'s inverse."""
   xy = np.asarray(coords, np.float64).reshape(*np.shape(coords)[:-1], -1, 2)
   linear, shift = transform[:, :2], transform[:, 2]
   back = (xy - shift) @ np.linalg.inv(linear).T
@@ -174,7 +177,7 @@ def to_photo(transform: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 
 def to_crop(transform: np.ndarray, coords: np.ndarray) -> np.ndarray:
-  """(..., 30) coordinates in the photo -> the crop's pixels."""
+  """(..., 2K) coordinates in the photo -> the crop's pixels."""
   xy = np.asarray(coords, np.float64).reshape(*np.shape(coords)[:-1], -1, 2)
   return (xy @ transform[:, :2].T + transform[:, 2]).reshape(np.shape(coords))
 
@@ -220,21 +223,23 @@ def predict_in_crops(predict: Predict,
 
 
 def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None = None,
-                   refine: bool = True) -> list[Keypoints]:
+                   refine: bool = True, mean_shape: np.ndarray | None = None) -> list[Keypoints]:
   """The keypoints of every face in a grey float (H, W) photo, in its pixels.
 
   Args:
-    predict: the model on aligned crops, (N, 96, 96, 1) in [0, 1] -> (N, 30) crop pixels.
+    predict: the model on aligned crops, (N, 96, 96, 1) in [0, 1] -> (N, 2K) crop pixels.
     grey: the photo, float in [0, 1].
     faces: the faces to read (default: ``detect(grey)``).
     refine: crop each face a second time, from the keypoints the first pass found
       (``shape_transform``: upright, to scale), and predict again there.
+    mean_shape: (K, 2) the layout's mean shape in the frame (default: Kaggle's 15).
   """
-  return find_keypoints_in(predict, [(grey, faces)], refine)[0]
+  return find_keypoints_in(predict, [(grey, faces)], refine, mean_shape)[0]
 
 
 def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face] | None]],
-                      refine: bool = True) -> list[list[Keypoints]]:
+                      refine: bool = True,
+                      mean_shape: np.ndarray | None = None) -> list[list[Keypoints]]:
   """``find_keypoints`` of several (grey photo, faces or None) at once: every face of every
   photo goes into the same batch (one model call per pass, not one per photo)."""
   photos = [(grey, detect(grey) if found is None else found) for grey, found in photos]
@@ -242,7 +247,7 @@ def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face
   transforms = [box_transform(f.box) for _, f in owners]
   coords = predict_in_crops(predict, [(grey, t) for (grey, _), t in zip(owners, transforms)])
   if refine and owners:
-    again = [_refined(t, c) for t, c in zip(transforms, coords)]
+    again = [_refined(t, c, mean_shape) for t, c in zip(transforms, coords)]
     redo = [i for i, t in enumerate(again) if t is not None]
     second = predict_in_crops(predict, [(owners[i][0], again[i]) for i in redo])
     for i, c in zip(redo, second):
@@ -255,13 +260,14 @@ def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face
 MIN_REFINE_KEYPOINTS = 3
 
 
-def _refined(first: np.ndarray, coords: np.ndarray) -> np.ndarray | None:
+def _refined(first: np.ndarray, coords: np.ndarray,
+             mean_shape: np.ndarray | None) -> np.ndarray | None:
   """The crop map from a first pass's keypoints (NaN: untrained, left out); None (keep the
   first) where they are implausible: under ``MIN_REFINE_KEYPOINTS`` finite ones, or a framing
   under half or over twice the first crop's scale."""
   if np.isfinite(np.reshape(coords, (-1, 2))).all(axis=1).sum() < MIN_REFINE_KEYPOINTS:
     return None
-  again = shape_transform(coords)
+  again = shape_transform(coords, mean_shape)
   if not np.isfinite(again).all() or abs(np.linalg.det(again[:, :2])) < 1e-12:
     return None
   ratio = math.sqrt(abs(np.linalg.det(again[:, :2]) / np.linalg.det(first[:, :2])))

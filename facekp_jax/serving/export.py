@@ -1,9 +1,11 @@
 """A trained model exported to run without this package: StableHLO (``jax.export``) or ONNX.
 
-The artefact is one function, ``faces (N, 96, 96) -> keypoints (N, 30)``, any N: grey 96x96
+The artefact is one function, ``faces (N, 96, 96) -> keypoints (N, 2K)``, any N: grey 96x96
 faces framed like Kaggle's (``uint8`` 0..255 by default, or ``float32`` in [0, 1] with
 ``input_dtype="float32"``; the division by 255 happens inside) to pixel coordinates in the
-96x96 frame, in ``keypoints.COLUMNS`` order (x, y of ``left_eye_center`` first), unclipped.
+96x96 frame of the K keypoints the run trained (its layout's, in layout order: x, y of the
+first keypoint first), unclipped; ``<out>.json`` names them (``output.keypoints``,
+``output.columns``).
 The weights (the predictor's, the EMA where the run keeps one) are constants inside it, and
 with TTA the very ``model.tta.average`` that evaluate and predict run is traced into it.
 StableHLO comes from ``jax.export`` with a symbolic batch dimension and is run by
@@ -42,7 +44,8 @@ class ExportError(DataError):
 
 def keypoint_function(model: predictor.Predictor, tta: bool = False,
                       input_dtype: str = "uint8", fast: bool = False):
-  """``faces (N, 96, 96) of input_dtype -> (N, 30) pixels``, the model's weights baked in.
+  """``faces (N, 96, 96) of input_dtype -> (N, 2K) pixels`` of the K trained keypoints
+  (``trained_columns``), the model's weights baked in.
 
   The same function as ``model.predict`` (with ``tta``: ``model.tta.average`` over the flips
   and the turned views of ``config.tta_rotations``, traced over ``jax.numpy``: constant
@@ -57,6 +60,9 @@ def keypoint_function(model: predictor.Predictor, tta: bool = False,
   config.model.fast_ops = fast
   apply = resnet.create_model(config).apply
 
+  columns = trained_columns(model)
+  layout = model.layout
+
   def read(x):
     return apply(variables, x, train=False).astype(jnp.float32)
 
@@ -65,9 +71,15 @@ def keypoint_function(model: predictor.Predictor, tta: bool = False,
     if input_dtype == "uint8":
       x = x / 255.0
     x = x[..., None]
-    return tta_lib.average(read, x, config.tta_rotations, xp=jnp) if tta else read(x)
+    out = tta_lib.average(read, x, layout, config.tta_rotations, xp=jnp) if tta else read(x)
+    return out if len(columns) == layout.num_coords else out[:, columns]
 
   return predict
+
+
+def trained_columns(model: predictor.Predictor) -> np.ndarray:
+  """The indices of the model's outputs that an export keeps: its trained keypoints' x, y."""
+  return np.flatnonzero(model.trained > 0)
 
 
 def export_stablehlo(fn, input_dtype: str = "uint8") -> bytes:
@@ -160,14 +172,16 @@ def export(model: predictor.Predictor, fmt: str, out: str, tta: bool = False,
   faces = sample_faces(5, input_dtype)
   got = run(blob, faces)
   scaled = faces.astype(np.float32) / (255.0 if input_dtype == "uint8" else 1.0)
-  expected = model.predict(scaled[..., None], tta=tta)
+  expected = model.predict(scaled[..., None], tta=tta)[:, trained_columns(model)]
   difference = float(np.abs(got - expected).max())
   files.atomic_write(out, lambda f: f.write(blob))
   files.write_json(out + ".json", {
       "format": fmt, "input": {"name": "faces", "shape": ["N", SIZE, SIZE], "dtype": input_dtype,
                                "range": [0, 255] if input_dtype == "uint8" else [0.0, 1.0]},
-      "output": {"name": "keypoints", "shape": ["N", keypoints.NUM_COORDS], "dtype": "float32",
-                 "unit": "pixels of the 96x96 frame", "columns": list(keypoints.COLUMNS)},
+      "output": {"name": "keypoints", "shape": ["N", len(trained_columns(model))],
+                 "dtype": "float32", "unit": "pixels of the 96x96 frame",
+                 "layout": model.layout.name, "keypoints": model.trained_names(),
+                 "columns": [model.layout.columns[c] for c in trained_columns(model)]},
       "workdir": os.path.abspath(model.workdir), "checkpoint": model.checkpoint,
       "step": model.step, "tta": tta,
       "tta_rotations": list(model.config.tta_rotations) if tta else [],

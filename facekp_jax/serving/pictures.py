@@ -36,93 +36,11 @@ import numpy as np
 import pandas as pd
 
 from facekp_jax.core import files, keypoints, plots
-from facekp_jax.core.errors import DataError
-from facekp_jax.serving import detect, predictor, submission
+from facekp_jax.serving import detect, images, predictor, submission
 
 SIZE = keypoints.IMAGE_SIZE
 CROPS = ("none", "center")
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, as Pillow's "L" mode.
-_PREVIEW = 640  # Longest side of the picture kept for the overlay.
-# Files a folder contributes (what matplotlib and Pillow decode), by ending.
-IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def expand_paths(paths: list[str]) -> list[str]:
-  """Files as given; a folder -> its image files (``IMAGE_ENDINGS``), sorted by name.
-
-  Raises:
-    DataError: a path that does not exist, or a folder without image files.
-  """
-  out = []
-  for path in paths:
-    if os.path.isdir(path):
-      found = sorted(os.path.join(path, name) for name in os.listdir(path)
-                     if name.lower().endswith(IMAGE_ENDINGS)
-                     and os.path.isfile(os.path.join(path, name)))
-      if not found:
-        raise DataError(f"{path}: folder holds no image files ({', '.join(IMAGE_ENDINGS)})")
-      out.extend(found)
-    elif os.path.isfile(path):
-      out.append(path)
-    else:
-      raise DataError(f"{path}: file not found")
-  return out
-
-
-def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) weights of a 1-D resize between pixel grids that span the same extent.
-
-  Shrinking averages the input pixels each output pixel covers (area, by overlap);
-  enlarging interpolates linearly between the pixel centres (edges clamped).
-  """
-  scale = n_in / n_out
-  j = np.arange(n_in)[None, :]
-  if scale >= 1:
-    lo = np.arange(n_out)[:, None] * scale
-    weights = np.clip(np.minimum(lo + scale, j + 1) - np.maximum(lo, j), 0.0, None)
-  else:
-    centre = np.clip((np.arange(n_out)[:, None] + 0.5) * scale - 0.5, 0, n_in - 1)
-    weights = np.maximum(0.0, 1.0 - np.abs(centre - j))
-  return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Resizes an (H, W) or (H, W, C) float image to (height, width[, C])."""
-  rows = _resample_matrix(image.shape[0], height)
-  cols = _resample_matrix(image.shape[1], width)
-  out = np.tensordot(rows, np.asarray(image, np.float32), axes=(1, 0))  # (height, W, ...)
-  out = np.tensordot(cols, np.moveaxis(out, 1, 0), axes=(1, 0))  # (width, height, ...)
-  return np.moveaxis(out, 0, 1).astype(np.float32)
-
-
-def read_picture(path: str) -> np.ndarray:
-  """An image file -> float32 (H, W) grey or (H, W, 3) colour in [0, 1] (alpha dropped).
-
-  Raises:
-    DataError: a missing or undecodable file.
-  """
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found")
-  import matplotlib.image  # pylint: disable=g-import-not-at-top  # Only to decode files.
-  try:
-    pixels = matplotlib.image.imread(path)
-  except Exception as e:  # pylint: disable=broad-except  # Any decoder failure is the file's.
-    detail = " ".join(str(e).split())[:120] or type(e).__name__
-    raise DataError(f"{path}: cannot be read as an image ({detail})") from None
-  if np.issubdtype(pixels.dtype, np.integer):
-    pixels = pixels / float(np.iinfo(pixels.dtype).max)
-  pixels = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
-  if pixels.ndim == 3 and pixels.shape[2] in (1, 2):
-    pixels = pixels[:, :, 0]  # Grey (+ alpha).
-  elif pixels.ndim == 3 and pixels.shape[2] in (3, 4):
-    pixels = pixels[:, :, :3]
-  if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) < 1:
-    raise DataError(f"{path}: unsupported image shape {pixels.shape}")
-  return pixels
-
-
-def to_grey(picture: np.ndarray) -> np.ndarray:
-  return picture if picture.ndim == 2 else (picture @ _LUMA).astype(np.float32)
+_PREVIEW = 4096  # Longest side of the picture kept for the overlay (its resolution, up to this).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +53,7 @@ class Framing:
   side: int
 
   def to_picture(self, coords: np.ndarray) -> np.ndarray:
-    """(..., 30) coordinates in the 96x96 frame -> the picture's pixels (centre convention)."""
+    """(..., 2K) coordinates in the 96x96 frame -> the picture's pixels (centre convention)."""
     out = (np.asarray(coords, np.float64) + 0.5) * (self.side / SIZE) - 0.5
     out[..., 0::2] += self.left
     out[..., 1::2] += self.top
@@ -159,12 +77,12 @@ def fit(grey: np.ndarray, crop: str = "none") -> tuple[np.ndarray, Framing]:
     square = np.pad(grey, ((-top, side - h + top), (-left, side - w + left)), mode="edge")
   else:
     raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
-  return resize(square, SIZE, SIZE)[..., None], Framing(left, top, side)
+  return images.resize(square, SIZE, SIZE)[..., None], Framing(left, top, side)
 
 
 @dataclasses.dataclass
 class Picture:
-  """One picture's prediction: ``keypoints`` (30,) in the picture's pixels."""
+  """One picture's prediction: ``keypoints`` (2K,) in the picture's pixels."""
 
   path: str
   height: int
@@ -175,17 +93,17 @@ class Picture:
 
 
 def preview_of(picture: np.ndarray) -> np.ndarray:
-  """The picture, at most 640 pixels on its longest side (what overlays draw)."""
+  """The picture, at most ``_PREVIEW`` pixels on its longest side (what overlays draw)."""
   h, w = picture.shape[:2]
   shrink = min(1.0, _PREVIEW / max(h, w))
-  return resize(picture, max(1, round(h * shrink)), max(1, round(w * shrink)))
+  return images.resize(picture, max(1, round(h * shrink)), max(1, round(w * shrink)))
 
 
 def predict_pictures(predict: Callable[[np.ndarray], np.ndarray], paths: list[str],
                      crop: str = "none", chunk: int = 64) -> Iterator[Picture]:
   """Predicts the keypoints of image files in batches of ``chunk`` pictures.
 
-  ``predict``: the model on whole pictures fitted into 96x96, (N, 96, 96, 1) -> (N, 30) pixels.
+  ``predict``: the model on whole pictures fitted into 96x96, (N, 96, 96, 1) -> (N, 2K) pixels.
 
   Raises:
     DataError: a missing or undecodable file.
@@ -193,8 +111,8 @@ def predict_pictures(predict: Callable[[np.ndarray], np.ndarray], paths: list[st
   for start in range(0, len(paths), chunk):
     inputs, pictures = [], []
     for path in paths[start:start + chunk]:
-      picture = read_picture(path)
-      image, framing = fit(to_grey(picture), crop)
+      picture = images.read_picture(path)
+      image, framing = fit(images.to_grey(picture), crop)
       inputs.append(image)
       h, w = picture.shape[:2]
       pictures.append(Picture(path, h, w, framing, np.empty(0), preview_of(picture)))
@@ -204,29 +122,35 @@ def predict_pictures(predict: Callable[[np.ndarray], np.ndarray], paths: list[st
       yield p
 
 
-def plot_picture(p: Picture):
-  """The picture with its predicted keypoints (red x) and the model's square (dashed)."""
-  scale = 6.0 / max(p.height, p.width)
+def _overlay_axes(preview: np.ndarray, height: int, width: int):
+  """A figure as large as ``preview`` (pixel for pixel at 100 dpi) whose one axes spans it, the
+  picture drawn in the picture's own pixel coordinates; (figure, axes, marker size)."""
   plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(max(2.0, p.width * scale), max(2.0, p.height * scale)))
-  extent = (-0.5, p.width - 0.5, p.height - 0.5, -0.5)
-  ax.imshow(p.preview, cmap="gray" if p.preview.ndim == 2 else None, vmin=0, vmax=1,
-            extent=extent, interpolation="antialiased")
-  f = p.framing
-  ax.add_patch(plt.Rectangle((f.left - 0.5, f.top - 0.5), f.side, f.side, fill=False, ls="--",
-                             ec="yellow", lw=1))
-  xy = p.keypoints.reshape(-1, 2)
-  ax.plot(xy[:, 0], xy[:, 1], "x", ms=6, color="red", mew=1.5)
-  ax.set_xlim(min(extent[0], f.left - 0.5), max(extent[1], f.left + f.side - 0.5))
-  ax.set_ylim(max(extent[2], f.top + f.side - 0.5), min(extent[3], f.top - 0.5))
+  h, w = preview.shape[:2]
+  fig = plt.figure(figsize=(max(w, 64) / 100, max(h, 64) / 100), dpi=100)
+  ax = fig.add_axes((0, 0, 1, 1))
+  ax.imshow(preview, cmap="gray" if preview.ndim == 2 else None, vmin=0, vmax=1,
+            extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="antialiased")
   ax.axis("off")
-  ax.set_title(os.path.basename(p.path), fontsize=9)
+  return fig, ax, float(np.clip(min(h, w) / 90, 3.0, 12.0))
+
+
+def plot_picture(p: Picture, layout: keypoints.Layout):
+  """The picture, at its resolution, with its predicted keypoints (a colour each, a legend)
+  and the model's square (dashed)."""
+  fig, ax, size = _overlay_axes(p.preview, p.height, p.width)
+  f = p.framing
+  ax.add_patch(plots.pyplot().Rectangle((f.left - 0.5, f.top - 0.5), f.side, f.side, fill=False,
+                                        ls="--", ec="yellow", lw=max(1.0, size / 4)))
+  plots.draw_keypoints(ax, p.keypoints.reshape(-1, 2), layout, size)
+  ax.set_xlim(-0.5, p.width - 0.5)
+  ax.set_ylim(p.height - 0.5, -0.5)
   return fig
 
 
-def keypoint_lines(p: Picture, crop: str) -> str:
+def keypoint_lines(p: Picture, crop: str, layout: keypoints.Layout) -> str:
   lines = [f"{p.path} ({p.width}x{p.height}, crop={crop}): x, y in the picture's pixels"]
-  for name, (x, y) in zip(keypoints.KEYPOINT_NAMES, p.keypoints.reshape(-1, 2)):
+  for name, (x, y) in zip(layout.names, p.keypoints.reshape(-1, 2)):
     if np.isfinite(x):  # NaN: a keypoint the model was never trained on.
       lines.append(f"  {name:<26}{x:9.1f}{y:9.1f}")
   return "\n".join(lines)
@@ -244,49 +168,49 @@ class Photo:
 
 
 def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str],
-                   refine: bool = True, chunk: int = 16) -> Iterator[Photo]:
+                   refine: bool = True, chunk: int = 16,
+                   mean_shape: np.ndarray | None = None) -> Iterator[Photo]:
   """Finds and reads every face of each image file (``detect.find_keypoints_in``), the faces of
   ``chunk`` photos at a time in one batch.
 
   Args:
-    predict: the model on aligned crops, (N, 96, 96, 1) in [0, 1] -> (N, 30) pixels.
+    predict: the model on aligned crops, (N, 96, 96, 1) in [0, 1] -> (N, 2K) pixels.
     paths: image files.
     refine: a second, upright crop from the first pass's keypoints.
     chunk: photos read together.
+    mean_shape: what the second crop fits to (``Predictor.mean_shape``; default Kaggle's).
 
   Raises:
     DataError: a missing or undecodable file.
   """
   for start in range(0, len(paths), chunk):
-    batch = [(path, read_picture(path)) for path in paths[start:start + chunk]]
-    found = detect.find_keypoints_in(predict, [(to_grey(p), None) for _, p in batch], refine)
+    batch = [(path, images.read_picture(path)) for path in paths[start:start + chunk]]
+    found = detect.find_keypoints_in(predict, [(images.to_grey(p), None) for _, p in batch], refine,
+                                     mean_shape)
     for (path, picture), keypoints_ in zip(batch, found):
       yield Photo(path, picture.shape[0], picture.shape[1], keypoints_, preview_of(picture))
 
 
-def plot_photo(p: Photo):
-  """The photo with each face's box (yellow, numbered) and keypoints (red x)."""
-  scale = 6.0 / max(p.height, p.width)
+def plot_photo(p: Photo, layout: keypoints.Layout):
+  """The photo, at its resolution, with each face's box (yellow, numbered) and keypoints (a
+  colour each, joined by the layout's lines; a legend)."""
+  fig, ax, size = _overlay_axes(p.preview, p.height, p.width)
   plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(max(2.0, p.width * scale), max(2.0, p.height * scale)))
-  ax.imshow(p.preview, cmap="gray" if p.preview.ndim == 2 else None, vmin=0, vmax=1,
-            extent=(-0.5, p.width - 0.5, p.height - 0.5, -0.5), interpolation="antialiased")
   for i, k in enumerate(p.faces):
     x, y, w, h = k.face.box
-    ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="yellow", lw=1.2))
-    ax.text(x - 0.5, y - 1.5, str(i), color="yellow", fontsize=8, va="bottom")
-    xy = k.keypoints.reshape(-1, 2)
-    ax.plot(xy[:, 0], xy[:, 1], "x", ms=4, color="red", mew=1.2)
+    ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="yellow",
+                               lw=max(1.0, size / 4)))
+    ax.text(x - 0.5, y - 1.5, str(i), color="yellow", fontsize=max(8.0, size * 1.5),
+            va="bottom")
+    plots.draw_keypoints(ax, k.keypoints.reshape(-1, 2), layout, size, legend=i == 0)
   ax.set_xlim(-0.5, p.width - 0.5)
   ax.set_ylim(p.height - 0.5, -0.5)
-  ax.axis("off")
-  ax.set_title(f"{os.path.basename(p.path)}: {len(p.faces)} face" + "s" * (len(p.faces) != 1),
-               fontsize=9)
   return fig
 
 
-def face_lines(p: Photo) -> str:
-  """A photo's summary: one line, then one line per face (box, score, eye centres)."""
+def face_lines(p: Photo, layout: keypoints.Layout) -> str:
+  """A photo's summary: one line, then one line per face (box, score, the layout's NME pair:
+  eye centres or outer corners)."""
   if not p.faces:
     return f"{p.path} ({p.width}x{p.height}): no face found"
   lines = [f"{p.path} ({p.width}x{p.height}): {len(p.faces)} face"
@@ -294,9 +218,10 @@ def face_lines(p: Photo) -> str:
   for i, k in enumerate(p.faces):
     x, y, w, h = k.face.box
     xy = k.keypoints.reshape(-1, 2)
-    left, right = xy[keypoints.LEFT_EYE], xy[keypoints.RIGHT_EYE]
-    eyes = (f"; eyes left ({left[0]:.1f}, {left[1]:.1f}) right ({right[0]:.1f}, {right[1]:.1f})"
-            if np.isfinite([*left, *right]).all() else "")  # NaN: eyes never trained.
+    a, b = layout.normalisers[-1][1]
+    eyes = (f"; {layout.names[a]} ({xy[a, 0]:.1f}, {xy[a, 1]:.1f}) {layout.names[b]} "
+            f"({xy[b, 0]:.1f}, {xy[b, 1]:.1f})"
+            if np.isfinite(xy[[a, b]]).all() else "")  # NaN: eyes never trained.
     lines.append(f"  face {i}: box x {x:.0f} y {y:.0f} w {w:.0f} h {h:.0f}, score "
                  f"{k.face.score:.1f}{eyes}")
   return "\n".join(lines)
@@ -317,8 +242,8 @@ def run_pictures(model: predictor.Predictor, paths: list[str], out_dir: str, cro
   for p in predict_pictures(lambda x: model.predict(x, tta=tta), paths, crop):
     p.keypoints = model.only_trained(p.keypoints)
     overlay = overlay_path(out_dir, p.path)
-    plots.save_figure(plot_picture(p), overlay)
-    print(f"{keypoint_lines(p, crop)}\n  overlay: {overlay}")
+    plots.save_figure(plot_picture(p, model.layout), overlay, tight=False)
+    print(f"{keypoint_lines(p, crop, model.layout)}\n  overlay: {overlay}")
     p.preview = None  # Keep only the numbers.
     done.append(p)
   return done
@@ -327,22 +252,27 @@ def run_pictures(model: predictor.Predictor, paths: list[str], out_dir: str, cro
 PHOTO_COLUMNS = ("file", "face", "box_x", "box_y", "box_width", "box_height", "score")
 
 
-def photo_table(photos: list[Photo]) -> pd.DataFrame:
-  """One row per face: file, face index, box (x, y, width, height), score, 30 coordinates."""
-  rows = [(p.path, i, *k.face.box, k.face.score, *k.keypoints)
+def photo_table(photos: list[Photo], layout: keypoints.Layout,
+                names: list[str] | None = None) -> pd.DataFrame:
+  """One row per face: file, face index, box (x, y, width, height), score, and the x, y of
+  each keypoint of ``names`` (default: all of ``layout``'s; a model's trained ones)."""
+  names = layout.names if names is None else names
+  cols = np.array([2 * layout.index(n) + a for n in names for a in (0, 1)], np.int64)
+  rows = [(p.path, i, *k.face.box, k.face.score, *np.asarray(k.keypoints)[cols])
           for p in photos for i, k in enumerate(p.faces)]
-  frame = pd.DataFrame(rows, columns=[*PHOTO_COLUMNS, *keypoints.COLUMNS])
+  columns = [f"{n}_{a}" for n in names for a in ("x", "y")]
+  frame = pd.DataFrame(rows, columns=[*PHOTO_COLUMNS, *columns])
   return frame.astype({"face": np.int64})
 
 
-def photo_record(p: Photo) -> dict:
+def photo_record(p: Photo, layout: keypoints.Layout) -> dict:
   """A photo's JSON entry: its size and, per face, box, score, crop map and keypoints."""
   return {"file": p.path, "width": p.width, "height": p.height, "faces": [
       {"face": i, "box": [round(float(v), 2) for v in k.face.box],
        "score": round(k.face.score, 4),
        "crop_transform": k.transform.tolist(),
        "keypoints": {name: [round(float(x), 4), round(float(y), 4)] for name, (x, y) in
-                     zip(keypoints.KEYPOINT_NAMES, k.keypoints.reshape(-1, 2))
+                     zip(layout.names, k.keypoints.reshape(-1, 2))
                      if np.isfinite(x)}}  # NaN: untrained, left out.
       for i, k in enumerate(p.faces)]}
 
@@ -362,21 +292,21 @@ def run_photos(model: predictor.Predictor, paths: list[str], out_dir: str, tta: 
   def read(images):  # Untrained keypoints are NaN from the start: refine fits trained ones.
     return model.only_trained(model.predict(images, tta=tta))
 
-  for p in predict_photos(read, paths, refine):
-    print(face_lines(p))
+  for p in predict_photos(read, paths, refine, mean_shape=model.mean_shape):
+    print(face_lines(p, model.layout))
     if p.faces:
       overlay = overlay_path(out_dir, p.path)
-      plots.save_figure(plot_photo(p), overlay)
+      plots.save_figure(plot_photo(p, model.layout), overlay, tight=False)
       print(f"  overlay: {overlay}")
     p.preview = None  # Keep only the numbers.
     done.append(p)
-  table = photo_table(done)
+  table = photo_table(done, model.layout, model.trained_names())
   submission.write_csv(out, table)
   json_path = os.path.splitext(out)[0] + ".json"
   files.write_json(json_path, {
       "workdir": os.path.abspath(model.workdir), "checkpoint": model.checkpoint,
       "step": model.step, "tta": tta, "refine": refine, "detector": detect.CASCADE,
-      "photos": [photo_record(p) for p in done]})
+      "keypoints": model.layout.name, "photos": [photo_record(p, model.layout) for p in done]})
   without = sum(not p.faces for p in done)
   print(f"{len(table)} faces in {len(done) - without} of {len(done)} photos: wrote {out}, "
         f"{json_path}")

@@ -1,24 +1,41 @@
-"""A trained workdir loaded for inference: its config, its chosen weights, TTA; no optimizer.
+"""A trained model loaded for inference, and the package's Python API: faces or photos in,
+named keypoints out.
 
-``load`` restores one of a workdir's checkpoints and keeps what inference needs: the model
-function (``model.apply.Inference``, jitted over this process's device mesh), the weights
-``training.state.inference_variables`` chooses (the EMA where the run keeps one) and the run's
-test-time augmentation. Evaluate, predict and export all predict through a ``Predictor``. The
-workdir is only read: nothing in it is created, cleaned up or deleted, so a run can still be
-training there.
+``load`` restores one of a workdir's checkpoints, or reads a packed model (``pack``: the config,
+the weights in float16 and the keypoint record in one small folder; the model shipped in the
+package, ``SHIPPED``, is one, and ``load()`` without a path reads it). A ``Predictor`` keeps
+what inference needs: the model function (``model.apply.Inference``, jitted over this process's
+device mesh), the weights ``training.state.inference_variables`` chooses (the EMA where the run
+keeps one), the run's test-time augmentation and its keypoint layout. Evaluate, predict and
+export all predict through it. A workdir is only read: nothing in it is created, cleaned up or
+deleted, so a run can still be training there.
+
+The API::
+
+  p = Predictor.load()                 # the shipped model; or Predictor.load(workdir)
+  for face in p.find("photo.jpg"):     # a path or any array: H x W (x 3 or 4), uint8 or float
+    print(face.box, face.score, face.keypoints["left_eye_center"])
+
+``find`` detects the faces (``detect``), reads each in its aligned crop and returns boxes,
+scores and named keypoints in the photo's own pixels; ``keypoints`` reads faces already in the
+model's 96x96 frame. Both follow the run's TTA setting unless told; bad arrays are a
+``ValueError`` naming the problem.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import jax
 import ml_collections
 import numpy as np
 
-from facekp_jax.core import keypoints, sharding
+from facekp_jax.core import files, keypoints, sharding
 from facekp_jax.core.errors import WorkdirError
 from facekp_jax.model import apply, resnet
+from facekp_jax.serving import detect, images
 from facekp_jax.training import checkpoint, state
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import workdir as workdir_lib
@@ -35,8 +52,11 @@ class Predictor:
     inference: the jitted model function over this process's device mesh.
     step: the checkpoint's step.
     checkpoint: which checkpoint was asked for: ``"best"`` or ``"latest"``.
-    trained: (30,) 1 for the coordinates of keypoints the training split labelled
+    trained: (2K,) 1 for the coordinates of keypoints the training split labelled
       (``workdir.trained_keypoints``); the others are the model's guesses, never learnt.
+    mean_shape: (K, 2) the layout's mean keypoints in the frame, what a photo's second crop
+      is fitted to (``detect.shape_transform``): Kaggle's mean shape for layouts of Kaggle's
+      points, else the training split's (``workdir.mean_shape``).
   """
 
   workdir: str
@@ -46,21 +66,31 @@ class Predictor:
   step: int
   checkpoint: str
   trained: np.ndarray
+  mean_shape: np.ndarray | None = None
 
   @property
   def eval_batch_size(self) -> int:
     return self.inference.eval_batch_size
 
+  @property
+  def layout(self) -> keypoints.Layout:
+    """The model's keypoint layout (``config.data.keypoints``)."""
+    return self.inference.layout
+
+  def trained_names(self) -> list[str]:
+    """The keypoints the run had labels for, in the layout's order."""
+    return [n for n, t in zip(self.layout.names, self.trained[::2]) if t]
+
   def untrained_names(self) -> list[str]:
-    """The keypoints the run never had labels for, in ``keypoints.KEYPOINT_NAMES`` order."""
-    return [n for n, t in zip(keypoints.KEYPOINT_NAMES, self.trained[::2]) if not t]
+    """The keypoints the run never had labels for, in the layout's order."""
+    return [n for n, t in zip(self.layout.names, self.trained[::2]) if not t]
 
   def only_trained(self, coords: np.ndarray) -> np.ndarray:
-    """``coords`` (..., 30) with the untrained keypoints' coordinates set to NaN."""
+    """``coords`` (..., 2K) with the untrained keypoints' coordinates set to NaN."""
     return np.where(self.trained > 0, np.asarray(coords, np.float64), np.nan)
 
   def predict(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
-    """(N, 96, 96, 1) images in [0, 1] -> (N, 30) keypoints in pixels; ``tta``: the test-time
+    """(N, 96, 96, 1) images in [0, 1] -> (N, 2K) keypoints in pixels; ``tta``: the test-time
     average over the flips and the turned views of ``config.tta_rotations``."""
     return self.inference(self.variables, images, self.config.tta_rotations if tta else None)
 
@@ -71,6 +101,59 @@ class Predictor:
       self.config.tta_rotations = tuple(rotations)
     return self.config.tta if tta is None else tta
 
+  @classmethod
+  def load(cls, path: str | None = None, which: str = "best", ema: bool = True) -> Predictor:
+    """``load``: a workdir, a packed model, or (None) the model shipped in the package."""
+    return load(path, which, ema)
+
+  def keypoints(self, faces, tta: bool | None = None) -> np.ndarray:
+    """Keypoints (N, K, 2) in the 96x96 frame's pixels of faces already framed like the
+    training faces: (96, 96) one face, (N, 96, 96) or (N, 96, 96, 1); uint8 0..255 or float
+    in [0, 1]. NaN for keypoints the run never trained. ``tta=None``: the run's ``config.tta``.
+
+    Raises:
+      ValueError: another shape or dtype, no faces, non-finite values, or floats outside
+        [0, 1]; the message names the problem.
+    """
+    x = np.asarray(faces)
+    if x.ndim == 2:
+      x = x[None]
+    if x.ndim == 4 and x.shape[-1] == 1:
+      x = x[..., 0]
+    if x.ndim != 3 or x.shape[1:] != (keypoints.IMAGE_SIZE, keypoints.IMAGE_SIZE):
+      raise ValueError(f"faces must be 96 x 96, N x 96 x 96 or N x 96 x 96 x 1 (use find() for "
+                       f"photos); got shape {np.shape(faces)}")
+    if len(x) == 0:
+      raise ValueError("no faces given (an empty array)")
+    x = np.stack([images.as_picture(face) for face in x])[..., None]
+    coords = self.only_trained(self.predict(x, tta=self.use_tta(tta)))
+    return coords.reshape(len(x), -1, 2)
+
+  def find(self, photo, tta: bool | None = None, refine: bool = True) -> list[FoundFace]:
+    """Every face of a photo (a path, or an H x W, H x W x 1, 3 or 4 array of uint8, uint16 or
+    float in [0, 1], any size), left to right: its box and detector score, and its named
+    keypoints in the photo's pixels (pixel (row i, column j) centred at (x=j, y=i)).
+
+    ``tta=None``: the run's ``config.tta``; ``refine``: read each face a second time in a crop
+    fitted to the first reading (``detect.find_keypoints``).
+
+    Raises:
+      ValueError: an array of the wrong rank, channels or dtype, empty, or non-finite.
+      DataError: a path that is missing or not an image.
+    """
+    grey = images.to_grey(images.as_picture(photo))
+    tta = self.use_tta(tta)
+    found = detect.find_keypoints(lambda x: self.only_trained(self.predict(x, tta=tta)), grey,
+                                  refine=refine, mean_shape=self.mean_shape)
+    trained = self.trained_names()
+    out = []
+    for k in found:
+      xy = k.keypoints.reshape(-1, 2)
+      named = {n: (float(x), float(y)) for n, (x, y) in zip(self.layout.names, xy)
+               if n in trained}
+      out.append(FoundFace(tuple(float(v) for v in k.face.box), float(k.face.score), named))
+    return out
+
   def describe(self, tta: bool) -> str:
     rotations = self.config.tta_rotations
     views = f" and turned +-{', +-'.join(f'{a:g}' for a in rotations)} deg" if rotations else ""
@@ -78,8 +161,30 @@ class Predictor:
             f"TTA {f'on (flips{views})' if tta else 'off'}")
 
 
-def load(workdir: str, which: str = "best", ema: bool = True) -> Predictor:
-  """Restores the ``best`` (by validation RMSE; else the latest) or ``latest`` checkpoint.
+@dataclasses.dataclass(frozen=True)
+class FoundFace:
+  """One face ``Predictor.find`` found: ``box`` (x, y, width, height) and the detector's
+  ``score`` (larger: more face-like; not a probability), and ``keypoints``: name -> (x, y) in
+  the photo's pixels, the run's trained keypoints in its layout's order."""
+
+  box: tuple[float, float, float, float]
+  score: float
+  keypoints: dict[str, tuple[float, float]]
+
+  def array(self) -> np.ndarray:
+    """The keypoints as a (K, 2) array, in ``keypoints``' order."""
+    return np.array(list(self.keypoints.values()), np.float64).reshape(-1, 2)
+
+
+# The model shipped in the package: 5 points (MTFL), trained by experiments/ship_model.py.
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                       "mtfl5")
+PACKED_WEIGHTS = "weights.npz"
+
+
+def load(workdir: str | None = None, which: str = "best", ema: bool = True) -> Predictor:
+  """Restores the ``best`` (by validation RMSE; else the latest) or ``latest`` checkpoint of a
+  workdir; a packed model (``pack``) as it is; ``None``: the shipped model (``SHIPPED``).
 
   ``ema=False``: the raw parameters even where the run keeps their moving average (for
   comparisons; every command predicts with the average).
@@ -88,6 +193,11 @@ def load(workdir: str, which: str = "best", ema: bool = True) -> Predictor:
     WorkdirError: no config, no checkpoint, or a checkpoint that does not fit the config's
       model; one line.
   """
+  if workdir is None:
+    workdir = SHIPPED
+    if not os.path.isfile(os.path.join(workdir, PACKED_WEIGHTS)):
+      raise WorkdirError(f"the shipped model is missing from the package ({workdir}); give a "
+                         "trained workdir (--workdir)")
   config = config_lib.read_config(workdir)
   problems = config_lib.problems(config)
   if problems:  # A hand-edited config.json: name its fields, not a failure deep in Flax.
@@ -95,9 +205,69 @@ def load(workdir: str, which: str = "best", ema: bool = True) -> Predictor:
                        f"({'; '.join(problems)})")
   mesh = sharding.make_mesh()
   model = resnet.create_model(config, dtype=resnet.compute_dtype(config))
-  restored, _ = checkpoint.restore_trained(
-      workdir, lambda: state.create_train_state(config, model, mesh), which)
-  return Predictor(workdir, config, state.inference_variables(restored, ema),
-                   apply.Inference(model, mesh, config.eval_batch_size),
-                   int(jax.device_get(restored.step)), which,
-                   workdir_lib.trained_keypoints(workdir))
+  layout = keypoints.get(config.data.keypoints)
+  if os.path.isfile(os.path.join(workdir, PACKED_WEIGHTS)):
+    variables, step = _read_packed(workdir, model, mesh), _packed_step(workdir)
+    which = "packed"
+  else:
+    restored, _ = checkpoint.restore_trained(
+        workdir, lambda: state.create_train_state(config, model, mesh), which)
+    variables, step = state.inference_variables(restored, ema), int(jax.device_get(restored.step))
+  return Predictor(workdir, config, variables,
+                   apply.Inference(model, mesh, config.eval_batch_size), step, which,
+                   workdir_lib.trained_keypoints(workdir, layout), _mean_shape(workdir, layout))
+
+
+def pack(model: Predictor, out_dir: str, note: dict | None = None) -> None:
+  """Writes ``model`` as a packed model: ``config.json``, ``trained_keypoints.json`` (copied from
+  its workdir) and its inference weights in float16 (``weights.npz``), plus ``model.json``
+  (step, checkpoint and ``note``). ``load(out_dir)`` reads it back."""
+  os.makedirs(out_dir, exist_ok=True)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf, np.float16)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(
+              jax.device_get(model.variables))[0]}
+  files.atomic_write(os.path.join(out_dir, PACKED_WEIGHTS),
+                     lambda f: np.savez_compressed(f, **flat))
+  files.write_json(os.path.join(out_dir, "config.json"), model.config.to_dict())
+  record = os.path.join(model.workdir, workdir_lib.TRAINED_KEYPOINTS)
+  with open(record) as f:
+    files.write_json(os.path.join(out_dir, workdir_lib.TRAINED_KEYPOINTS), json.load(f))
+  files.write_json(os.path.join(out_dir, "model.json"), {
+      "step": model.step, "checkpoint": model.checkpoint, **(note or {})})
+
+
+def _packed_step(path: str) -> int:
+  try:
+    with open(os.path.join(path, "model.json")) as f:
+      return int(json.load(f)["step"])
+  except (OSError, ValueError, KeyError) as e:
+    raise WorkdirError(f"packed model {path}: cannot read model.json ({e})") from None
+
+
+def _read_packed(path: str, model, mesh) -> dict:
+  """The packed weights (float32 again) in the structure of ``model``'s variables, replicated."""
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, keypoints.IMAGE_SIZE, keypoints.IMAGE_SIZE, 1),
+                                  np.float32), train=False))
+  try:
+    with np.load(os.path.join(path, PACKED_WEIGHTS)) as blob:
+      stored = {k: blob[k] for k in blob.files}
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"packed model {path}: cannot read {PACKED_WEIGHTS} ({e})") from None
+  leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
+  out = []
+  for key_path, leaf in leaves:
+    key = "/".join(str(getattr(k, "key", k)) for k in key_path)
+    if key not in stored or stored[key].shape != leaf.shape:
+      raise WorkdirError(f"packed model {path}: {PACKED_WEIGHTS} does not fit config.json's "
+                         f"model ({key})")
+    out.append(stored[key].astype(np.float32))
+  return jax.device_put(jax.tree_util.tree_unflatten(tree, out), sharding.replicated(mesh))
+
+
+def _mean_shape(workdir: str, layout: keypoints.Layout) -> np.ndarray | None:
+  """``Predictor.mean_shape``: Kaggle's by name where the layout's points are all Kaggle's."""
+  kaggle = keypoints.KAGGLE.names
+  if set(layout.names) <= set(kaggle):
+    return detect.MEAN_SHAPE[[kaggle.index(n) for n in layout.names]]
+  return workdir_lib.mean_shape(workdir, layout)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from facekp_jax.core import geometry, plots
+from facekp_jax.core import geometry, keypoints, plots
 from facekp_jax.core import metrics as metrics_lib
 from facekp_jax.core.faces import Faces
 
@@ -53,8 +53,10 @@ def perturb(faces: Faces, name: str) -> Faces:
 class Scorer:
   """Accumulates predictions of every perturbation over chunks of faces, then scores them."""
 
-  def __init__(self, predict: Callable[[np.ndarray], np.ndarray]):
+  def __init__(self, predict: Callable[[np.ndarray], np.ndarray],
+               layout: keypoints.Layout = keypoints.DEFAULT):
     self.predict = predict
+    self.layout = layout
     self._parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
         name: [] for name in PERTURBATIONS}
 
@@ -68,7 +70,7 @@ class Scorer:
     out = {}
     for name, parts in self._parts.items():
       p, t, m = (np.concatenate([part[i] for part in parts]) for i in range(3))
-      out[name] = metrics_lib.keypoint_metrics(p, t, m)
+      out[name] = metrics_lib.keypoint_metrics(p, t, m, self.layout)
     base = out["rot0"]["rmse"]
     for figures in out.values():
       figures["rmse_ratio"] = figures["rmse"] / base if base > 0 else float("nan")
@@ -77,9 +79,10 @@ class Scorer:
     return {"perturbations": out, "groups": groups}
 
 
-def score(predict: Callable[[np.ndarray], np.ndarray], faces: Faces) -> dict:
-  """``Scorer`` over one in-memory face set."""
-  scorer = Scorer(predict)
+def score(predict: Callable[[np.ndarray], np.ndarray], faces: Faces,
+          layout: keypoints.Layout = keypoints.DEFAULT) -> dict:
+  """``Scorer`` over one in-memory face set of ``layout``."""
+  scorer = Scorer(predict, layout)
   scorer.add(faces)
   return scorer.results()
 

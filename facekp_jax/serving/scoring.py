@@ -1,15 +1,16 @@
-"""Scoring a trained model on a labelled Kaggle-layout file: figures, tables, plots (evaluate).
+"""Scoring a trained model on labelled faces: figures, tables, plots (evaluate).
 
-``run`` is ``python -m facekp_jax.evaluate``. The file has Kaggle's training.csv layout (the
-30 keypoint columns and ``Image``; ``.csv`` or ``.csv.gz``); empty cells are missing labels
-and are not scored, so files with only some keypoints work. It is streamed in chunks. ``run``
-prints the RMSE in pixels (overall and per keypoint), the number of coordinates scored, the
-NME (inter-ocular where the faces have outer eye corners, else inter-pupil: the JSON says
-which), FR@0.10 and AUC@0.10, and writes ``W/eval_<file stem>.json``, a 4x4 grid of the
-file's first faces (``W/eval_<file stem>.png``) and the cumulative error distribution
-(``W/eval_<file stem>_ced.png``). ``perturbed`` also re-scores the faces rotated, scaled and
-shifted (``serving.robustness``) into the JSON's ``robustness`` entry, a table and
-``W/eval_<file stem>_robustness.png``.
+``run`` is ``python -m facekp_jax.evaluate``. The faces are a CSV of the model's keypoint
+layout's columns and ``Image`` (Kaggle's training.csv layout for ``kaggle15``; ``.csv`` or
+``.csv.gz``; streamed in chunks) or a folder of images with .pts files (``data.pts``); empty
+cells are missing labels and are not scored, so files with only some keypoints work. ``run``
+prints the RMSE in pixels (overall and per keypoint of the layout), the number of coordinates
+scored, the NME (the layout's normaliser: inter-ocular where the faces have outer eye corners,
+else inter-pupil: the JSON says which), FR@0.10 and AUC@0.10, and writes ``W/eval_<file
+stem>.json``, a 4x4 grid of the file's first faces (``W/eval_<file stem>.png``) and the
+cumulative error distribution (``W/eval_<file stem>_ced.png``). ``perturbed`` also re-scores the
+faces rotated, scaled and shifted (``serving.robustness``) into the JSON's ``robustness`` entry,
+a table and ``W/eval_<file stem>_robustness.png``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import os
 import numpy as np
 
 from facekp_jax.core import faces as faces_lib
-from facekp_jax.core import files, keypoints, plots
+from facekp_jax.core import files, plots
 from facekp_jax.core import metrics as metrics_lib
 from facekp_jax.core.errors import DataError
 from facekp_jax.core.faces import Faces
-from facekp_jax.data import kaggle
+from facekp_jax.data import kaggle, pts
 from facekp_jax.serving import predictor, robustness
 
 _GRID = 16
@@ -32,6 +33,7 @@ _GRID = 16
 def file_stem(path: str) -> str:
   """``dir/training.csv.gz`` -> ``training``."""
   name = os.path.basename(path)
+  name = name or os.path.basename(os.path.dirname(path))  # A folder given as "dir/".
   for ending in (".gz", ".csv"):
     if name.lower().endswith(ending):
       name = name[:-len(ending)]
@@ -46,7 +48,8 @@ def evaluate(model: predictor.Predictor, path: str, tta: bool = False,
 
   Args:
     model: a restored model.
-    path: a Kaggle training.csv-layout file.
+    path: a CSV of the model's layout's columns and Image (``data.kaggle``), or a folder of
+      images with .pts files (``data.pts``).
     tta: flip test-time augmentation.
     chunk_rows: faces per chunk (default: 8 evaluation batches).
     perturbed: also score the robustness perturbations (``results["robustness"]``).
@@ -65,8 +68,13 @@ def evaluate(model: predictor.Predictor, path: str, tta: bool = False,
   # Keypoints the run never learnt: unscored.
   trained = model.trained
   predictions, targets, mask, shown = [], [], [], []
-  scorer = robustness.Scorer(lambda x: model.predict(x, tta=tta)) if perturbed else None
-  for faces in kaggle.read_training_chunks(path, chunk_rows, bad_labels):
+  layout = model.layout
+  scorer = robustness.Scorer(lambda x: model.predict(x, tta=tta), layout) if perturbed else None
+  if os.path.isdir(path):
+    chunks = [pts.read_folder(path, layout)[0]]
+  else:
+    chunks = kaggle.read_training_chunks(path, chunk_rows, bad_labels, layout)
+  for faces in chunks:
     faces = Faces(faces.images, faces.targets * trained, faces.mask * trained)
     predictions.append(model.predict(faces.images, tta=tta))
     if scorer:
@@ -79,11 +87,11 @@ def evaluate(model: predictor.Predictor, path: str, tta: bool = False,
   if not mask.any():
     raise DataError(f"{path}: no keypoint labels to score (of the keypoints this model "
                          "was trained on)")
-  metrics = metrics_lib.keypoint_metrics(predictions, targets, mask)
-  results = dict(metrics, num_faces=len(predictions),
-                 untrained_keypoints=[n for n, t in zip(keypoints.KEYPOINT_NAMES, trained[::2])
-                                      if not t])
-  results["per_face_nme"] = metrics_lib.per_face_nme(predictions, targets, mask)[0].tolist()
+  metrics = metrics_lib.keypoint_metrics(predictions, targets, mask, layout)
+  results = dict(metrics, num_faces=len(predictions), keypoints=layout.name,
+                 untrained_keypoints=model.untrained_names())
+  results["per_face_nme"] = metrics_lib.per_face_nme(predictions, targets, mask,
+                                                     layout)[0].tolist()
   if scorer:
     results["robustness"] = scorer.results()
   shown = faces_lib.concat(shown)
@@ -103,8 +111,7 @@ def table(results: dict) -> str:
            f"RMSE {results['rmse']:.3f} px   NME {nme}", "",
            f"{'keypoint':<28}{'RMSE (px)':>10}"]
   untrained = set(results.get("untrained_keypoints", ()))
-  for name in keypoints.KEYPOINT_NAMES:
-    value = results["per_keypoint_rmse"][name]
+  for name, value in results["per_keypoint_rmse"].items():
     shown = "untrained" if name in untrained else "-" if value is None else f"{value:.3f}"
     lines.append(f"{name:<28}{shown:>10}")
   if untrained:
@@ -120,7 +127,7 @@ def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
   ``tta=None`` follows the run's ``config.tta``, ``tta_rotations=None`` its
   ``config.tta_rotations`` (the turned views of the test-time average).
   """
-  if not os.path.isfile(path):
+  if not os.path.exists(path):
     raise DataError(f"{path}: file not found")  # Before spending time on the model.
   model = predictor.load(workdir, which)
   tta = model.use_tta(tta, tta_rotations)
@@ -137,7 +144,8 @@ def run(workdir: str, path: str, which: str = "best", tta: bool | None = None,
   title = f"{os.path.basename(path)}: RMSE {results['rmse']:.2f} px (step {model.step}" + (
       ", TTA)" if tta else ")")
   plots.save_figure(plots.plot_grid(shown.images, shown_predictions, shown.targets, shown.mask,
-                                      title=title), png_path)
+                                    title=title, layout=model.layout,
+                                    shown=model.trained[::2] > 0), png_path)
   written = [json_path, png_path, os.path.join(workdir, f"eval_{stem}_ced.png")]
   plots.save_figure(plots.plot_ced(results["per_face_nme"], results["nme_normaliser"],
                                      title=os.path.basename(path)), written[-1])

@@ -1,8 +1,10 @@
 """Kaggle test files through a trained model: a submission (with the lookup table) or predictions.
 
 With a lookup table (``IdLookupTable.csv``), ``run_csv`` writes Kaggle's submission: header
-``RowId,Location``, one row per row of the lookup table, in its order. Without it, ``ImageId``
-and the 30 keypoint columns, one row per face of the test file. Written coordinates are clipped
+``RowId,Location``, one row per row of the lookup table, in its order; a table that asks for
+keypoints the model's layout lacks (a 5-point model asked for Kaggle's 15) is refused, naming
+them. Without it, ``ImageId`` and the layout's keypoint columns, one row per face of the test
+file. Written coordinates are clipped
 to the frame, [0, 96]; files appear atomically. Keypoints the run never had labels for
 (``trained_keypoints.json``) stay empty in the prediction file, and a submission whose lookup
 table asks for one is refused unless ``allow_untrained`` (then the model's untrained guesses
@@ -33,7 +35,7 @@ def clip_locations(values: np.ndarray) -> np.ndarray:
 
 def predict_test_csv(model: predictor.Predictor, path: str,
                      tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """(image_ids, (N, 30) pixel predictions) of a Kaggle test.csv-layout file, streamed.
+  """(image_ids, (N, 2K) pixel predictions) of a Kaggle test.csv-layout file, streamed.
 
   Raises:
     DataError: a malformed file or a repeated ImageId, naming the row.
@@ -55,11 +57,11 @@ def read_lookup(path: str) -> pd.DataFrame:
   """Reads Kaggle's IdLookupTable.csv layout: RowId, ImageId, FeatureName (Location unused).
 
   Returns:
-    The table in file order, ``RowId`` as written, ``ImageId`` as int64 and ``column``, the
-    index of ``FeatureName`` in ``keypoints.COLUMNS``.
+    The table in file order, ``RowId`` and ``FeatureName`` as written (stripped), ``ImageId``
+    as int64; ``lookup_columns`` maps the names onto a model's outputs.
 
   Raises:
-    DataError: missing columns, a non-numeric ImageId or an unknown FeatureName.
+    DataError: missing columns, a non-numeric ImageId, or a FeatureName of no layout.
   """
   frames = [f for _, f in kaggle.read_csv_chunks(path, LOOKUP_COLUMNS, chunk_rows=1 << 16)]
   frame = pd.concat(frames, ignore_index=True)
@@ -70,32 +72,54 @@ def read_lookup(path: str) -> pd.DataFrame:
     raise DataError(f"{path}: row {row + 1}: ImageId is not a whole number: "
                          f"{frame[keypoints.ID_COLUMN].iloc[row]!r:.40}")
   names = frame["FeatureName"].str.strip()
-  column = names.map({name: j for j, name in enumerate(keypoints.COLUMNS)})
-  if column.isna().any():
-    row = int(np.argmax(column.isna().to_numpy()))
-    raise DataError(f"{path}: row {row + 1}: FeatureName {names.iloc[row]!r:.40} is not "
-                         "one of the 30 keypoint columns")
+  known = {c for k in keypoints.LAYOUTS.values() for c in k.columns}
+  unknown = ~names.isin(known).to_numpy()
+  if unknown.any():
+    row = int(np.argmax(unknown))
+    raise DataError(f"{path}: row {row + 1}: FeatureName {names.iloc[row]!r:.40} is no "
+                    "keypoint column of a built-in layout")
   return pd.DataFrame({"RowId": frame["RowId"].str.strip(),
-                       keypoints.ID_COLUMN: ids.astype(np.int64),
-                       "column": column.to_numpy(np.int64)})
+                       keypoints.ID_COLUMN: ids.astype(np.int64), "FeatureName": names})
 
 
-def untrained_lookup_rows(lookup: pd.DataFrame, trained: np.ndarray,
+def lookup_columns(lookup: pd.DataFrame, layout: keypoints.Layout,
+                   path: str = "lookup") -> np.ndarray:
+  """Each lookup row's index into ``layout.columns`` (a model's outputs).
+
+  Raises:
+    DataError: rows asking for keypoints ``layout`` lacks, all named in one line.
+  """
+  names = lookup["FeatureName"]
+  column = names.map({name: j for j, name in enumerate(layout.columns)})
+  lacking = column.isna().to_numpy()
+  if lacking.any():
+    missing = sorted({n.rsplit("_", 1)[0] for n in names[lacking]})
+    raise DataError(f"{path}: row {int(np.argmax(lacking)) + 1}: {int(lacking.sum())} rows ask "
+                    f"for keypoints that this model's layout {layout.describe()} lacks "
+                    f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); use a "
+                    "model of a layout that has them")
+  return column.to_numpy(np.int64)
+
+
+def untrained_lookup_rows(lookup: pd.DataFrame, trained: np.ndarray, columns: np.ndarray,
                           lookup_path: str = "lookup") -> str | None:
-  """The one-line refusal of a lookup table that asks for untrained keypoints (None: none)."""
-  asked = trained[lookup["column"].to_numpy()] == 0
+  """The one-line refusal of a lookup table that asks for untrained keypoints (None: none);
+  ``columns``: its rows' output indices (``lookup_columns``)."""
+  asked = trained[columns] == 0
   if not asked.any():
     return None
-  names = sorted({keypoints.COLUMNS[c] for c in lookup["column"].to_numpy()[asked]})
+  names = sorted(set(lookup["FeatureName"].to_numpy()[asked]))
   return (f"{lookup_path}: row {int(np.argmax(asked)) + 1}: {int(asked.sum())} rows ask for "
           f"keypoints this model was never trained on ({', '.join(names[:4])}"
           f"{', ...' if len(names) > 4 else ''}); train on labels for them, or pass "
           "--allow_untrained to submit the untrained guesses")
 
 
-def submission(lookup: pd.DataFrame, ids: np.ndarray, predictions: np.ndarray,
-               lookup_path: str = "lookup", test_path: str = "test file") -> pd.DataFrame:
-  """Kaggle's submission: ``RowId, Location`` for every lookup row, in order, clipped.
+def submission(lookup: pd.DataFrame, columns: np.ndarray, ids: np.ndarray,
+               predictions: np.ndarray, lookup_path: str = "lookup",
+               test_path: str = "test file") -> pd.DataFrame:
+  """Kaggle's submission: ``RowId, Location`` for every lookup row, in order, clipped;
+  ``columns``: the rows' output indices (``lookup_columns``).
 
   Raises:
     DataError: a lookup row whose ImageId is not among ``ids``.
@@ -105,14 +129,15 @@ def submission(lookup: pd.DataFrame, ids: np.ndarray, predictions: np.ndarray,
     r = int(np.argmax(rows < 0))
     raise DataError(f"{lookup_path}: row {r + 1}: ImageId "
                          f"{lookup[keypoints.ID_COLUMN].iloc[r]} is not in {test_path}")
-  locations = clip_locations(np.asarray(predictions, np.float64)[rows, lookup["column"].to_numpy()])
+  locations = clip_locations(np.asarray(predictions, np.float64)[rows, columns])
   return pd.DataFrame({"RowId": lookup["RowId"].to_numpy(), "Location": locations})
 
 
-def prediction_table(ids: np.ndarray, predictions: np.ndarray) -> pd.DataFrame:
-  """``ImageId`` and the 30 keypoint columns, clipped to the frame (NaN: an empty cell)."""
+def prediction_table(ids: np.ndarray, predictions: np.ndarray,
+                     columns: tuple[str, ...] = keypoints.DEFAULT.columns) -> pd.DataFrame:
+  """``ImageId`` and the keypoint ``columns``, clipped to the frame (NaN: an empty cell)."""
   frame = pd.DataFrame(clip_locations(np.asarray(predictions, np.float64)),
-                       columns=list(keypoints.COLUMNS))
+                       columns=list(columns))
   frame.insert(0, keypoints.ID_COLUMN, ids)
   return frame
 
@@ -126,7 +151,8 @@ def write_csv(path: str, frame: pd.DataFrame) -> None:
 def run_csv(model: predictor.Predictor, path: str, out: str, lookup_path: str | None = None,
             tta: bool = False, lookup: pd.DataFrame | None = None,
             allow_untrained: bool = False) -> None:
-  """Writes a submission (with a lookup table) or a 30-column prediction file to ``out``.
+  """Writes a submission (with a lookup table) or a prediction file (the model's layout's
+  columns) to ``out``.
 
   ``lookup`` is ``read_lookup(lookup_path)`` when the caller has already read it.
 
@@ -136,14 +162,17 @@ def run_csv(model: predictor.Predictor, path: str, out: str, lookup_path: str | 
   """
   if lookup is None and lookup_path:
     lookup = read_lookup(lookup_path)
-  refusal = None if lookup is None else untrained_lookup_rows(lookup, model.trained, lookup_path)
+  refusal = columns = None
+  if lookup is not None:
+    columns = lookup_columns(lookup, model.layout, lookup_path)
+    refusal = untrained_lookup_rows(lookup, model.trained, columns, lookup_path)
   if refusal and not allow_untrained:
     raise DataError(refusal)
   ids, predictions = predict_test_csv(model, path, tta)
   if lookup is not None:
-    frame = submission(lookup, ids, predictions, lookup_path, path)
+    frame = submission(lookup, columns, ids, predictions, lookup_path, path)
   else:
-    frame = prediction_table(ids, model.only_trained(predictions))
+    frame = prediction_table(ids, model.only_trained(predictions), model.layout.columns)
   write_csv(out, frame)
   what = "submission rows" if lookup is not None else "faces"
   print(f"{model.describe(tta)}\nwrote {len(frame)} {what} to {out}")

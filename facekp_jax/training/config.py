@@ -116,9 +116,13 @@ FIELDS: tuple[Field, ...] = (
     Field("wing_epsilon", 2.0, "px: the wing loss's log region's curvature", legacy=2.0),
     Field("ema_decay", 0.999, "parameter EMA (0: off); what validation, checkpoints' scores, "
           "evaluate, predict and export use", _unit, legacy=0.0),
-    Field("data.train_csv", "", "a Kaggle training.csv-layout file; empty: the built-in faces"),
+    Field("data.train_csv", "", "a CSV of a layout's columns and Image (Kaggle's training.csv "
+          "is one), or a folder of images with .pts files; empty: the built-in faces"),
+    Field("data.keypoints", "", "the keypoint layout (core/keypoints.py); '': the data's own "
+          "(a file's columns or point count; the built-in faces: kaggle15)", keypoints.problem,
+          legacy=keypoints.KAGGLE.name),
     Field("data.rows", "all", "all (missing values masked out of the loss) or complete "
-          "(all 30 values, the seed's choice)", dataset.rows_problem),
+          "(every keypoint labelled, the seed's choice)", dataset.rows_problem),
     Field("data.val_fraction", 0.2, "the validation split (0: a final fit on every face)",
           _unit),
     Field("data.bad_labels", "error", "a coordinate over 48 px outside the image: error, mask "

@@ -8,6 +8,7 @@ writes the workdir's files.
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -16,9 +17,9 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from facekp_jax.core import keypoints, plots, sharding
 from facekp_jax.core import metrics as metrics_lib
-from facekp_jax.core import plots, sharding
-from facekp_jax.core.errors import ConfigError
+from facekp_jax.core.errors import ConfigError, WorkdirError
 from facekp_jax.core.faces import Faces
 from facekp_jax.data import augment, on_device
 from facekp_jax.data import dataset as dataset_lib
@@ -34,8 +35,9 @@ def epoch_batches(train: Faces, config, epoch: int, start: int = 0):
   A pure function of (seed, epoch, batch index), so a resumed run replays
   exactly the batches an uninterrupted run would have seen.
   """
+  layout = keypoints.get(config.data.keypoints)
   for indices, plan in augment.epoch_plans(len(train), config, epoch, start=start):
-    yield augment.apply_plan(train.take(indices), plan, config.augment)
+    yield augment.apply_plan(train.take(indices), plan, config.augment, layout)
 
 
 class _LossSums:
@@ -79,6 +81,24 @@ class _LossSums:
     return self.sse / max(self.count, 1.0)
 
 
+def _with_layout(config: ml_collections.ConfigDict, layout) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose ``data.keypoints`` names ``layout`` (what config.json keeps)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.keypoints = layout.name
+  return config
+
+
+def _resumed_layout(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """With ``data.keypoints`` "" (the data's own), a workdir's run keeps the layout it has."""
+  if config.data.keypoints or not os.path.isfile(os.path.join(workdir, "config.json")):
+    return config
+  try:
+    saved = config_lib.read_config(workdir).data.keypoints
+  except WorkdirError:
+    return config  # check_workdir tells what is wrong with the workdir.
+  return _with_layout(config, keypoints.get(saved))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict:
   """Trains on ``config.data``, evaluates on the validation split, writes the workdir.
@@ -99,8 +119,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_start = time.time()
   mesh = sharding.make_mesh()
   config_lib.check_config(config, mesh.devices.size)
+  config = _resumed_layout(config, workdir)
   workdir_lib.check_workdir(workdir, config, allow_config_change)
-  train, val, source = dataset_lib.load_dataset(config.data, config.seed)
+  train, val, layout, source = dataset_lib.load_dataset(config.data, config.seed)
+  config = _with_layout(config, layout)
   train = augment.training_faces(train, config)
   if config.batch_size > len(train):
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train)} training faces "
@@ -110,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with lock.acquire(workdir), workdir_lib.disk_failures_end_the_run(workdir):
     writer = workdir_lib.RunWriter(workdir, enabled=jax.process_index() == 0)
     writer.write_config(config)
-    writer.write_trained_keypoints(train.mask)
+    writer.write_trained_keypoints(train, layout)
     trainer = steps.Trainer(config, mesh)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
@@ -130,13 +152,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       }
       predictions = None
       if len(val):
-        predictions, figures = _final_evaluation(trainer, state, train, val)
+        predictions, figures = _final_evaluation(trainer, state, train, val, layout)
         results.update(figures)
       results["wall_seconds"] = time.time() - t_start
       writer.write_results(results)
       if writer.enabled:
         plots.write_run_plots(workdir, history, val, predictions,
-                              results.get("val_per_keypoint_rmse"))
+                              results.get("val_per_keypoint_rmse"), layout,
+                              train.mask.max(axis=0))
     finally:
       ckpt.close()  # Waits for saves in flight: only good states are ever saved.
       writer.close()
@@ -150,18 +173,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _final_evaluation(trainer: steps.Trainer, state: state_lib.TrainState, train: Faces,
-                      val: Faces) -> tuple[np.ndarray, dict]:
+                      val: Faces, layout: keypoints.Layout) -> tuple[np.ndarray, dict]:
   """(predictions, figures) of the final state on ``val``; with an EMA, the raw weights' too."""
   tta = trainer.config.tta
   predictions = trainer.predict(state, val.images, tta=tta)
-  final = metrics_lib.keypoint_metrics(predictions, val.targets, val.mask)
+  final = metrics_lib.keypoint_metrics(predictions, val.targets, val.mask, layout)
   baseline = metrics_lib.keypoint_metrics(metrics_lib.mean_shape_prediction(train, len(val)),
-                                          val.targets, val.mask)
+                                          val.targets, val.mask, layout)
   out = {f"val_{k}": v for k, v in final.items()}
   out["mean_shape_val_rmse"] = baseline["rmse"]
   if state.ema_params is not None:
     raw = trainer.predict(state, val.images, tta=tta, ema=False)
-    out["val_rmse_raw_weights"] = metrics_lib.keypoint_metrics(raw, val.targets, val.mask)["rmse"]
+    out["val_rmse_raw_weights"] = metrics_lib.keypoint_metrics(raw, val.targets, val.mask,
+                                                               layout)["rmse"]
   return predictions, out
 
 
@@ -214,7 +238,7 @@ def _epoch_record(trainer: steps.Trainer, state: state_lib.TrainState, sums: _Lo
             "train_out_of_frame": int(round(sums.present - sums.count))}
   if len(val):
     figures = metrics_lib.keypoint_metrics(trainer.predict(state, val.images), val.targets,
-                                           val.mask)
+                                           val.mask, trainer.layout)
     record.update(val_rmse=figures["rmse"], val_nme=figures["nme"])
   record["epoch_seconds"] = time.time() - t0
   logging.info("epoch %d/%d: train loss %.3f px^2, %s (%.1fs)", epoch, trainer.config.num_epochs,
@@ -239,7 +263,7 @@ def train_calls(trainer: steps.Trainer, state: state_lib.TrainState, train: Face
   never past an epoch's end or a ``checkpoint_every_steps`` boundary, so checkpoints
   land on the same steps in both modes.
   """
-  config, mesh = trainer.config, trainer.mesh
+  config, mesh, layout = trainer.config, trainer.mesh, trainer.layout
   steps_per_epoch = len(train) // config.batch_size
   per_call, every = max(1, config.steps_per_call), config.checkpoint_every_steps
   step = start
@@ -253,7 +277,8 @@ def train_calls(trainer: steps.Trainer, state: state_lib.TrainState, train: Face
         indices, plan = next(plans)
         rows = sharding.process_rows(len(indices))  # Build and augment this process's rows.
         batch = augment.apply_plan(train.take(indices[rows]),
-                                   {name: p[rows] for name, p in plan.items()}, config.augment)
+                                   {name: p[rows] for name, p in plan.items()}, config.augment,
+                                   layout)
         local = {"images": batch.images, "targets": batch.targets, "mask": batch.mask}
         state, metrics = trainer.train_step(state, sharding.to_global(local, mesh))
       else:

@@ -78,6 +78,7 @@ class Trainer:
   def __init__(self, config, mesh):
     self.config = config
     self.mesh = mesh
+    self.layout = keypoints.get(config.data.keypoints)
     self.model = resnet.create_model(config, dtype=resnet.compute_dtype(config))
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     step = functools.partial(train_step, loss_sum=losses.masked_sum(config),
@@ -88,7 +89,7 @@ class Trainer:
     # Input on the devices: several steps per call over a device copy of the training split.
     steps_shard = sharding.steps_sharded(mesh)
     self.train_steps = jax.jit(
-        on_device.make_train_steps(step, config.augment),
+        on_device.make_train_steps(step, config.augment, self.layout),
         in_shardings=(rep, rep, steps_shard, steps_shard), out_shardings=(rep, rep),
         donate_argnums=0)
     self.inference = apply.Inference(self.model, mesh, config.eval_batch_size)

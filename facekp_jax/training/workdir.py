@@ -74,20 +74,34 @@ def check_workdir(workdir: str, config, allow_config_change: bool = False) -> No
 TRAINED_KEYPOINTS = "trained_keypoints.json"
 
 
-def trained_keypoints(workdir: str) -> np.ndarray:
-  """(30,) 1 for the coordinates of keypoints the run's training split labelled.
+def trained_keypoints(workdir: str, layout: keypoints.Layout) -> np.ndarray:
+  """(2K,) 1 for the coordinates of ``layout``'s keypoints the run's training split labelled.
 
   Workdirs written before the record existed count every keypoint as trained.
   """
   path = os.path.join(workdir, TRAINED_KEYPOINTS)
   if not os.path.exists(path):
-    return np.ones(keypoints.NUM_COORDS, np.float32)
+    return np.ones(layout.num_coords, np.float32)
   try:
     with open(path) as f:
       names = set(json.load(f)["trained"])
   except (OSError, ValueError, KeyError) as e:
     raise WorkdirError(f"workdir {workdir}: cannot read {TRAINED_KEYPOINTS} ({e})") from None
-  return np.repeat([float(n in names) for n in keypoints.KEYPOINT_NAMES], 2).astype(np.float32)
+  return np.repeat([float(n in names) for n in layout.names], 2).astype(np.float32)
+
+
+def mean_shape(workdir: str, layout: keypoints.Layout) -> np.ndarray | None:
+  """(K, 2) the training split's mean keypoints in the frame (``TRAINED_KEYPOINTS``' "mean";
+  NaN for keypoints never labelled), or None where the run did not record it."""
+  path = os.path.join(workdir, TRAINED_KEYPOINTS)
+  try:
+    with open(path) as f:
+      mean = json.load(f).get("mean")
+  except (OSError, ValueError):
+    return None
+  if not isinstance(mean, dict):
+    return None
+  return np.array([mean.get(n) or (np.nan, np.nan) for n in layout.names], np.float64)
 
 
 # Errors of the storage itself (full, failing, read-only, over quota), not of the program.
@@ -175,13 +189,20 @@ class RunWriter:
       files.atomic_write(self._path("config.json"),
                          lambda f: f.write(config.to_json(indent=2).encode()))
 
-  def write_trained_keypoints(self, mask) -> None:
-    """Records which keypoints the training split labels (``TRAINED_KEYPOINTS``)."""
+  def write_trained_keypoints(self, faces, layout: keypoints.Layout) -> None:
+    """Records which of ``layout``'s keypoints the training split labels, and their mean
+    position in the frame (``TRAINED_KEYPOINTS``)."""
     if self.enabled:
-      counts = np.asarray(mask).reshape(-1, keypoints.NUM_KEYPOINTS, 2).min(axis=2).sum(axis=0)
+      mask = np.asarray(faces.mask).reshape(-1, layout.num_keypoints, 2)
+      counts = mask.min(axis=2).sum(axis=0)
+      sums = (np.asarray(faces.targets, np.float64).reshape(mask.shape) * mask).sum(axis=0)
+      mean = sums / np.maximum(mask.sum(axis=0), 1)
       files.write_json(self._path(TRAINED_KEYPOINTS), {
-          "trained": [n for n, c in zip(keypoints.KEYPOINT_NAMES, counts) if c > 0],
-          "labelled_faces": {n: int(c) for n, c in zip(keypoints.KEYPOINT_NAMES, counts)}})
+          "layout": layout.name,
+          "trained": [n for n, c in zip(layout.names, counts) if c > 0],
+          "labelled_faces": {n: int(c) for n, c in zip(layout.names, counts)},
+          "mean": {n: [round(float(x), 3), round(float(y), 3)]
+                   for n, c, (x, y) in zip(layout.names, counts, mean) if c > 0}})
 
   def rewrite_metrics(self, history: list[dict]) -> None:
     """Makes metrics.jsonl hold exactly ``history`` (a resumed run's checkpointed epochs)."""

@@ -4,6 +4,9 @@ import pytest
 from facekp_jax.core import keypoints, metrics
 from facekp_jax.core.faces import Faces
 
+K = keypoints.KAGGLE
+LEFT, RIGHT = K.index("left_eye_center"), K.index("right_eye_center")
+
 
 def test_metrics_count_only_present_coordinates():
   targets = np.full((2, 30), 50.0)
@@ -23,13 +26,13 @@ def test_metrics_count_only_present_coordinates():
 
 def test_nme_divides_by_true_inter_ocular_distance():
   t = np.zeros((1, 15, 2))
-  t[0, keypoints.LEFT_EYE] = (70, 40)
-  t[0, keypoints.RIGHT_EYE] = (30, 40)  # Eyes 40 px apart.
+  t[0, LEFT] = (70, 40)
+  t[0, RIGHT] = (30, 40)  # Eyes 40 px apart.
   t[0, 10] = (50, 60)
   p = t.copy()
   p[0, 10] += (3, 4)  # Nose off by 5 px.
   mask = np.zeros((1, 15, 2))
-  mask[0, [keypoints.LEFT_EYE, keypoints.RIGHT_EYE, 10]] = 1
+  mask[0, [LEFT, RIGHT, 10]] = 1
   nme = metrics.normalized_mean_error(p.reshape(1, 30), t.reshape(1, 30), mask.reshape(1, 30))
   assert nme == pytest.approx((5 / 3) / 40)
 
@@ -45,13 +48,13 @@ def test_mean_shape_prediction_ignores_missing_values():
 
 def test_nme_uses_outer_corners_when_faces_have_them():
   t = np.zeros((2, 15, 2))
-  left, right = metrics.NORMALISERS["inter_ocular"]
+  left, right = dict(K.normalisers)["inter_ocular"]
   t[:, left] = (80, 40)
   t[:, right] = (20, 40)  # Outer corners 60 px apart.
-  t[:, keypoints.LEFT_EYE] = (70, 40)
-  t[:, keypoints.RIGHT_EYE] = (30, 40)  # Eye centres 40 px apart.
+  t[:, LEFT] = (70, 40)
+  t[:, RIGHT] = (30, 40)  # Eye centres 40 px apart.
   p = t.copy()
-  p[:, keypoints.LEFT_EYE] += (6, 8)  # 10 px off, on each face.
+  p[:, LEFT] += (6, 8)  # 10 px off, on each face.
   mask = np.ones((2, 15, 2))
   mask[:, 6:] = 0  # Only the eyes' six points.
   m = metrics.keypoint_metrics(p.reshape(2, 30), t.reshape(2, 30), mask.reshape(2, 30))

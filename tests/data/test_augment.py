@@ -8,6 +8,9 @@ from facekp_jax.core.faces import Faces
 from facekp_jax.data import augment
 from facekp_jax.model import tta
 
+K = keypoints.KAGGLE
+LEFT, RIGHT = K.index("left_eye_center"), K.index("right_eye_center")
+
 
 def _faces(n=6, seed=0):
   rng = np.random.default_rng(seed)
@@ -46,13 +49,13 @@ def _brightest(image) -> tuple[float, float]:
     (30.0, 1.0, (0.0, 0.0), False), (-20.0, 0.8, (5.0, -7.0), False),
     (15.0, 1.2, (-6.0, 4.0), True), (0.0, 1.0, (9.0, 3.0), True)])
 def test_a_drawn_dot_lands_on_its_label_after_the_warp(angle, scale, shift, flip):
-  faces = _dot_face(70, 30, keypoint=keypoints.LEFT_EYE)
+  faces = _dot_face(70, 30, keypoint=LEFT)
   plan = augment.draw_plan(1, np.random.default_rng(0), _config())
   plan["hflip"] = np.array([flip])
   plan["geometry"] = np.array([True])
   plan["forward"], plan["inverse"] = geometry.affine_maps([angle], [scale], [shift])
-  out = augment.apply_plan(faces, plan, _config())
-  eye = keypoints.RIGHT_EYE if flip else keypoints.LEFT_EYE  # The flip swaps the label.
+  out = augment.apply_plan(faces, plan, _config(), K)
+  eye = RIGHT if flip else LEFT  # The flip swaps the label.
   assert out.mask[0, 2 * eye] == 1 and out.mask.sum() == 2
   label = out.targets[0, 2 * eye:2 * eye + 2]
   np.testing.assert_allclose(_brightest(out.images[0]), label, atol=0.15)
@@ -94,7 +97,7 @@ def test_hflip_moves_a_dot_and_its_label_to_the_mirrored_pixel():
   targets = faces.targets.copy()
   targets[0, 0:2] = (20, 40)  # left_eye_center
   mask = np.ones_like(faces.mask)
-  out = geometry.hflip(Faces(images, targets, mask))
+  out = geometry.hflip(Faces(images, targets, mask), K)
   assert out.images[0, 40, 75, 0] == 1.0 and out.images.sum() == 1.0
   # The mirrored point is now the *right* eye (image left side after the flip).
   assert tuple(out.targets[0, 2:4]) == (75.0, 40.0)
@@ -102,8 +105,8 @@ def test_hflip_moves_a_dot_and_its_label_to_the_mirrored_pixel():
 
 def test_hflip_swaps_left_right_labels_and_masks():
   faces = _faces()
-  out = geometry.hflip(faces)
-  names = keypoints.COLUMNS
+  out = geometry.hflip(faces, K)
+  names = K.columns
   li, ri = names.index("left_eye_outer_corner_x"), names.index("right_eye_outer_corner_x")
   np.testing.assert_allclose(out.targets[:, ri] * out.mask[:, ri],
                              (95 - faces.targets[:, li]) * faces.mask[:, li])
@@ -116,7 +119,7 @@ def test_hflip_swaps_left_right_labels_and_masks():
 
 def test_hflip_twice_is_identity():
   faces = _faces()
-  twice = geometry.hflip(geometry.hflip(faces))
+  twice = geometry.hflip(geometry.hflip(faces, K), K)
   np.testing.assert_array_equal(twice.images, faces.images)
   np.testing.assert_allclose(twice.targets, faces.targets, atol=1e-5)
   np.testing.assert_array_equal(twice.mask, faces.mask)
@@ -124,7 +127,7 @@ def test_hflip_twice_is_identity():
 
 def test_hflip_without_swap_reproduces_the_seed_fault():
   faces = _faces()
-  out = geometry.hflip(faces, swap_labels=False)
+  out = geometry.hflip(faces, K, swap_labels=False)
   np.testing.assert_array_equal(out.mask, faces.mask)
   np.testing.assert_allclose(out.targets[:, 0::2], np.where(faces.mask[:, 0::2] > 0,
                                                             95 - faces.targets[:, 0::2], 0))
@@ -143,7 +146,7 @@ def test_vflip_twice_is_identity_and_mirrors_y():
 def test_brightness_stays_in_range_and_clips():
   faces = _faces(200)
   out = augment.augment_batch(faces, np.random.default_rng(0),
-                              _config(brightness_prob=1.0, brightness_range=(1.5, 2.0)))
+                              _config(brightness_prob=1.0, brightness_range=(1.5, 2.0)), K)
   assert out.images.min() >= 0.0 and out.images.max() <= 1.0
   unclipped = (out.images < 1.0) & (faces.images > 0.01)
   ratio = out.images[unclipped] / faces.images[unclipped]
@@ -155,20 +158,20 @@ def test_brightness_stays_in_range_and_clips():
 
 def test_probability_zero_is_identity_and_one_flips_all():
   faces = _faces()
-  same = augment.augment_batch(faces, np.random.default_rng(0), _config())
+  same = augment.augment_batch(faces, np.random.default_rng(0), _config(), K)
   np.testing.assert_array_equal(same.images, faces.images)
-  allh = augment.augment_batch(faces, np.random.default_rng(0), _config(hflip_prob=1.0))
+  allh = augment.augment_batch(faces, np.random.default_rng(0), _config(hflip_prob=1.0), K)
   np.testing.assert_array_equal(allh.images, faces.images[:, :, ::-1])
-  np.testing.assert_array_equal(allh.mask, geometry.hflip(faces).mask)
+  np.testing.assert_array_equal(allh.mask, geometry.hflip(faces, K).mask)
 
 
 @pytest.mark.parametrize("knob", ["hflip_prob", "vflip_prob", "brightness_prob"])
 def test_augment_batch_is_seeded_and_partial(knob):
   faces = _faces(64)
   cfg = _config(**{knob: 0.5})
-  a = augment.augment_batch(faces, np.random.default_rng(7), cfg)
-  b = augment.augment_batch(faces, np.random.default_rng(7), cfg)
-  c = augment.augment_batch(faces, np.random.default_rng(8), cfg)
+  a = augment.augment_batch(faces, np.random.default_rng(7), cfg, K)
+  b = augment.augment_batch(faces, np.random.default_rng(7), cfg, K)
+  c = augment.augment_batch(faces, np.random.default_rng(8), cfg, K)
   np.testing.assert_array_equal(a.images, b.images)
   changed = np.any(a.images != faces.images, axis=(1, 2, 3))
   assert 10 < changed.sum() < 54  # About half the faces.
@@ -179,14 +182,15 @@ def test_augment_batch_does_not_modify_its_input():
   faces = _faces()
   before = [a.copy() for a in (faces.images, faces.targets, faces.mask)]
   augment.augment_batch(faces, np.random.default_rng(0),
-                        _config(hflip_prob=1, vflip_prob=1, brightness_prob=1))
+                        _config(hflip_prob=1, vflip_prob=1, brightness_prob=1), K)
   for a, b in zip(before, (faces.images, faces.targets, faces.mask)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_seed_copies_are_four_times_the_set():
   faces = _faces(5)
-  out = augment.seed_copies(faces, np.random.default_rng(0), _config(hflip_swap=False))
+  out = augment.seed_copies(faces, np.random.default_rng(0), _config(hflip_swap=False),
+                            K)
   assert len(out) == 20
   np.testing.assert_array_equal(out.images[:5], faces.images)
   np.testing.assert_array_equal(out.images[5:10], faces.images[:, :, ::-1])
@@ -199,11 +203,13 @@ def test_turned_tta_views_are_turned_back_onto_the_face():
   faces = _dot_face(70, 30)
 
   def dot_reader(images):  # Every keypoint at the brightest spot (flip-symmetric by design).
-    return np.array([_brightest(im) * keypoints.NUM_KEYPOINTS for im in images], np.float32)
+    return np.array([_brightest(im) * K.num_keypoints for im in images], np.float32)
 
-  flips_only = tta.average(dot_reader, faces.images)
-  np.testing.assert_array_equal(flips_only, tta.flip_average(dot_reader, faces.images))
-  turned = tta.average(dot_reader, faces.images, rotations=(10.0, 25.0))
+  flips_only = tta.average(dot_reader, faces.images, K)
+  np.testing.assert_array_equal(flips_only, tta.flip_average(dot_reader, faces.images,
+                                                                K))
+  turned = tta.average(dot_reader, faces.images, K,
+                       rotations=(10.0, 25.0))
   np.testing.assert_allclose(turned.reshape(-1, 2), np.tile([70.0, 30.0], (15, 1)), atol=0.15)
   inverse = tta.rotation_views((25.0,))[1]  # +25 degrees: the dot moves far.
   view = geometry.fixed_warp(inverse)(faces.images)

@@ -71,7 +71,7 @@ def test_reader_errors_for_missing_empty_and_corrupt_files(tmp_path):
   (tmp_path / "empty.csv").write_text("")
   with pytest.raises(errors.DataError, match="empty.csv: file is empty"):
     kaggle.read_training_csv(str(tmp_path / "empty.csv"))
-  (tmp_path / "header.csv").write_text(",".join(keypoints.COLUMNS + ("Image",)) + "\n")
+  (tmp_path / "header.csv").write_text(",".join(keypoints.KAGGLE.columns + ("Image",)) + "\n")
   with pytest.raises(errors.DataError, match="header.csv: no data rows"):
     kaggle.read_training_csv(str(tmp_path / "header.csv"))
   raw = gzip.compress(kaggle_frame(*random_faces(2)).to_csv(index=False).encode())

@@ -9,9 +9,12 @@ import pytest
 
 from configs import tiny
 from facekp_jax.core import faces as faces_lib
+from facekp_jax.core import keypoints
 from facekp_jax.data import augment, on_device
 from facekp_jax.training import loop
 from tests.conftest import random_faces
+
+K = keypoints.KAGGLE
 
 
 def _faces(n, seed=0, missing_every=3):
@@ -35,8 +38,8 @@ def test_device_augmentation_equals_numpy_bit_for_bit(swap):
   faces = _faces(16)
   plan = augment.draw_plan(16, np.random.default_rng(3), config.augment)
   assert plan["hflip"].any() and plan["vflip"].any() and (plan["brightness"] != 1).any()
-  want = augment.apply_plan(faces, plan, config.augment)
-  got = jax.jit(lambda b, p: augment.apply_plan(b, p, config.augment, xp=jnp))(faces, plan)
+  want = augment.apply_plan(faces, plan, config.augment, K)
+  got = jax.jit(lambda b, p: augment.apply_plan(b, p, config.augment, K, xp=jnp))(faces, plan)
   np.testing.assert_array_equal(got.images, want.images)
   np.testing.assert_array_equal(got.targets, want.targets)
   np.testing.assert_array_equal(got.mask, want.mask)
@@ -44,12 +47,12 @@ def test_device_augmentation_equals_numpy_bit_for_bit(swap):
 
 def test_device_warp_equals_numpy_with_flips_and_brightness():
   config = _config(geometry_prob=0.7, rotate_deg=30.0, scale_range=(0.8, 1.2), shift_px=8.0)
-  fn = jax.jit(lambda b, p: augment.apply_plan(b, p, config.augment, xp=jnp))
+  fn = jax.jit(lambda b, p: augment.apply_plan(b, p, config.augment, K, xp=jnp))
   for seed in range(3):
     faces = _faces(16, seed)
     plan = augment.draw_plan(16, np.random.default_rng(seed), config.augment)
     assert plan["geometry"].any() and not plan["geometry"].all()
-    want = augment.apply_plan(faces, plan, config.augment)
+    want = augment.apply_plan(faces, plan, config.augment, K)
     got = fn(faces, plan)
     np.testing.assert_allclose(got.images, want.images, rtol=0, atol=1e-5)
     np.testing.assert_allclose(got.targets, want.targets, rtol=1e-6, atol=1e-5)
@@ -64,7 +67,8 @@ def test_epoch_plans_rebuild_the_host_batches():
   plans = list(augment.epoch_plans(len(faces), config, epoch=2, start=1))
   assert len(host) == len(plans) == 3
   for batch, (indices, plan) in zip(host, plans):
-    rebuilt = augment.apply_plan(faces.take(indices), plan, config.augment)
+    rebuilt = augment.apply_plan(faces.take(indices), plan, config.augment,
+                                 K)
     np.testing.assert_array_equal(rebuilt.images, batch.images)
     np.testing.assert_array_equal(rebuilt.targets, batch.targets)
 

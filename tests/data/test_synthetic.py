@@ -77,7 +77,7 @@ def test_mean_shape_rmse_is_not_trivial(faces):
 @pytest.mark.parametrize("name", ["left_eye_center", "right_eye_center"])
 def test_pupils_are_at_eye_centres(faces, name):
   images, coords = faces
-  k = keypoints.KEYPOINT_NAMES.index(name)
+  k = keypoints.KAGGLE.names.index(name)
   dx, dy = _extreme_offset(_mean_patch(images, coords, k, radius=5))
   assert max(abs(dx), abs(dy)) <= 1
   # The check has power: labels 3 px off their feature fail it.
@@ -87,7 +87,7 @@ def test_pupils_are_at_eye_centres(faces, name):
 
 def test_other_features_at_their_keypoints(faces):
   images, coords = faces
-  index = keypoints.KEYPOINT_NAMES.index
+  index = keypoints.KAGGLE.names.index
   dx, dy = _extreme_offset(_mean_patch(images, coords, index("nose_tip"), 4), darkest=False)
   assert max(abs(dx), abs(dy)) <= 1  # The highlight on the tip.
   for corner in ("mouth_left_corner", "mouth_right_corner"):
@@ -107,7 +107,7 @@ def test_missing_labels_follow_kaggle_patterns():
   np.testing.assert_array_equal(present[:, 0::2], present[:, 1::2])  # x and y go together.
   patterns, counts = np.unique(present, axis=0, return_counts=True)
   dominant = patterns[np.argmax(counts)]
-  expected = [c.rsplit("_", 1)[0] in _FOUR_POINTS for c in keypoints.COLUMNS]
+  expected = [c.rsplit("_", 1)[0] in _FOUR_POINTS for c in keypoints.KAGGLE.columns]
   np.testing.assert_array_equal(dominant, expected)
   complete = present.all(axis=1).mean()
   assert 0.2 < complete < 0.45 and 0.55 < counts.max() / len(coords) < 0.8
@@ -118,8 +118,8 @@ def test_csv_round_trip(tmp_path):
   synthetic.write_csv(str(path), 5, seed=2, missing=True)
   images, coords = synthetic.generate(5, seed=2, missing=True)
   frame = pd.read_csv(path)
-  assert list(frame.columns) == list(keypoints.COLUMNS) + [keypoints.IMAGE_COLUMN]
-  np.testing.assert_array_equal(frame[list(keypoints.COLUMNS)].to_numpy(np.float32), coords)
+  assert list(frame.columns) == list(keypoints.KAGGLE.columns) + [keypoints.IMAGE_COLUMN]
+  np.testing.assert_array_equal(frame[list(keypoints.KAGGLE.columns)].to_numpy(np.float32), coords)
   pixels = np.stack([np.array(s.split(), np.int64) for s in frame[keypoints.IMAGE_COLUMN]])
   np.testing.assert_array_equal(pixels.reshape(5, 96, 96), images)
   assert os.listdir(tmp_path) == ["faces.csv.gz"]  # No temporary file left behind.

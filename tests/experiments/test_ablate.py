@@ -80,7 +80,7 @@ def _mtfl_like(path, n):
   frame = synthetic.to_frame(images, coords)
   kept = {f"{k}_{a}" for k in ("left_eye_center", "right_eye_center", "nose_tip",
                                "mouth_left_corner", "mouth_right_corner") for a in "xy"}
-  for column in keypoints.COLUMNS:
+  for column in keypoints.KAGGLE.columns:
     if column not in kept:
       frame[column] = np.nan
   frame.to_csv(path, index=False)

@@ -10,6 +10,8 @@ from facekp_jax.core import keypoints
 from facekp_jax.serving import robustness
 from tests.conftest import kaggle_frame, random_faces
 
+K = keypoints.KAGGLE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -25,8 +27,8 @@ def test_keras_outputs_land_in_their_kaggle_columns():
   out = parity.to_layout(pred, np.array(columns))
   assert out.shape == (2, 30)
   for j, c in enumerate(columns):
-    np.testing.assert_array_equal(out[:, keypoints.COLUMNS.index(c)], pred[:, j])
-  assert np.isnan(np.delete(out, [keypoints.COLUMNS.index(c) for c in columns], axis=1)).all()
+    np.testing.assert_array_equal(out[:, K.columns.index(c)], pred[:, j])
+  assert np.isnan(np.delete(out, [K.columns.index(c) for c in columns], axis=1)).all()
   with pytest.raises(ValueError, match="not in Kaggle"):
     parity.to_layout(pred, ["nose_x", "nose_tip_y", "left_eye_center_x"])
 
@@ -83,13 +85,13 @@ def test_plan_runs_every_arm_and_seed_once_with_the_whole_gap_early():
 
 def test_keras_predictions_are_scored_by_evaluate_on_the_perturbed_faces(tmp_path):
   images, coords = random_faces(12, seed=3)
-  coords[:, [i for i, c in enumerate(keypoints.COLUMNS) if c not in MTFL_COLUMNS]] = np.nan
+  coords[:, [i for i, c in enumerate(K.columns) if c not in MTFL_COLUMNS]] = np.nan
   csv = tmp_path / "held.csv"
   kaggle_frame(images, coords).to_csv(csv, index=False)
   sets = parity.keras_sets(str(csv), str(tmp_path / "sets"))
   assert set(sets) == {"plain", *robustness.PERTURBATIONS}
   faces = parity.kaggle.read_training_csv(str(csv))
-  idx = [keypoints.COLUMNS.index(c) for c in MTFL_COLUMNS]
+  idx = [K.columns.index(c) for c in MTFL_COLUMNS]
 
   def keras_output(name, offset=0.0):
     moved = faces if name == "plain" else robustness.perturb(faces, name)

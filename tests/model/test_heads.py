@@ -18,6 +18,8 @@ from facekp_jax.model import resnet as models
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import steps
 
+K = keypoints.KAGGLE
+
 
 def _heatmap_config(**model):
   config = tiny.get_config()
@@ -27,7 +29,7 @@ def _heatmap_config(**model):
   return config
 
 
-def _peak(size, row, col, k=keypoints.NUM_KEYPOINTS):
+def _peak(size, row, col, k=K.num_keypoints):
   logits = np.full((1, size, size, k), -50.0, np.float32)
   logits[0, row, col, :] = 50.0
   return jnp.asarray(logits)
@@ -57,14 +59,14 @@ def test_cell_centres_follow_the_pixel_centre_convention():
                                               (48, 5, 20, 40.5, 10.5)])
 def test_soft_argmax_of_a_peaked_map_is_its_pixel(size, row, col, x, y):
   out = heads.soft_argmax(_peak(size, row, col))
-  assert out.shape == (1, keypoints.NUM_COORDS) and out.dtype == jnp.float32
+  assert out.shape == (1, K.num_coords) and out.dtype == jnp.float32
   np.testing.assert_allclose(out[0, 0::2], x, atol=1e-4)  # Kaggle order: x0, y0, x1, y1, ...
   np.testing.assert_allclose(out[0, 1::2], y, atol=1e-4)
 
 
 def test_soft_argmax_finds_a_sub_pixel_gaussian_per_keypoint():
   rng = np.random.default_rng(0)
-  centres = rng.uniform(20, 75, (keypoints.NUM_KEYPOINTS, 2))  # (x, y), away from the edges.
+  centres = rng.uniform(20, 75, (K.num_keypoints, 2))  # (x, y), away from the edges.
   g = np.arange(96.0)
   logits = np.stack([-((g[None, :] - cx) ** 2 + (g[:, None] - cy) ** 2) / (2 * 2.0 ** 2)
                      for cx, cy in centres], axis=-1)[None]
@@ -83,10 +85,10 @@ def test_a_margin_extends_the_maps_beyond_the_frame():
 
 
 def test_a_margin_lets_an_edge_peak_reach_the_frame_and_keeps_the_interior():
-  features = np.full((1, 5, 5, keypoints.NUM_KEYPOINTS), -8.0, np.float32)  # The seed's 5x5.
-  eye = np.eye(keypoints.NUM_KEYPOINTS, dtype=np.float32)
+  features = np.full((1, 5, 5, K.num_keypoints), -8.0, np.float32)  # The seed's 5x5.
+  eye = np.eye(K.num_keypoints, dtype=np.float32)
   kernel = {"params": {"keypoint_maps": {"kernel": eye,
-                                         "bias": np.zeros(keypoints.NUM_KEYPOINTS, np.float32)}}}
+                                         "bias": np.zeros(K.num_keypoints, np.float32)}}}
 
   def read(margin, row, col):
     f = features.copy()
@@ -95,7 +97,7 @@ def test_a_margin_lets_an_edge_peak_reach_the_frame_and_keeps_the_interior():
 
   plain, wide = read(0.0, 2, 4), read(16.0, 2, 4)  # Peaked on the rightmost feature cell.
   assert plain[0] < 92.0 < 95.5 < wide[0]  # Without a margin it cannot reach the edge.
-  np.testing.assert_allclose(read(0.0, 2, 2), [47.5, 47.5] * keypoints.NUM_KEYPOINTS, atol=0.05)
+  np.testing.assert_allclose(read(0.0, 2, 2), [47.5, 47.5] * K.num_keypoints, atol=0.05)
   np.testing.assert_allclose(read(16.0, 2, 2), read(0.0, 2, 2), atol=0.2)  # Centre: unchanged,
   np.testing.assert_allclose(plain[1], 47.5, atol=0.05)  # and no drift across the peak's axis.
   np.testing.assert_allclose(wide[1], 47.5, atol=0.05)
@@ -106,9 +108,9 @@ def test_heatmap_margin_model_shapes_and_its_config_check():
   x = jnp.asarray(np.random.default_rng(0).random((2, 96, 96, 1), np.float32))
   variables = model.init(jax.random.key(0), x, train=False)
   assert variables["params"]["heatmap"]["keypoint_maps"]["kernel"].shape == (
-      16, keypoints.NUM_KEYPOINTS)  # The margin adds no parameters.
+      16, K.num_keypoints)  # The margin adds no parameters.
   out = np.asarray(model.apply(variables, x, train=False))
-  assert out.shape == (2, keypoints.NUM_COORDS)
+  assert out.shape == (2, K.num_coords)
   assert np.all((out > -16.5) & (out < 111.5))  # An expectation over frame and margin.
   for margin, ok in ((8.0, True), (3.0, False), (-2.0, False)):  # Whole 2 px cells only.
     problems = config_lib.problems(_heatmap_config(heatmap_margin=margin))
@@ -116,7 +118,7 @@ def test_heatmap_margin_model_shapes_and_its_config_check():
 
 
 def test_a_mirrored_map_gives_the_mirrored_x():
-  logits = jax.random.normal(jax.random.key(0), (2, 24, 24, keypoints.NUM_KEYPOINTS)) * 3
+  logits = jax.random.normal(jax.random.key(0), (2, 24, 24, K.num_keypoints)) * 3
   out, mirrored = heads.soft_argmax(logits), heads.soft_argmax(logits[:, :, ::-1])
   np.testing.assert_allclose(mirrored[:, 0::2], keypoints.IMAGE_SIZE - 1 - out[:, 0::2], atol=1e-4)
   np.testing.assert_allclose(mirrored[:, 1::2], out[:, 1::2], atol=1e-4)
@@ -128,9 +130,9 @@ def test_heatmap_model_shapes_and_parameters():
   variables = model.init(jax.random.key(0), x, train=False)
   params = variables["params"]
   assert "heatmap" in params and "output" not in params and "dense1" not in params
-  assert params["heatmap"]["keypoint_maps"]["kernel"].shape == (16, keypoints.NUM_KEYPOINTS)
+  assert params["heatmap"]["keypoint_maps"]["kernel"].shape == (16, K.num_keypoints)
   out = model.apply(variables, x, train=False)
-  assert out.shape == (3, keypoints.NUM_COORDS) and out.dtype == jnp.float32
+  assert out.shape == (3, K.num_coords) and out.dtype == jnp.float32
   assert np.all((out >= 0) & (out <= keypoints.IMAGE_SIZE - 1))  # An expectation over the image.
 
 
@@ -196,7 +198,7 @@ def test_two_stage_heatmaps_add_the_finer_stage_and_are_checked():
   variables = model.init(jax.random.key(0), faces.images, train=False)
   maps = variables["params"]["heatmap"]
   stage1_channels = config.model.stage_filters[0][-1]
-  assert maps["finer_maps1"]["kernel"].shape == (stage1_channels, keypoints.NUM_KEYPOINTS)
+  assert maps["finer_maps1"]["kernel"].shape == (stage1_channels, K.num_keypoints)
   assert "finer_maps1" not in models.create_model(_heatmap_config()).init(
       jax.random.key(0), faces.images, train=False)["params"]["heatmap"]  # tiny: last only.
 
@@ -205,7 +207,7 @@ def test_two_stage_heatmaps_add_the_finer_stage_and_are_checked():
   stem = models.create_model(_heatmap_config(heatmap_stages=3)).init(
       jax.random.key(0), faces.images, train=False)["params"]["heatmap"]  # tiny: 2 stages.
   assert stem["finer_maps2"]["kernel"].shape == (config.model.stem_filters,
-                                                 keypoints.NUM_KEYPOINTS)  # The stem's map.
+                                                 K.num_keypoints)  # The stem's map.
   for stages, ok in ((1, True), (2, True), (3, True), (0, False), (4, False)):
     problems = config_lib.problems(_heatmap_config(heatmap_stages=stages))
     assert (not problems) == ok, (stages, problems)

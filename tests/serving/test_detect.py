@@ -10,7 +10,10 @@ from skimage import data as skimage_data
 
 from facekp_jax.core import keypoints
 from facekp_jax.data import shape_stats, synthetic
-from facekp_jax.serving import detect, pictures
+from facekp_jax.serving import detect, images
+
+K = keypoints.KAGGLE
+LEFT, RIGHT = K.index("left_eye_center"), K.index("right_eye_center")
 
 # skimage.data.astronaut() (512x512): the eye centres (pupils), read off the picture at 10x.
 ASTRONAUT_EYES = {"right_eye_center": (202.5, 100.5), "left_eye_center": (246.5, 102.0)}
@@ -18,7 +21,7 @@ ASTRONAUT_EYES = {"right_eye_center": (202.5, 100.5), "left_eye_center": (246.5,
 
 @pytest.fixture(scope="module")
 def astronaut():
-  return pictures.to_grey(skimage_data.astronaut().astype(np.float32) / 255.0)
+  return images.to_grey(skimage_data.astronaut().astype(np.float32) / 255.0)
 
 
 def test_astronaut_gives_one_face_whose_box_holds_the_eyes(astronaut):
@@ -29,14 +32,14 @@ def test_astronaut_gives_one_face_whose_box_holds_the_eyes(astronaut):
   for ex, ey in ASTRONAUT_EYES.values():
     assert x < ex < x + w and y < ey < y + h
   # The box's guess of the framing puts the true eyes within a few pixels of Kaggle's.
-  eyes = np.zeros(keypoints.NUM_COORDS)
+  eyes = np.zeros(K.num_coords)
   for name, xy in ASTRONAUT_EYES.items():
-    k = keypoints.KEYPOINT_NAMES.index(name)
+    k = K.names.index(name)
     eyes[2 * k:2 * k + 2] = xy
   in_crop = detect.to_crop(detect.box_transform(found[0].box), eyes).reshape(-1, 2)
-  mid = (in_crop[keypoints.LEFT_EYE] + in_crop[keypoints.RIGHT_EYE]) / 2
+  mid = (in_crop[LEFT] + in_crop[RIGHT]) / 2
   assert np.hypot(*(mid - detect.EYE_MIDPOINT)) < 4.0, mid
-  distance = np.hypot(*(in_crop[keypoints.LEFT_EYE] - in_crop[keypoints.RIGHT_EYE]))
+  distance = np.hypot(*(in_crop[LEFT] - in_crop[RIGHT]))
   assert 0.75 * detect.EYE_DISTANCE < distance < 1.4 * detect.EYE_DISTANCE, distance
 
 
@@ -70,8 +73,8 @@ def _paste(scale, roll_deg, centre, canvas_shape=(360, 480)):
   canvas = 0.3 * canvas + 0.7 * dots
   # A box where the detector would put it for these eyes, 4 % too large and a little off.
   xy = truth.reshape(-1, 2)
-  mid = (xy[keypoints.LEFT_EYE] + xy[keypoints.RIGHT_EYE]) / 2
-  width = 1.04 * np.hypot(*(xy[keypoints.LEFT_EYE] - xy[keypoints.RIGHT_EYE])) \
+  mid = (xy[LEFT] + xy[RIGHT]) / 2
+  width = 1.04 * np.hypot(*(xy[LEFT] - xy[RIGHT])) \
       / detect.BOX_EYE_DISTANCE
   box = (mid[0] - detect.BOX_EYE_MIDPOINT[0] * width + 2.0,
          mid[1] - detect.BOX_EYE_MIDPOINT[1] * width - 1.5, width, width)
@@ -86,7 +89,7 @@ def _dot_finder(crops):
   for image in crops[..., 0]:
     weight = np.clip(image - 0.45, 0.0, None)
     labels, n = ndimage.label(weight > 0)
-    assert n == keypoints.NUM_KEYPOINTS, f"{n} dots in the crop"
+    assert n == K.num_keypoints, f"{n} dots in the crop"
     found = np.array(ndimage.center_of_mass(weight, labels, range(1, n + 1)))[:, ::-1]
     shifted = found - found.mean(0) + mean_shape.mean(0)
     cost = ((shifted[:, None] - mean_shape[None]) ** 2).sum(-1)
@@ -121,7 +124,7 @@ def test_shape_transform_undoes_a_similarity_of_the_mean_shape():
   moved = detect.MEAN_SHAPE @ linear.T + [400.0, 120.0]
   back = detect.to_crop(detect.shape_transform(moved.reshape(-1)), moved.reshape(-1))
   np.testing.assert_allclose(back.reshape(-1, 2), detect.MEAN_SHAPE, atol=1e-9)
-  eyes = detect.MEAN_SHAPE[[keypoints.LEFT_EYE, keypoints.RIGHT_EYE]]
+  eyes = detect.MEAN_SHAPE[[LEFT, RIGHT]]
   np.testing.assert_allclose(eyes.mean(0), detect.EYE_MIDPOINT, atol=1e-9)
   np.testing.assert_allclose(np.hypot(*(eyes[0] - eyes[1])), detect.EYE_DISTANCE, atol=1e-9)
 
@@ -163,7 +166,7 @@ def test_the_second_crop_is_fitted_to_the_trained_keypoints_only():
   """A model that reads 5 of the 15 keypoints (MTFL's; the others NaN) is still refined, and
   its second crop is the similarity of those 5 to the mean shape."""
   canvas, truth, box = _paste(1.6, 14.0, (300.0, 200.0))
-  five = np.isin(np.arange(keypoints.NUM_COORDS) // 2, [keypoints.KEYPOINT_NAMES.index(n) for n in (
+  five = np.isin(np.arange(K.num_coords) // 2, [K.names.index(n) for n in (
       "left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner",
       "mouth_right_corner")])
   got, = detect.find_keypoints(lambda c: np.where(five, _dot_finder(c), np.nan), canvas,

@@ -20,6 +20,8 @@ from facekp_jax.serving import predictor, robustness, scoring
 from facekp_jax.training import loop
 from tests.conftest import kaggle_frame, random_faces
 
+K = keypoints.KAGGLE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -52,13 +54,13 @@ def _unmirror(predictions):
   """Independent of the code under test: x -> 95 - x, then left/right swapped."""
   out = np.array(predictions, np.float64)
   out[:, 0::2] = 95.0 - out[:, 0::2]
-  return out[:, keypoints.FLIP_COORDS]
+  return out[:, K.flip_coords]
 
 
 def test_validation_split_scores_as_training_reported(workdir, tmp_path, capsys):
   """The same file, checkpoint and TTA give training's final numbers: one code path."""
   config = _config()
-  _, val, _ = dataset_lib.load_dataset(config.data, config.seed)
+  _, val, _, _ = dataset_lib.load_dataset(config.data, config.seed)
   images = np.rint(val.images[..., 0] * 255).astype(np.uint8)
   csv = _write(tmp_path / "val.csv.gz", images, np.where(val.mask > 0, val.targets, np.nan))
   evaluate.main([f"--workdir={workdir}", f"--csv={csv}", "--checkpoint=latest"])
@@ -84,7 +86,7 @@ def test_validation_split_scores_as_training_reported(workdir, tmp_path, capsys)
 def test_only_present_coordinates_are_scored(model, tmp_path):
   images, coords = synthetic.generate(6, seed=11)
   coords[::2, 4:] = np.nan
-  nose = 2 * keypoints.KEYPOINT_NAMES.index("nose_tip")
+  nose = 2 * K.names.index("nose_tip")
   coords[:, nose:nose + 2] = np.nan
   csv = _write(tmp_path / "masked.csv", images, coords)
   results, shown, shown_predictions = scoring.evaluate(model, csv)
@@ -119,10 +121,10 @@ def test_flip_tta_of_a_symmetric_face_is_symmetric(model):
 def test_flip_average_maps_the_mirror_prediction_back():
   """An oracle that knows every face and its mirror: the average must be the truth."""
   faces = faces_lib.from_arrays(*synthetic.generate(3, seed=2))
-  mirrored = geometry.hflip(faces)
+  mirrored = geometry.hflip(faces, K)
   truth = {im.tobytes(): t for f in (faces, mirrored) for im, t in zip(f.images, f.targets)}
   oracle = lambda images: np.stack([truth[np.ascontiguousarray(im).tobytes()] for im in images])
-  np.testing.assert_allclose(tta.flip_average(oracle, faces.images), faces.targets, atol=1e-5)
+  np.testing.assert_allclose(tta.flip_average(oracle, faces.images, K), faces.targets, atol=1e-5)
   np.testing.assert_allclose(_unmirror(mirrored.targets), faces.targets, atol=1e-5)
 
 
@@ -192,7 +194,7 @@ def test_workdir_without_checkpoint_is_one_line_exit_2(workdir, tmp_path):
 
 def test_untrained_keypoints_are_not_scored_and_robustness_is_written(tmp_path, capsys):
   images, coords = synthetic.generate(24, seed=4)
-  five = [keypoints.KEYPOINT_NAMES.index(n) for n in (
+  five = [K.names.index(n) for n in (
       "left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner",
       "mouth_right_corner")]
   partial = np.full_like(coords, np.nan)

@@ -57,7 +57,7 @@ def test_no_validation_face_reaches_training(write_csv):
   images, coords = random_faces(40, seed=1)
   config = _config(write_csv("t.csv", images, coords), **{
       "data.seed_copies": True, "augment.hflip_prob": 0.5, "augment.vflip_prob": 0.5})
-  tr, val, _ = dataset_lib.load_dataset(config.data, config.seed)
+  tr, val, _, _ = dataset_lib.load_dataset(config.data, config.seed)
   tr = augment.training_faces(tr, config)
   assert len(tr) == 4 * 32 and len(val) == 8
 
