@@ -246,6 +246,10 @@ class LookupModel:
     self.by_digest = by_digest
     self.workdir = workdir
     self.trained = np.ones(keypoints.KAGGLE.num_coords, np.float32)  # Every keypoint scored.
+    self.layout = keypoints.KAGGLE  # Keras' outputs fill Kaggle's 30 columns.
+
+  def untrained_names(self) -> list[str]:
+    return []
 
   def predict(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
     if tta:

@@ -20,7 +20,9 @@ def main(argv=None) -> None:
   host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (core/host_memory.py).
   fv = cli.command_flags()
   cli.define_model_flags(fv)
-  flags.DEFINE_string("csv", None, "Kaggle training.csv-layout file (.csv/.gz)", flag_values=fv)
+  flags.DEFINE_string("csv", None, "labelled faces: a CSV of the model's layout (Kaggle's "
+                      "training.csv layout; .csv/.gz) or a folder of images with .pts files",
+                      flag_values=fv)
   flags.mark_flag_as_required("csv", flag_values=fv)
   flags.DEFINE_bool("robustness", False, "also score the faces rotated, scaled and shifted",
                     flag_values=fv)

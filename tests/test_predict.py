@@ -16,7 +16,7 @@ from facekp_jax.core import keypoints
 from facekp_jax.data import synthetic
 from facekp_jax.serving import detect, images, pictures, predictor, submission
 
-K = keypoints.KAGGLE
+KAGGLE = keypoints.KAGGLE
 
 K = 5  # Faces in the generated test.csv.
 
@@ -48,7 +48,7 @@ def kaggle_files(tmp_path_factory):
   test.to_csv(folder / "test.csv", index=False)
   rng = np.random.default_rng(0)
   rows = [(i, name) for i in range(1, K + 1)
-          for name in np.array(K.columns)[np.sort(rng.choice(30, 4 + 5 * i, False))]]
+          for name in np.array(KAGGLE.columns)[np.sort(rng.choice(30, 4 + 5 * i, False))]]
   order = rng.permutation(len(rows))
   lookup = pd.DataFrame({"RowId": order + 1, "ImageId": [rows[j][0] for j in order],
                          "FeatureName": [rows[j][1] for j in order], "Location": ""})
@@ -75,7 +75,7 @@ def test_submission_has_kaggles_format(workdir, kaggle_files, tmp_path):
   np.testing.assert_array_equal(written["RowId"], lookup["RowId"])  # The lookup's own order.
   predictions = predictor.load(workdir).predict(images[..., None].astype(np.float32) / 255.0)
   rows = lookup["ImageId"].to_numpy() - 1
-  cols = [K.columns.index(n) for n in lookup["FeatureName"]]
+  cols = [KAGGLE.columns.index(n) for n in lookup["FeatureName"]]
   np.testing.assert_allclose(written["Location"], np.clip(predictions[rows, cols], 0, 96),
                              atol=1e-3)
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
@@ -99,10 +99,10 @@ def test_without_lookup_one_row_per_face_and_named_columns(loaded, kaggle_files,
   out = tmp_path / "predictions.csv"
   predict.main(["--workdir=w", f"--csv={test_csv}", f"--out={out}", "--tta"])
   written = pd.read_csv(out)
-  assert list(written.columns) == ["ImageId", *K.columns]
+  assert list(written.columns) == ["ImageId", *KAGGLE.columns]
   np.testing.assert_array_equal(written["ImageId"], np.arange(1, K + 1))
   expected = loaded.predict(images[..., None].astype(np.float32) / 255.0, tta=True)
-  np.testing.assert_allclose(written[list(K.columns)], np.clip(expected, 0, 96), atol=1e-3)
+  np.testing.assert_allclose(written[list(KAGGLE.columns)], np.clip(expected, 0, 96), atol=1e-3)
 
 
 def _save_rgb(path, grey_u8):
@@ -136,7 +136,7 @@ def test_pictures_are_predicted_in_their_own_pixels(loaded, tmp_path, capsys):
   assert f"{paths[0]} (192x192, crop=none)" in out and "left_eye_center" in out
   assert (out_dir / "big_keypoints.png").exists()
   line = next(l for l in out.splitlines() if l.strip().startswith("nose_tip"))
-  nose = K.names.index("nose_tip")
+  nose = KAGGLE.names.index("nose_tip")
   np.testing.assert_allclose([float(v) for v in line.split()[1:]], twice[2 * nose:2 * nose + 2],
                              atol=0.06)
 
@@ -159,7 +159,7 @@ def test_photos_give_a_row_per_face_and_one_line_for_a_photo_without(loaded, pho
   assert [line for line in out.splitlines() if "wall" in line] == [
       f"{wall} (160x120): no face found"]
   table = pd.read_csv(out_dir / "faces.csv")
-  assert list(table.columns) == [*pictures.PHOTO_COLUMNS, *K.columns]
+  assert list(table.columns) == [*pictures.PHOTO_COLUMNS, *KAGGLE.columns]
   assert table["file"].tolist() == [astronaut] and table["face"].tolist() == [0]
   record = json.loads((out_dir / "faces.json").read_text())
   assert [p["file"] for p in record["photos"]] == [astronaut, wall]
@@ -171,7 +171,7 @@ def test_photos_give_a_row_per_face_and_one_line_for_a_photo_without(loaded, pho
   t = np.array(face["crop_transform"])
   crop = detect.crop(images.to_grey(images.read_picture(astronaut)), t)
   expected = detect.to_photo(t, loaded.predict(crop[None, ..., None]))[0]
-  np.testing.assert_allclose(table[list(K.columns)].to_numpy()[0], expected, atol=1e-3)
+  np.testing.assert_allclose(table[list(KAGGLE.columns)].to_numpy()[0], expected, atol=1e-3)
   np.testing.assert_allclose(table[["box_x", "box_y", "box_width", "box_height"]].to_numpy()[0],
                              face["box"], atol=0.01)
   # Files as a list, one pass only, a CSV of one's own naming (its JSON beside it).
@@ -221,8 +221,8 @@ def test_one_line_errors(workdir, kaggle_files, tmp_path, capsys, monkeypatch):
       no_feature, index=False)
   err = _fails([f"--workdir={workdir}", f"--csv={test_csv}", f"--lookup={no_feature}",
                 f"--out={out}"], capsys)
-  assert err == f"error: {no_feature}: row 4: FeatureName 'chin_x' is not one of the 30 keypoint " \
-                "columns"
+  assert err == f"error: {no_feature}: row 4: FeatureName 'chin_x' is no keypoint column of a " \
+                "built-in layout"
   untrained = tmp_path / "untrained"
   untrained.mkdir()
   (untrained / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
@@ -263,10 +263,10 @@ def test_untrained_keypoints_are_left_empty_and_refused_in_submissions(loaded, k
                                                                       tmp_path, monkeypatch,
                                                                       capsys):
   test_csv, lookup_csv, images, lookup = kaggle_files
-  five = [K.names.index(n) for n in (
+  five = [KAGGLE.names.index(n) for n in (
       "left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner",
       "mouth_right_corner")]
-  trained = np.zeros(K.num_coords, np.float32)
+  trained = np.zeros(KAGGLE.num_coords, np.float32)
   for k in five:  # A run on a 5-point data set: 10 of the 30 columns learnt.
     trained[2 * k:2 * k + 2] = 1.0
   partial = dataclasses.replace(loaded, trained=trained)
@@ -274,21 +274,21 @@ def test_untrained_keypoints_are_left_empty_and_refused_in_submissions(loaded, k
   out = tmp_path / "predictions.csv"
   predict.main(["--workdir=w", f"--csv={test_csv}", f"--out={out}"])
   assert "untrained keypoints left empty: left_eye_inner_corner" in capsys.readouterr().out
-  written = pd.read_csv(out)[list(K.columns)]
+  written = pd.read_csv(out)[list(KAGGLE.columns)]
   expected = np.clip(loaded.predict(images[..., None].astype(np.float32) / 255.0), 0, 96)
   np.testing.assert_allclose(written.iloc[:, trained > 0], expected[:, trained > 0], atol=1e-3)
   assert written.iloc[:, trained == 0].isna().all().all()  # Empty cells, not guesses.
   submission = tmp_path / "submission.csv"
   err = _fails(["--workdir=w", f"--csv={test_csv}", f"--lookup={lookup_csv}",
                 f"--out={submission}"], capsys)
-  asked = (trained[[K.columns.index(n) for n in lookup["FeatureName"]]] == 0).sum()
+  asked = (trained[[KAGGLE.columns.index(n) for n in lookup["FeatureName"]]] == 0).sum()
   assert f"{asked} rows ask for keypoints this model was never trained on" in err
   assert "--allow_untrained" in err and not submission.exists()
   predict.main(["--workdir=w", f"--csv={test_csv}", f"--lookup={lookup_csv}",
                 f"--out={submission}", "--allow_untrained"])
   assert "untrained keypoints submitted anyway" in capsys.readouterr().out
   assert len(pd.read_csv(submission)) == len(lookup)
-  only_five = lookup[[trained[K.columns.index(n)] > 0 for n in lookup["FeatureName"]]]
+  only_five = lookup[[trained[KAGGLE.columns.index(n)] > 0 for n in lookup["FeatureName"]]]
   only_five.to_csv(tmp_path / "five.csv", index=False)  # Asks for trained keypoints only: fine.
   predict.main(["--workdir=w", f"--csv={test_csv}", f"--lookup={tmp_path / 'five.csv'}",
                 f"--out={submission}"])

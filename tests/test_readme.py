@@ -6,8 +6,9 @@ spans: every ``python -m MODULE ...`` (also ``python3``, ``.venv/bin/python``) a
 Each is reduced to a key, its module and the sorted set of flag names it writes (values
 ignored), and COMMANDS says how the suite exercises it:
 
-  RUN    run here, in a tmp dir, after the substitutions below; every ``--out`` / ``--out_dir``
-         it names and the entry's other outputs must exist afterwards
+  RUN    run here, in a tmp dir (also its working folder), after the substitutions below;
+         every ``--out`` / ``--out_dir`` it names and the entry's other outputs must exist
+         afterwards
   TRAIN  the training: the flags of every TRAIN command, merged, make one run (configs/tiny.py,
          one epoch): the workdir W that the RUN commands use
   PARSE  parsed by ``facekp_jax.main``'s own flags and config file, not run: the full main job
@@ -57,7 +58,8 @@ COMMANDS = {
         (RUN, "W/eval_FILE.json", "W/eval_FILE.png", "W/eval_FILE_ced.png"),
     ("facekp_jax.evaluate", ("csv", "robustness", "tta_rotations", "workdir")):
         (RUN, "W/eval_FILE.json", "W/eval_FILE_robustness.png"),
-    # Predict.
+    # Predict (without --workdir: the shipped model, overlays into the current folder).
+    ("facekp_jax.predict", ()): (RUN, "photo_keypoints.png", "faces.csv"),
     ("facekp_jax.predict", ("csv", "lookup", "out", "workdir")): (RUN,),
     ("facekp_jax.predict", ("out", "out_dir", "workdir")):
         (RUN, "DIR/photo_keypoints.png", "faces.json"),
@@ -274,7 +276,7 @@ def _parse_checks(commands):
 def _run_command(module, args, outputs, tmp):
   """Failures of one RUN command: its exit code, the outputs it should have written."""
   argv = _substitute(args, tmp)
-  proc = _run(["-m", module, *argv])
+  proc = _run(["-m", module, *argv], cwd=tmp)
   if proc.returncode:
     return [f"{_show(module, argv)}: exit {proc.returncode}\n{proc.stderr[-2000:]}"]
   named = {a.lstrip("-").split("=")[0]: a.split("=", 1)[1] for a in argv if "=" in a}

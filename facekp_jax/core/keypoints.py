@@ -38,6 +38,10 @@ from collections.abc import Sequence
 import numpy as np
 
 IMAGE_SIZE = 96
+# Kaggle's framing: eye centres ~36.2 px apart, their midpoint at ~(48.3, 37.8) of the frame
+# (../shared/data/README.md); the .pts reader and the photo crops place faces so.
+EYE_DISTANCE = 36.2
+EYE_MIDPOINT = (48.3, 37.8)
 IMAGE_COLUMN = "Image"
 ID_COLUMN = "ImageId"
 
@@ -82,6 +86,9 @@ class Layout:
 
   def index(self, name: str) -> int:
     return self.names.index(name)
+
+  def __repr__(self) -> str:
+    return f"Layout({self.name!r}, {self.num_keypoints} keypoints)"
 
   def describe(self) -> str:
     return f"{self.name} ({self.num_keypoints} keypoints)"

@@ -53,8 +53,7 @@ from facekp_jax.core.errors import DataError
 from facekp_jax.core.faces import Faces
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-EYE_DISTANCE = 36.2
-EYE_MIDPOINT = (48.3, 37.8)
+EYE_DISTANCE, EYE_MIDPOINT = keypoints.EYE_DISTANCE, keypoints.EYE_MIDPOINT
 
 # Layout name -> (side, cx, cy): see the module docstring for how each was obtained.
 FRAMING: dict[str, tuple[float, float, float]] = {

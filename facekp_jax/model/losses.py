@@ -1,6 +1,6 @@
 """The masked losses on pixel coordinates: mse, l1, smooth_l1 and wing, as (sum, count).
 
-Each loss is a function of the (B, 30) pixel predictions, targets and mask that
+Each loss is a function of the (B, 2K) pixel predictions, targets and mask that
 returns ``(sum over present coordinates, their count)``; training takes the mean
 ``sum / max(count, 1)``, so missing coordinates neither pull nor dilute it.
 Every reported figure (train RMSE, validation RMSE) is in pixels whatever loss

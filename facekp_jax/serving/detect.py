@@ -43,8 +43,7 @@ from facekp_jax.core import keypoints
 from facekp_jax.data import shape_stats
 
 SIZE = keypoints.IMAGE_SIZE
-EYE_DISTANCE = 36.2
-EYE_MIDPOINT = (48.3, 37.8)
+EYE_DISTANCE, EYE_MIDPOINT = keypoints.EYE_DISTANCE, keypoints.EYE_MIDPOINT
 CASCADE = "haarcascade_frontalface_alt2.xml"
 # Where alt2's box (x, y, w, h) puts the eye midpoint (fractions of w and h) and the eye
 # distance (fraction of w): medians over 600 MTFL faces, experiments/faces_align.py.
@@ -70,7 +69,7 @@ class Face:
 @dataclasses.dataclass
 class Keypoints:
   """One face's result: its ``face``, the crop map ``transform`` (2x3, photo -> crop)
-  the prediction was made in, and ``keypoints`` (30,) in the photo's pixels."""
+  the prediction was made in, and ``keypoints`` (2K,) in the photo's pixels."""
 
   face: Face
   transform: np.ndarray

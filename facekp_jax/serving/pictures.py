@@ -2,11 +2,11 @@
 
 Photos (the default of ``predict``): every face ``detect.detect`` finds is read in a crop
 aligned to the training framing (``detect.find_keypoints``); ``predict_photos`` gives a
-``Photo`` per file and ``plot_photo`` its overlay (boxes and keypoints). A folder stands for
-the image files in it (``expand_paths``). ``run_photos`` writes each photo's overlay,
+``Photo`` per file and ``plot_photo`` its overlay (boxes and keypoints). A folder stands for the
+image files in it (``images.expand_paths``). ``run_photos`` writes each photo's overlay,
 ``<out_dir>/<stem>_keypoints.png``, one row per face in a CSV (file, face index, box, detector
-score, the 30 coordinates, unclipped) and an entry per photo in the JSON beside it; a photo
-without a face is reported in one line and the others go on.
+score, the x, y of each trained keypoint, unclipped) and an entry per photo in the JSON beside
+it; a photo without a face is reported in one line and the others go on.
 
 Whole pictures (``--nodetect``) (PNG; JPEG and others through Pillow, which matplotlib brings) are
 turned grey (ITU-R 601 luma), made square, and resampled to 96x96 (area

@@ -16,6 +16,7 @@ place, and every process must see the same ``workdir`` (shared storage; checked 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -31,6 +32,12 @@ _BEST_METRIC = "val_rmse"
 CHECKPOINTS = ("best", "latest")
 
 
+def _read_only_notes(record: logging.LogRecord) -> bool:
+  """False for Orbax's two warnings that a read-only manager is read-only (what we asked)."""
+  message = record.getMessage()
+  return not ("read_only=True" in message or "read only" in message)
+
+
 class Checkpointer:
   """Creates, saves and restores the checkpoints under ``workdir/checkpoints``.
 
@@ -44,13 +51,17 @@ class Checkpointer:
         checkpoint_managers.BestN(get_metric_fn=lambda m: m[_BEST_METRIC], reverse=True, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
-                                           best_fn=lambda m: m[_BEST_METRIC], best_mode="min",
-                                           cleanup_tmp_directories=not read_only,
-                                           read_only=read_only)
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "progress"))
+    absl_logger = logging.getLogger("absl")  # Orbax logs through absl.logging.
+    absl_logger.addFilter(_read_only_notes)
+    try:
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=policy, create=not read_only, best_fn=lambda m: m[_BEST_METRIC],
+          best_mode="min", cleanup_tmp_directories=not read_only, read_only=read_only)
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "progress"))
+    finally:
+      absl_logger.removeFilter(_read_only_notes)
     if not read_only:
       distributed.check_shared_folder(self.directory)
 

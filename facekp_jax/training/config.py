@@ -116,11 +116,10 @@ FIELDS: tuple[Field, ...] = (
     Field("wing_epsilon", 2.0, "px: the wing loss's log region's curvature", legacy=2.0),
     Field("ema_decay", 0.999, "parameter EMA (0: off); what validation, checkpoints' scores, "
           "evaluate, predict and export use", _unit, legacy=0.0),
-    Field("data.train_csv", "", "a CSV of a layout's columns and Image (Kaggle's training.csv "
-          "is one), or a folder of images with .pts files; empty: the built-in faces"),
+    Field("data.train_csv", "", "a CSV of a layout's columns and Image, or a folder of .pts "
+          "faces; empty: the built-in faces"),
     Field("data.keypoints", "", "the keypoint layout (core/keypoints.py); '': the data's own "
-          "(a file's columns or point count; the built-in faces: kaggle15)", keypoints.problem,
-          legacy=keypoints.KAGGLE.name),
+          "(the built-in faces: kaggle15)", keypoints.problem, legacy=keypoints.KAGGLE.name),
     Field("data.rows", "all", "all (missing values masked out of the loss) or complete "
           "(every keypoint labelled, the seed's choice)", dataset.rows_problem),
     Field("data.val_fraction", 0.2, "the validation split (0: a final fit on every face)",
@@ -282,8 +281,18 @@ def _wing_problems(config, num_devices: int) -> list[str]:
   return []
 
 
+def _layout_problems(config, num_devices: int) -> list[str]:
+  d = config.data
+  if d.train_csv or keypoints.problem(d.keypoints):
+    return []
+  if not set(keypoints.get(d.keypoints).names) <= set(keypoints.KAGGLE.names):
+    return [f"data.keypoints {d.keypoints!r}: the built-in faces have Kaggle's keypoints only "
+            "(kaggle15, or mtfl5 of them); give data.train_csv for another layout"]
+  return []
+
+
 # The checks that join several fields: (config, number of devices) -> problems.
-RULES = (_batch_problems, _schedule_problems, _wing_problems, _model_problems)
+RULES = (_batch_problems, _schedule_problems, _wing_problems, _model_problems, _layout_problems)
 
 
 def value(config, dotted: str):

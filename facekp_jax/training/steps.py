@@ -41,7 +41,7 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *,
 
   Args:
     state: the replicated train state.
-    batch: ``images`` (B, 96, 96, 1), ``targets`` (B, 30), ``mask`` (B, 30).
+    batch: ``images`` (B, 96, 96, 1), ``targets`` (B, 2K), ``mask`` (B, 2K).
     loss_sum: ``(predictions, targets, mask) -> (sum, count)`` (``losses.masked_sum``);
       the default is the masked squared error in pixels^2.
     ema_decay: the parameter EMA's decay (0: no EMA; the state's ``ema_params`` is None).

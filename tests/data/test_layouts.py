@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from absl import logging as absl_logging
 
 from configs import tiny
 from facekp_jax.core import geometry, keypoints
@@ -14,7 +15,7 @@ from facekp_jax.core.errors import ConfigError, DataError
 from facekp_jax.core.faces import Faces
 from facekp_jax.data import dataset as dataset_lib
 from facekp_jax.data import pts
-from facekp_jax.serving import predictor
+from facekp_jax.serving import predictor, submission
 from facekp_jax.training import loop
 from tests.conftest import kaggle_frame, random_faces
 
@@ -111,7 +112,12 @@ def test_a_kaggle_file_with_only_mtfls_five_filled_is_a_five_point_set(tmp_path,
   path = str(tmp_path / "mtfl.csv")
   kaggle_frame(images, coords).to_csv(path, index=False)
   caplog.set_level("INFO")
-  faces, layout, _ = dataset_lib.load_faces(_tiny(path).data)
+  verbosity = absl_logging.get_verbosity()  # A command run before may have quietened absl.
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    faces, layout, _ = dataset_lib.load_faces(_tiny(path).data)
+  finally:
+    absl_logging.set_verbosity(verbosity)
   assert layout is keypoints.MTFL and faces.targets.shape == (24, 10)
   np.testing.assert_allclose(faces.targets, coords[:, five])
   assert "keypoint layout mtfl5 (5 keypoints)" in caplog.text  # The one-line note.
@@ -134,6 +140,19 @@ def test_a_five_point_run_writes_nothing_of_keypoints_it_lacks(tmp_path):
   for name in ("results.json", "trained_keypoints.json", "config.json"):
     text = open(os.path.join(workdir, name)).read()
     assert not [n for n in lacking if n in text], name
+  # A Kaggle lookup asking for the ten it lacks is refused, naming them; nothing is written.
+  pd.DataFrame({"ImageId": [1, 2], "Image": [" ".join(["9"] * 9216)] * 2}).to_csv(
+      tmp_path / "test.csv", index=False)
+  lookup = pd.DataFrame({"RowId": [1, 2, 3], "ImageId": [1, 1, 2], "FeatureName": [
+      "nose_tip_x", "left_eye_inner_corner_y", "nose_tip_y"], "Location": ""})
+  lookup.to_csv(tmp_path / "lookup.csv", index=False)
+  out = str(tmp_path / "submission.csv")
+  with pytest.raises(DataError, match=r"lookup.csv: row 2: 1 rows ask for keypoints that this "
+                     r"model's layout mtfl5 \(5 keypoints\) lacks \(left_eye_inner_corner\)"):
+    submission.run_csv(model, str(tmp_path / "test.csv"), out, str(tmp_path / "lookup.csv"))
+  assert not os.path.exists(out)
+  submission.run_csv(model, str(tmp_path / "test.csv"), out)
+  assert list(pd.read_csv(out).columns) == ["ImageId", *keypoints.MTFL.columns]
   # Resuming (here: for longer) keeps the layout that the workdir's run has.
   config = _tiny(path)
   config.num_epochs = 2
@@ -166,3 +185,10 @@ def test_a_folder_of_68_point_pts_files_trains_an_epoch_and_evaluates(tmp_path):
   results = loop.train_and_evaluate(_tiny(str(tmp_path / "faces")), workdir)
   assert results["val_nme_normaliser"] == "inter_ocular"
   assert len(results["val_per_keypoint_rmse"]) == 68
+
+
+def test_the_built_in_faces_take_kaggles_layouts_only(tmp_path):
+  faces, layout, _ = dataset_lib.load_faces(_tiny(keypoints="mtfl5", synthetic_n=8).data)
+  assert layout is keypoints.MTFL and faces.targets.shape == (8, 10)
+  with pytest.raises(ConfigError, match="the built-in faces have Kaggle's keypoints only"):
+    loop.train_and_evaluate(_tiny(keypoints="300w68"), str(tmp_path / "w"))

@@ -202,6 +202,7 @@ def test_untrained_keypoints_are_not_scored_and_robustness_is_written(tmp_path, 
     partial[:, 2 * k:2 * k + 2] = coords[:, 2 * k:2 * k + 2]
   config = _config()
   config.data.train_csv = _write(tmp_path / "five.csv", images, partial)
+  config.data.keypoints = "kaggle15"  # Named: 15 outputs, 10 never labelled (else mtfl5's 10).
   w = str(tmp_path / "w")
   loop.train_and_evaluate(config, w)
   full = _write(tmp_path / "full.csv", *synthetic.generate(8, seed=5))
