@@ -161,7 +161,12 @@ def test_no_import_cycle():
   assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
 
 
+# What ``import facekp_jax`` gives: the Python API (the predictor) and the layouts, nothing else.
+PUBLIC_API = {"facekp_jax.serving.predictor", "facekp_jax.core.keypoints"}
+
+
 def test_layer_packages_import_nothing():
   for module, path in MODULES.items():
-    if path.endswith("__init__.py"):
+    if path.endswith("__init__.py") and module != "facekp_jax":
       assert not GRAPH[module], f"{module} imports {GRAPH[module]}"
+  assert {m for m, _ in GRAPH["facekp_jax"]} == PUBLIC_API

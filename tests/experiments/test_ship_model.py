@@ -36,7 +36,7 @@ def test_heldout_is_ablates_split_disjoint_and_whole(tmp_path):
 
 def test_w300_trains_on_the_other_two_sources(tmp_path):
   rng = np.random.default_rng(0)
-  for i, source in enumerate(w300.SOURCES):
+  for source in w300.SOURCES:
     points = rng.uniform(60, 190, (2, 68, 2))
     pts.write_folder(str(tmp_path / "w300" / source), rng.integers(0, 256, (2, 256, 256),
                                                                    dtype=np.uint8), points,
