@@ -7,8 +7,8 @@
 ../shared/data/w300_train holds 2012 face crops with 300W's 68 points (``helen/`` 870, ``lfpw/``
 805, ``afw/`` 337; research use only). The training folder is the two other sources' folders as
 symbolic links (``data.pts`` follows them); ``data.keypoints`` is inferred from the point count
-(``300w68``) and each face is framed from its points' box (``data.pts.FRAMING``). The recipe is
-configs/resnet.py as it is (50 epochs, batch 32), every training face training
+(``300w68``) and each face is framed whole from its points' box (``data.pts.FRAMING``). The
+recipe is configs/resnet.py as it is (50 epochs, batch 32), every training face training
 (``data.val_fraction=0``: the model is the last checkpoint); the held-out source is scored with
 the run's TTA, NME normalised by the outer eye corners (points 36 and 45) as 300W's papers
 report it. Runs live under --scratch and resume; figures go to
