@@ -1,17 +1,21 @@
 """Exported models (StableHLO, ONNX) run outside the package and equal the JAX model."""
 
 import dataclasses
+import importlib.util
 import json
 
 import jax
 import numpy as np
-import onnxruntime
 import pytest
 
 from facekp_jax import export as export_command
 from facekp_jax.core import keypoints
 from facekp_jax.data import synthetic
 from facekp_jax.serving import export, predictor
+
+HAS_ONNX = importlib.util.find_spec("jax2onnx") is not None
+# The [export] extra is not in [test] (it holds orbax back): .ci/run tests it apart.
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="ONNX export needs the [export] extra")
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +33,15 @@ def _run(fmt, path, x):
   if fmt == "stablehlo":
     with open(path, "rb") as f:
       return np.asarray(jax.export.deserialize(bytearray(f.read())).call(x))
+  import onnxruntime  # noqa: PLC0415  # The [export] extra.
   session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
   return session.run(["keypoints"], {"faces": x})[0]
 
 
 @pytest.mark.parametrize("fmt, tta, rotations, input_dtype", [
     ("stablehlo", False, (), "uint8"), ("stablehlo", True, (), "float32"),
-    ("onnx", True, (10.0,), "uint8"), ("onnx", False, (), "float32")])
+    pytest.param("onnx", True, (10.0,), "uint8", marks=needs_onnx),
+    pytest.param("onnx", False, (), "float32", marks=needs_onnx)])
 def test_artefact_equals_the_jax_model(model, faces_u8, tmp_path, fmt, tta, rotations,
                                        input_dtype):
   out = tmp_path / f"model.{fmt}"
@@ -94,3 +100,11 @@ def test_artefact_has_the_weights_predict_uses(model, faces_u8, tmp_path):
   expected = averaged.predict(images)
   assert np.abs(expected - model.predict(images)).max() > 1e-2
   np.testing.assert_allclose(_run("stablehlo", out, faces_u8), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(HAS_ONNX, reason="the [export] extra is installed")
+def test_onnx_without_the_extra_says_how_to_get_it(model, tmp_path):
+  out = tmp_path / "model.onnx"
+  with pytest.raises(export.ExportError, match=r"pip install 'facekp_jax\[export\]'"):
+    export.export(model, "onnx", str(out))
+  assert not out.exists() and not (tmp_path / "model.onnx.json").exists()
