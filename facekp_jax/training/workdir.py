@@ -131,15 +131,23 @@ def disk_failure(error: BaseException) -> OSError | None:
 
 
 class _OrbaxDiskNoise(logging.Filter):
-  """Drops Orbax's own error records of a disk failure: its writer threads log each failing
-  write with a traceback (~280 lines), before and after the run's one-line error."""
+  """Drops the records of a disk failure that others log: Orbax's writer threads log each
+  failing write with a traceback (~280 lines), and asyncio its tasks' unretrieved errors,
+  before and after the run's one-line error."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+    if record.levelno < logging.WARNING or not (
+        record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in record.pathname):
       return True
     error = record.exc_info[1] if record.exc_info else None
     return not ((error is not None and disk_failure(error))
                 or disk_failure(ValueError(record.getMessage())))
+
+
+def _log_handlers() -> list[logging.Handler]:
+  """The handlers every record reaches (absl's is the root logger's): a filter on a logger
+  would miss the records of other loggers (asyncio's) that propagate to them."""
+  return [h for name in ("", "absl") for h in logging.getLogger(name).handlers]
 
 
 @contextlib.contextmanager
@@ -152,15 +160,16 @@ def disk_failures_end_the_run(workdir: str):
   renames complete checkpoints only), so running the same command again resumes. Orbax's own
   error records of the disk failure (``_OrbaxDiskNoise``) stay out of the log meanwhile.
   """
-  noise = _OrbaxDiskNoise()
-  absl_logger = logging.getLogger("absl")  # Orbax logs through absl.logging.
-  absl_logger.addFilter(noise)
+  noise, handlers = _OrbaxDiskNoise(), _log_handlers()
+  for handler in handlers:
+    handler.addFilter(noise)
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
     failure = disk_failure(e)
     if failure is None:
-      absl_logger.removeFilter(noise)
+      for handler in handlers:
+        handler.removeFilter(noise)
       raise
     # The filter stays: Orbax's threads go on logging the failure until the process ends.
     where = f" {failure.filename}" if failure.filename else ""
@@ -168,7 +177,8 @@ def disk_failures_end_the_run(workdir: str):
         f"workdir {workdir}: a write{where} failed ({failure.strerror or failure}); the last "
         "complete checkpoint and metrics.jsonl are intact: free space (or mend the disk) and "
         "run the same command again to resume") from e
-  absl_logger.removeFilter(noise)
+  for handler in handlers:
+    handler.removeFilter(noise)
 
 
 class RunWriter:

@@ -94,3 +94,7 @@ def test_orbax_records_of_a_disk_failure_are_dropped_and_no_others():
   assert noise.filter(record(orbax, ValueError("a bug")))  # Not the disk: kept.
   assert noise.filter(record(os.path.join("facekp_jax", "train.py"), full))  # Not Orbax's.
   assert noise.filter(record(orbax, full, level=logging.INFO))
+  unretrieved = logging.LogRecord(
+      "asyncio", logging.ERROR, os.path.join("asyncio", "base_events.py"), 1,
+      "Task exception was never retrieved", (), (OSError, full, None))
+  assert not noise.filter(unretrieved)  # Orbax's tasks' errors, logged by asyncio.
