@@ -1,10 +1,15 @@
 """Shared helpers: Kaggle-layout files written directly with pandas (no synthetic faces)."""
 
+import importlib.util
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from facekp_jax.core import host_memory, keypoints
+
+# The [export] extra (jax2onnx) is not in [test]: .ci/run tests ONNX export apart.
+HAS_ONNX = importlib.util.find_spec("jax2onnx") is not None
 
 # The test session is a run: tune malloc before JAX starts its CPU client, as the commands do.
 host_memory.reuse_freed_memory()

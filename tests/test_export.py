@@ -1,7 +1,6 @@
 """Exported models (StableHLO, ONNX) run outside the package and equal the JAX model."""
 
 import dataclasses
-import importlib.util
 import json
 
 import jax
@@ -12,9 +11,8 @@ from facekp_jax import export as export_command
 from facekp_jax.core import keypoints
 from facekp_jax.data import synthetic
 from facekp_jax.serving import export, predictor
+from tests.conftest import HAS_ONNX
 
-HAS_ONNX = importlib.util.find_spec("jax2onnx") is not None
-# The [export] extra is not in [test] (it holds orbax back): .ci/run tests it apart.
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="ONNX export needs the [export] extra")
 
 

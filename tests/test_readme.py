@@ -21,7 +21,6 @@ A README command not in COMMANDS, an entry no README command has any more, or a 
 blocks (a code block starting with ``import``) run after the exports, beside their files.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -34,9 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import kaggle_frame, random_faces
-
-HAS_ONNX = importlib.util.find_spec("jax2onnx") is not None  # The [export] extra.
+from tests.conftest import HAS_ONNX, kaggle_frame, random_faces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
