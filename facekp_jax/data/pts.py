@@ -40,8 +40,8 @@ y = 105: 6.4 % of those faces have a point outside the frame (17.5 % at scale 1.
 heatmap cannot put it. Trained on Helen + LFPW and scored on AFW (``python -m experiments.w300
 --heldout=afw``: 50 epochs, seed 0), the whole face scores NME 0.0741 against 0.0790 at
 Kaggle's placement (FR@0.10 0.148 against 0.196), and 0.0746 (FR@0.10 0.163) at Kaggle's
-placement with the maps widened past the frame (``model.heatmap_margin=16``). Framed so, 300W's eyes are a median 32.3 px
-apart around (47.5, 25.6).
+placement with the maps widened past the frame (``model.heatmap_margin=16``). Framed so,
+300W's eyes are a median 32.3 px apart around (47.5, 25.6).
 
 A point outside the frame after framing is kept as it is.
 """
