@@ -3,6 +3,7 @@
   python -m experiments.w300 --heldout=afw          # train on helen + lfpw, score afw
   python -m experiments.w300 --heldout=lfpw         # train on helen + afw, score lfpw
   python -m experiments.w300 --heldout=helen        # train on lfpw + afw, score helen
+  python -m experiments.w300 --heldout=afw --resolution=64   # the same, faces seen at 64 px
 
 ../shared/data/w300_train holds 2012 face crops with 300W's 68 points (``helen/`` 870, ``lfpw/``
 805, ``afw/`` 337; research use only). The training folder is the two other sources' folders as
@@ -13,17 +14,26 @@ recipe is configs/resnet.py as it is (50 epochs, batch 32), every training face 
 the run's TTA, NME normalised by the outer eye corners (points 36 and 45) as 300W's papers
 report it. Runs live under --scratch and resume; figures go to
 experiments/results/w300/<heldout>.json.
+
+What the 96 px frame costs is measured from below: ``--resolution=R`` shows the model, in
+training and scoring alike, each framed face shrunk to R x R (area filter) and enlarged back to
+96 x 96 (bilinear), its points unchanged: a face with the detail of an R px frame, at the same
+recipe, network and compute (written once as a .pts folder under --scratch, which reads back
+framed as it is). The figures go to <heldout>-r<R>.json.
 """
 
 from __future__ import annotations
 
 import os
 
+import cv2
+import numpy as np
 from absl import flags
 
 from experiments import ablate
 from facekp_jax import cli
-from facekp_jax.core import files
+from facekp_jax.core import files, keypoints
+from facekp_jax.data import pts
 from facekp_jax.serving import predictor, scoring
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import loop
@@ -45,18 +55,46 @@ def training_folder(heldout: str, w300: str, scratch: str) -> str:
   return folder
 
 
-def run(heldout: str, w300: str, scratch: str, out: str, epochs: int | None = None) -> dict:
+def at_resolution(folder: str, resolution: int, dest: str) -> str:
+  """``folder``'s faces framed, with the detail of a ``resolution`` px frame, as a .pts
+  folder ``dest`` (written once): each face shrunk to resolution^2 and enlarged back."""
+  if os.path.isdir(dest):
+    return dest
+  faces, _, names = pts.read_folder(folder)
+  size = keypoints.IMAGE_SIZE
+  images = np.rint(faces.images[..., 0] * 255).astype(np.uint8)
+  images = np.stack([cv2.resize(cv2.resize(image, (resolution, resolution),
+                                           interpolation=cv2.INTER_AREA),
+                                (size, size), interpolation=cv2.INTER_LINEAR)
+                     for image in images])
+  partial = dest + ".partial"
+  pts.write_folder(partial, images, faces.targets.reshape(len(faces), -1, 2),
+                   [os.path.splitext(name)[0] for name in names])
+  os.replace(partial, dest)
+  return dest
+
+
+def run(heldout: str, w300: str, scratch: str, out: str, epochs: int | None = None,
+        resolution: int = keypoints.IMAGE_SIZE) -> dict:
   config = config_lib.defaults()
-  config.data.train_csv = training_folder(heldout, w300, scratch)
+  train, scored = training_folder(heldout, w300, scratch), os.path.join(w300, heldout)
+  name = f"without-{heldout}"
+  if resolution != keypoints.IMAGE_SIZE:
+    folder = os.path.join(scratch, "data", f"r{resolution}")
+    train = at_resolution(train, resolution, os.path.join(folder, f"without-{heldout}"))
+    scored = at_resolution(scored, resolution, os.path.join(folder, heldout))
+    name = f"{name}-r{resolution}"
+  config.data.train_csv = train
   config.data.val_fraction = 0.0
   if epochs:
     config.num_epochs = epochs
-  workdir = os.path.join(scratch, f"without-{heldout}-{config.num_epochs}ep")
+  workdir = os.path.join(scratch, f"{name}-{config.num_epochs}ep")
   trained = loop.train_and_evaluate(config, workdir)
   model = predictor.load(workdir, "latest")
   tta = model.use_tta()
-  figures, _, _ = scoring.evaluate(model, os.path.join(w300, heldout), tta=tta)
+  figures, _, _ = scoring.evaluate(model, scored, tta=tta)
   record = {"heldout": heldout, "trained_on": [s for s in SOURCES if s != heldout],
+            "resolution": resolution,
             "faces": trained["num_train"], "epochs": config.num_epochs,
             "steps": trained["steps"], "budget_images": trained["steps"] * config.batch_size,
             "seed": config.seed, "layout": model.layout.name, "tta": tta,
@@ -65,7 +103,8 @@ def run(heldout: str, w300: str, scratch: str, out: str, epochs: int | None = No
             **{k: figures[k] for k in ("nme", "nme_normaliser", "nme_faces", "rmse", "fr_0.10",
                                        "auc_0.10")}}
   os.makedirs(out, exist_ok=True)
-  files.write_json(os.path.join(out, f"{heldout}.json"), files.jsonable(record))
+  stem = heldout if resolution == keypoints.IMAGE_SIZE else f"{heldout}-r{resolution}"
+  files.write_json(os.path.join(out, f"{stem}.json"), files.jsonable(record))
   print(record)
   return record
 
@@ -81,10 +120,13 @@ def main(argv=None) -> dict:
   flags.DEFINE_string("out", OUT, "where the figures go", flag_values=fv)
   flags.DEFINE_integer("epochs", None, "override the recipe's 50 epochs (a quick look only)",
                        flag_values=fv)
+  flags.DEFINE_integer("resolution", keypoints.IMAGE_SIZE, "the detail the faces keep: framed "
+                       "faces shrunk to this side and enlarged back", lower_bound=8,
+                       upper_bound=keypoints.IMAGE_SIZE, flag_values=fv)
   cli.parse(fv, "python -m experiments.w300", __doc__.splitlines()[0], argv)
   cli.quiet_libraries()
   with cli.user_errors():
-    return run(fv.heldout, fv.w300, fv.scratch, fv.out, fv.epochs)
+    return run(fv.heldout, fv.w300, fv.scratch, fv.out, fv.epochs, fv.resolution)
 
 
 if __name__ == "__main__":
