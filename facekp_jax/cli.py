@@ -47,8 +47,8 @@ def user_errors():
     yield
   except USER_ERRORS as e:
     fail(e)
-  except OSError as e:
-    fail(f"{e.filename or ''}: {e.strerror or e}")
+  except OSError as e:  # Some (Orbax's) carry a message and no file name.
+    fail(f"{e.filename}: {e.strerror or e}" if e.filename else (e.strerror or e))
 
 
 def quiet_libraries() -> None:

@@ -73,9 +73,9 @@ def main(argv):
   workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   logging.info("%s", sharding.topology())
   try:
-    loop.train_and_evaluate(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
-  except cli.USER_ERRORS as e:
-    cli.fail(e)
+    with cli.user_errors():
+      loop.train_and_evaluate(FLAGS.config, workdir,
+                              allow_config_change=FLAGS.allow_config_change)
   except FloatingPointError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)

@@ -53,3 +53,19 @@ def test_batch_larger_than_the_training_set_is_refused(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "batch_size 64 exceeds the 51 training faces" in proc.stderr.strip().splitlines()[-1]
   assert not (tmp_path / "w").exists()
+
+
+def test_os_errors_are_one_line_naming_the_file_or_saying_the_message(capsys):
+  import errno
+
+  import pytest
+
+  from facekp_jax import cli
+  cases = [(FileNotFoundError("Checkpoint at /w/checkpoints/10 not found."),
+            "error: Checkpoint at /w/checkpoints/10 not found."),
+           (OSError(errno.EISDIR, "Is a directory", "/w/out.csv"),
+            "error: /w/out.csv: Is a directory")]
+  for error, line in cases:
+    with pytest.raises(SystemExit) as e, cli.user_errors():
+      raise error
+    assert e.value.code == 2 and capsys.readouterr().err == line + "\n"

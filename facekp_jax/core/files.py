@@ -11,24 +11,37 @@ import math
 import os
 import tempfile
 
+# The process's umask (read once, at import, before any thread runs): a written file gets the
+# mode a plain ``open`` would give it, not ``mkstemp``'s 0600.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str, write) -> None:
   """Calls ``write(f)`` on a binary temporary file in ``path``'s folder, then renames it there.
 
   A killed writer never leaves half a file under the final name, and readers see the old file
   or the new one. The temporary name keeps ``path``'s ending and starts with ``.tmp-``.
+  The file gets the mode ``open`` gives (0666 less the umask). An ``OSError`` of the
+  temporary file (a full or read-only disk, ``path`` a folder) names ``path``, the file the
+  caller asked for.
   """
   folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+  tmp = None
   try:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.fchmod(fd, 0o666 & ~_UMASK)
     with os.fdopen(fd, "wb") as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.errno is not None and (
+        e.filename is None or os.path.basename(str(e.filename)).startswith(".tmp-")):
+      raise OSError(e.errno, e.strerror, path) from e
     raise
 
 

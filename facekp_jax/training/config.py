@@ -225,14 +225,28 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise WorkdirError(f"workdir {workdir}: no config.json (not a training workdir)")
+  return ml_collections.ConfigDict(_tuples(upgrade(saved_config(workdir))))
+
+
+def saved_config(workdir: str) -> dict:
+  """``workdir/config.json`` as saved (a JSON object, not upgraded).
+
+  Raises:
+    WorkdirError: it cannot be read, is not JSON, or is JSON of another shape than a config.
+  """
+  path = os.path.join(workdir, "config.json")
   try:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise WorkdirError(f"workdir {workdir}: cannot read config.json ({e})") from None
-  if not isinstance(saved, dict):
-    raise WorkdirError(f"workdir {workdir}: config.json does not hold a config")
-  return ml_collections.ConfigDict(_tuples(upgrade(saved)))
+    raise WorkdirError(f"workdir {workdir}: cannot read config.json "
+                       f"({getattr(e, 'strerror', None) or e}); it is damaged: restore it, or "
+                       "use another --workdir") from None
+  if not isinstance(saved, dict) or not all(
+      isinstance(saved.get(k, {}), dict) for k in ("data", "model", "augment")):
+    raise WorkdirError(f"workdir {workdir}: config.json does not hold a config; it is damaged: "
+                       "restore it, or use another --workdir")
+  return saved
 
 
 def _model_problems(config, num_devices: int) -> list[str]:

@@ -12,6 +12,7 @@ prediction read a workdir without it, beside a running training.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -20,6 +21,8 @@ import socket
 
 import jax
 import numpy as np
+
+from facekp_jax.core.errors import WorkdirError
 
 LOCK_NAME = ".lock"
 
@@ -57,20 +60,37 @@ def _holder(fd: int) -> str:
 
 
 def _try_lock(workdir: str) -> tuple[int | None, str]:
-  """(fd of the held lock, "") or (None, the holder's description)."""
-  os.makedirs(workdir, exist_ok=True)
-  fd = os.open(os.path.join(workdir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+  """(fd of the held lock, "") or (None, the holder's description).
+
+  The lock is a run's first write: where it fails (a full or read-only disk, a ``.lock``
+  that is a folder), what it made is taken back (the lock file, the workdir folder) and the
+  failure is ``WorkdirError``'s one line."""
+  path = os.path.join(workdir, LOCK_NAME)
+  made = [p for p in (workdir, path) if not os.path.lexists(p)]
+  fd = None
   try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    holder = _holder(fd)
-    os.close(fd)
-    return None, holder
-  info = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-  os.ftruncate(fd, 0)
-  os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-  return fd, ""
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _holder(fd)
+      os.close(fd)
+      return None, holder
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    return fd, ""
+  except OSError as e:
+    if fd is not None:
+      os.close(fd)
+    for p in reversed(made):
+      with contextlib.suppress(OSError):
+        os.remove(p) if p == path else os.rmdir(p)
+    raise WorkdirError(f"workdir {workdir}: cannot take its lock {path} "
+                       f"({e.strerror or e}); nothing was written: free space, mend the "
+                       "disk or its permissions, or use another --workdir") from None
 
 
 def acquire(workdir: str) -> Lock:

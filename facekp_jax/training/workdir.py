@@ -49,6 +49,11 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
           for k in sorted(old) if old[k] != new.get(k, object())]
 
 
+# What a run keeps in its workdir: name -> whether it is a folder (the lock is ``lock``'s).
+RUN_ENTRIES = {"config.json": False, "trained_keypoints.json": False, "metrics.jsonl": False,
+               "results.json": False, "checkpoints": True, "tensorboard": True, ".lock": False}
+
+
 def check_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
   """Refuses a workdir that cannot be written, or that holds a run of another config.
 
@@ -57,15 +62,25 @@ def check_workdir(workdir: str, config, allow_config_change: bool = False) -> No
   """
   existing = os.path.abspath(workdir)
   while not os.path.exists(existing):
+    if os.path.islink(existing):
+      raise WorkdirError(f"workdir {workdir}: {existing} is a symbolic link to "
+                         f"{os.readlink(existing)}, which does not exist; make that folder, "
+                         "or use another --workdir")
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
     raise WorkdirError(f"workdir {workdir}: {existing} is not a folder")
   if not os.access(existing, os.W_OK | os.X_OK):
     raise WorkdirError(f"workdir {workdir}: {existing} is not writable")
-  saved_path = os.path.join(workdir, "config.json")
-  if os.path.exists(saved_path) and not allow_config_change:
-    with open(saved_path) as f:
-      diffs = config_differences(json.load(f), config)
+  for name, folder in RUN_ENTRIES.items():
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and (os.path.isdir(path) != folder or not os.path.exists(path)):
+      what = ("a dangling symbolic link" if not os.path.exists(path) else
+              "a folder" if os.path.isdir(path) else "a file")
+      raise WorkdirError(f"workdir {workdir}: {path} is {what}, where a run keeps "
+                         f"{'its folder' if folder else 'a file'}; move it away, or use "
+                         "another --workdir")
+  if os.path.exists(os.path.join(workdir, "config.json")) and not allow_config_change:
+    diffs = config_differences(config_lib.saved_config(workdir), config)
     if diffs:
       raise WorkdirError(f"workdir {workdir} holds a run with another config ({'; '.join(diffs)}); "
                          "use a new --workdir, or --allow_config_change to continue anyway")
@@ -85,8 +100,10 @@ def trained_keypoints(workdir: str, layout: keypoints.Layout) -> np.ndarray:
   try:
     with open(path) as f:
       names = set(json.load(f)["trained"])
-  except (OSError, ValueError, KeyError) as e:
-    raise WorkdirError(f"workdir {workdir}: cannot read {TRAINED_KEYPOINTS} ({e})") from None
+  except (OSError, ValueError, KeyError, TypeError) as e:  # TypeError: JSON of another shape.
+    raise WorkdirError(f"workdir {workdir}: cannot read {TRAINED_KEYPOINTS} "
+                       f"({getattr(e, 'strerror', None) or e}); it is damaged: restore it, or "
+                       "delete it to count every keypoint as trained") from None
   return np.repeat([float(n in names) for n in layout.names], 2).astype(np.float32)
 
 
@@ -97,7 +114,7 @@ def mean_shape(workdir: str, layout: keypoints.Layout) -> np.ndarray | None:
   try:
     with open(path) as f:
       mean = json.load(f).get("mean")
-  except (OSError, ValueError):
+  except (OSError, ValueError, AttributeError):  # AttributeError: JSON of another shape.
     return None
   if not isinstance(mean, dict):
     return None

@@ -183,6 +183,14 @@ def test_unusable_workdir_is_refused_before_anything_is_written(csv, tmp_path):
   blocker.write_text("x")
   proc = _run(csv, blocker / "run")
   assert proc.returncode == 2 and "is not a folder" in proc.stderr.strip().splitlines()[-1]
+  damaged = tmp_path / "damaged"  # A workdir whose config.json is not JSON: one line, as is.
+  damaged.mkdir()
+  (damaged / "config.json").write_text("{torn")
+  proc = _run(csv, damaged)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+  assert "cannot read config.json" in proc.stderr.strip().splitlines()[-1]
+  assert sorted(p.name for p in damaged.iterdir()) == ["config.json"]
+  assert (damaged / "config.json").read_text() == "{torn"
   if os.geteuid() != 0:  # Root may write anywhere.
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)

@@ -98,3 +98,99 @@ def test_orbax_records_of_a_disk_failure_are_dropped_and_no_others():
       "asyncio", logging.ERROR, os.path.join("asyncio", "base_events.py"), 1,
       "Task exception was never retrieved", (), (OSError, full, None))
   assert not noise.filter(unretrieved)  # Orbax's tasks' errors, logged by asyncio.
+
+
+# Damaged workdirs and failing first writes (issue 25): each a one-line WorkdirError, nothing
+# written. ``check_workdir`` runs before the data loads, the lock is the run's first write.
+
+def _tiny_config():
+  from configs import tiny
+  return tiny.get_config()
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("{not json", "cannot read config.json"),
+    ("[1, 2]", "does not hold a config"),
+    ('{"data": 5}', "does not hold a config"),
+    (b"\xff\xfe\x00", "cannot read config.json"),
+])
+def test_a_damaged_config_json_is_one_line_before_anything_runs(tmp_path, text, problem):
+  (tmp_path / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+  with pytest.raises(errors.WorkdirError, match=problem) as e:
+    workdir_lib.check_workdir(str(tmp_path), _tiny_config())
+  assert "\n" not in str(e.value) and "damaged" in str(e.value)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("metrics.jsonl", "folder"), (".lock", "folder"), ("results.json", "folder"),
+    ("checkpoints", "file"), ("config.json", "dangling"), ("tensorboard", "dangling"),
+])
+def test_a_run_file_of_the_wrong_kind_is_refused_naming_it(tmp_path, name, make):
+  path = tmp_path / name
+  if make == "folder":
+    path.mkdir()
+  elif make == "file":
+    path.write_text("x")
+  else:
+    path.symlink_to(tmp_path / "gone")
+  before = sorted(p.name for p in tmp_path.iterdir())
+  with pytest.raises(errors.WorkdirError, match=f"{path} is a") as e:
+    workdir_lib.check_workdir(str(tmp_path), _tiny_config())
+  assert "move it away" in str(e.value)
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_dangling_symlink_as_the_workdir_names_its_target(tmp_path):
+  link = tmp_path / "w"
+  link.symlink_to(tmp_path / "missing" / "run")
+  with pytest.raises(errors.WorkdirError, match="symbolic link to .*missing/run, which does not"):
+    workdir_lib.check_workdir(str(link), _tiny_config())
+  assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("call", ["makedirs", "open", "pwrite"])
+def test_a_failing_first_write_takes_back_the_lock_and_the_folder(tmp_path, monkeypatch, call):
+  from facekp_jax.training import lock
+  real = getattr(os, call)
+
+  def full(*args, **kwargs):
+    real(*args, **kwargs)  # The call itself happens (a folder, an empty file), then fails.
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(lock.os, call, full)
+  workdir = tmp_path / "new" / "w"
+  with pytest.raises(errors.WorkdirError, match=r"cannot take its lock .*\.lock \(No space left"):
+    lock.acquire(str(workdir))
+  assert not workdir.exists()  # No empty .lock and no empty folder stay behind.
+  existing = tmp_path / "old"
+  existing.mkdir()
+  with pytest.raises(errors.WorkdirError):
+    lock.acquire(str(existing))
+  assert existing.is_dir() and not list(existing.iterdir())
+
+
+def test_trained_keypoints_of_another_shape_is_one_line(tmp_path):
+  from facekp_jax.core import keypoints
+  path = tmp_path / workdir_lib.TRAINED_KEYPOINTS
+  for text in ("[1, 2]", '{"trained": 5}'):
+    path.write_text(text)
+    with pytest.raises(errors.WorkdirError, match="cannot read trained_keypoints.json"):
+      workdir_lib.trained_keypoints(str(tmp_path), keypoints.KAGGLE)
+    assert workdir_lib.mean_shape(str(tmp_path), keypoints.KAGGLE) is None
+
+
+def test_atomic_write_names_the_callers_path_and_gives_opens_mode(tmp_path):
+  from facekp_jax.core import files
+  folder = tmp_path / "out.json"
+  folder.mkdir()
+  with pytest.raises(IsADirectoryError) as e:
+    files.write_json(str(folder), {"a": 1})
+  assert e.value.filename == str(folder)
+  with pytest.raises(FileNotFoundError) as e:
+    files.write_json(str(tmp_path / "no" / "x.json"), {})
+  assert e.value.filename == str(tmp_path / "no" / "x.json")
+  assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # No temporary file stays.
+  files.write_json(str(tmp_path / "a.json"), {})
+  umask = os.umask(0)
+  os.umask(umask)
+  assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
