@@ -8,6 +8,12 @@ it into place when complete, so a killed save is never picked up on restart.
 Retention: the last ``keep`` checkpoints plus the best by validation RMSE. ``restore_trained``
 reads a finished or running workdir's best or latest state, read only (evaluate, predict, export).
 
+A damaged checkpoint (a file cut short or garbled: ``damage``) is passed over for the newest
+one that reads whole: a resumed training says so in one line and moves the damaged ones into
+``workdir/damaged_checkpoints`` (they would shadow the steps it is about to save again); a
+reader says so and reads the next. A checkpoint deleted under a reader by the training's
+retention is looked for again.
+
 With several processes every process creates the ``Checkpointer`` and calls ``save``,
 ``restore``, ``wait`` and ``close`` at the same points: Orbax synchronises them, process 0
 (its primary host) creates folders, writes ``progress`` and renames a finished checkpoint into
@@ -16,8 +22,11 @@ place, and every process must see the same ``workdir`` (shared storage; checked 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import sys
 from typing import Any
 
 import jax
@@ -27,8 +36,10 @@ from orbax.checkpoint import checkpoint_managers
 from facekp_jax.core import sharding
 from facekp_jax.core.errors import WorkdirError
 from facekp_jax.training import distributed
+from facekp_jax.training import workdir as workdir_lib
 
 _BEST_METRIC = "val_rmse"
+_READ_TRIES = 5  # Times a reader lists the checkpoints again after one vanished under it.
 CHECKPOINTS = ("best", "latest")
 
 
@@ -101,11 +112,111 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
     return restored.state, restored.progress
 
+  def steps(self) -> list[int]:
+    """The steps on disk now, newest first (re-read: a training beside may have moved on)."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps(), reverse=True)
+
+  def restore_intact(self, state_like, steps: list[int]) -> tuple[Any, dict, int, list[int]]:
+    """Restores the first of ``steps`` that reads whole: ``(state, progress, step, damaged)``,
+    ``damaged`` the steps before it that are damaged (``damage``'s). A step that vanishes
+    while it is read (a training beside deleted it) is skipped, as one that does not fit
+    ``state_like`` raises.
+
+    Raises:
+      CheckpointDamaged: none of ``steps`` reads whole (``damaged`` lists them).
+      ValueError, KeyError, TypeError: a checkpoint that does not fit ``state_like``.
+    """
+    damaged = []
+    for step in steps:
+      try:
+        state, progress = self.restore(state_like, step)
+        # One deleted while being read looked damaged: it is gone now.
+        damaged = [d for d in damaged if os.path.isdir(os.path.join(self.directory, str(d)))]
+        return state, progress, step, damaged
+      except Exception as e:  # pylint: disable=broad-except
+        _quiet_failed_reads()
+        if not os.path.isdir(os.path.join(self.directory, str(step))):
+          continue  # Deleted under the reader by the training's retention.
+        if damage(e) is None:
+          raise
+        damaged.append(step)
+    raise CheckpointDamaged(damaged)
+
+  def set_aside(self, steps: list[int]) -> str:
+    """Moves damaged checkpoints out of the run's way, into ``workdir/damaged_checkpoints``
+    (kept, not deleted); returns that folder."""
+    aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      target = os.path.join(aside, str(step))
+      n = 1
+      while os.path.lexists(target):
+        target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+      os.replace(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return aside
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+
+
+class CheckpointDamaged(Exception):
+  """None of the checkpoints tried reads whole; ``steps`` lists the damaged ones."""
+
+  def __init__(self, steps: list[int]):
+    super().__init__(f"damaged checkpoints: {steps}")
+    self.steps = steps
+
+
+# What TensorStore and Orbax say of a checkpoint whose files are cut short, garbled or missing
+# (as opposed to one of another model, which names shapes, structures or keys).
+_DAMAGE = re.compile(r"OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION|Truncated|corrupt|"
+                     r"Encountered error while reading|Error reading", re.IGNORECASE)
+
+
+def damage(error: BaseException) -> str | None:
+  """What is damaged in a checkpoint, from a restore's ``error`` and the errors it was raised
+  from, in one line; None where the error is not damage (a checkpoint of another model)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    message = " ".join(str(error).split())
+    if isinstance(error, (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError)) or (
+        _DAMAGE.search(message)):
+      return message[:160]
+    error = error.__cause__ or error.__context__
+  return None
+
+
+class _ReadNoise(logging.Filter):
+  """Drops what Orbax's and asyncio's tasks log of a read that failed and was handled (a
+  damaged or vanished checkpoint): their errors surface again, as "Task exception was never
+  retrieved" tracebacks, until the process ends."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.WARNING or not (
+        record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in record.pathname):
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    text = f"{record.getMessage()} {error}"
+    return not ((error is not None and damage(error)) or damage(ValueError(text))
+                or "NOT_FOUND" in text)
+
+
+_read_noise = None
+
+
+def _quiet_failed_reads() -> None:
+  """Installs ``_ReadNoise`` on the log handlers, once per process, for good."""
+  global _read_noise
+  if _read_noise is None:
+    _read_noise = _ReadNoise()
+    for handler in workdir_lib.log_handlers():
+      handler.addFilter(_read_noise)
 
 
 def restore_trained(workdir: str, target_fn, which: str = "best"):
@@ -134,16 +245,34 @@ def restore_trained(workdir: str, target_fn, which: str = "best"):
       raise WorkdirError(
           f"workdir {workdir}: no checkpoint to restore (train one first: python -m "
           f"facekp_jax.main --config=... --workdir={workdir})")
-    step = latest
-    if which == "best" and ckpt.best_step() is not None:
-      step = ckpt.best_step()
-    try:
-      state, _ = ckpt.restore(jax.eval_shape(target_fn), step=step)
-    except (ValueError, KeyError, TypeError) as e:
-      detail = " ".join(str(e).split())[:200]
-      raise WorkdirError(f"workdir {workdir}: the checkpoint at step {step} does "
-                         f"not fit the model of config.json ({detail})") from None
+    abstract = jax.eval_shape(target_fn)
+    steps = []
+    for _ in range(_READ_TRIES):  # A training beside may delete what was listed: list again.
+      try:
+        steps = ckpt.steps()
+        best = ckpt.best_step() if which == "best" else None
+        order = ([best] if best in steps else []) + [s for s in steps if s != best]
+        state, _, step, damaged = ckpt.restore_intact(abstract, order)
+      except FileNotFoundError:
+        continue  # Listed, then deleted before Orbax read its metadata.
+      except CheckpointDamaged as e:
+        if ckpt.steps() != steps:
+          continue
+        raise WorkdirError(f"workdir {workdir}: every checkpoint is damaged (steps "
+                           f"{', '.join(map(str, e.steps))}): train again, into another "
+                           "--workdir or after moving checkpoints/ away") from None
+      except (ValueError, KeyError, TypeError) as e:
+        if ckpt.steps() != steps:
+          continue
+        detail = " ".join(str(e).split())[:200]
+        raise WorkdirError(f"workdir {workdir}: a checkpoint does not fit the model of "
+                           f"config.json ({detail})") from None
+      if damaged:
+        print(f"note: workdir {workdir}: the checkpoint at step {damaged[0]} is damaged; "
+              f"read step {step} instead", file=sys.stderr)
+      return state, step
+    raise WorkdirError(f"workdir {workdir}: its checkpoints kept changing while being read "
+                       "(a training is deleting them): try again")
   finally:
     if ckpt:
       ckpt.close()
-  return state, step

@@ -161,7 +161,7 @@ class _OrbaxDiskNoise(logging.Filter):
                 or disk_failure(ValueError(record.getMessage())))
 
 
-def _log_handlers() -> list[logging.Handler]:
+def log_handlers() -> list[logging.Handler]:
   """The handlers every record reaches (absl's is the root logger's): a filter on a logger
   would miss the records of other loggers (asyncio's) that propagate to them."""
   return [h for name in ("", "absl") for h in logging.getLogger(name).handlers]
@@ -177,7 +177,7 @@ def disk_failures_end_the_run(workdir: str):
   renames complete checkpoints only), so running the same command again resumes. Orbax's own
   error records of the disk failure (``_OrbaxDiskNoise``) stay out of the log meanwhile.
   """
-  noise, handlers = _OrbaxDiskNoise(), _log_handlers()
+  noise, handlers = _OrbaxDiskNoise(), log_handlers()
   for handler in handlers:
     handler.addFilter(noise)
   try:

@@ -273,3 +273,96 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(csv, 
     _assert_same_run(uninterrupted, workdir)
   finally:
     subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _damage(workdir, step):
+  """Cuts the largest array file of checkpoint ``step`` to 100 bytes (a torn write)."""
+  data = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(workdir, "checkpoints",
+                                                                  str(step), "state")) for f in fs]
+  victim = max(data, key=os.path.getsize)
+  with open(victim, "r+b") as f:
+    f.truncate(100)
+
+
+def _target(workdir):
+  trainer = steps.Trainer(config_lib.read_config(str(workdir)), sharding.make_mesh())
+  return trainer.init_state
+
+
+def test_a_damaged_latest_checkpoint_is_passed_over_by_readers_and_resume(csv, uninterrupted,
+                                                                          tmp_path, capsys):
+  import shutil
+
+  from facekp_jax.core.errors import WorkdirError
+  workdir = tmp_path / "w"
+  shutil.copytree(uninterrupted, workdir)
+  on_disk = sorted(_steps(workdir))
+  _damage(workdir, on_disk[-1])
+  _, step = checkpoint.restore_trained(str(workdir), _target(workdir), "latest")
+  assert step == on_disk[-2]
+  assert capsys.readouterr().err.strip() == (
+      f"note: workdir {workdir}: the checkpoint at step {on_disk[-1]} is damaged; read step "
+      f"{on_disk[-2]} instead")
+  # The same command resumes from the intact one, sets the damaged one aside, and ends where
+  # the uninterrupted run did, bit for bit.
+  proc = _run(csv, workdir)
+  assert proc.returncode == 0, proc.stderr
+  assert f"the checkpoint at step {on_disk[-1]} is damaged" in proc.stderr
+  assert os.listdir(workdir / "damaged_checkpoints") == [str(on_disk[-1])]
+  _assert_same_run(uninterrupted, workdir)
+  for s in _steps(workdir):  # Every checkpoint damaged: one line, for readers and resume alike.
+    _damage(workdir, s)
+  with pytest.raises(WorkdirError, match="every checkpoint is damaged"):
+    checkpoint.restore_trained(str(workdir), _target(workdir))
+  proc = _run(csv, workdir, "--config.num_epochs=7", "--allow_config_change")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert "every checkpoint is damaged" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_readers_beside_a_training_always_read_a_whole_checkpoint(csv, tmp_path):
+  """Loads hammer a training that saves every step and keeps one: each load reads a whole
+  checkpoint or finds none yet, never a half-deleted one."""
+  from facekp_jax.core.errors import WorkdirError
+  workdir = tmp_path / "w"
+  proc = subprocess.Popen(_args(csv, workdir, "--config.keep_checkpoints=1",
+                                "--config.num_epochs=12"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                          cwd=ROOT)
+  read, none_yet = [], 0
+  deadline = time.time() + 280
+  try:
+    while not (workdir / "config.json").exists() and proc.poll() is None:
+      time.sleep(0.05)
+    target = _target(workdir)
+    while proc.poll() is None and time.time() < deadline:
+      for which in checkpoint.CHECKPOINTS:
+        try:
+          _, step = checkpoint.restore_trained(str(workdir), target, which)
+          read.append(step)
+        except WorkdirError as e:
+          assert "no checkpoint to restore" in str(e), e
+          none_yet += 1
+  finally:
+    proc.kill() if proc.poll() is None else None
+    _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err
+  assert len(read) >= 10 and len(set(read)) >= 3, (read, none_yet)
+
+
+def test_what_orbax_tasks_log_of_a_handled_read_failure_is_dropped_and_nothing_else():
+  import logging
+  noise = checkpoint._ReadNoise()
+  torn = ValueError('OUT_OF_RANGE: Error reading "params.x/0" in OCDBT database')
+  gone = ValueError('NOT_FOUND: Error opening "zarr" driver: Metadata at "x/.zarray" does not '
+                    "exist")
+
+  def record(name, error, level=logging.ERROR):
+    path = os.path.join("asyncio", "base_events.py")
+    return logging.LogRecord(name, level, path, 1, "Task exception was never retrieved", (),
+                             (type(error), error, None))
+
+  assert not noise.filter(record("asyncio", torn))
+  assert not noise.filter(record("asyncio", gone))
+  assert noise.filter(record("asyncio", ValueError("a bug")))  # Not a read failure: kept.
+  assert noise.filter(record("facekp_jax", torn))  # Not asyncio's or Orbax's: kept.
+  assert noise.filter(record("asyncio", torn, level=logging.INFO))
