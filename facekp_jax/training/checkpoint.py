@@ -237,42 +237,54 @@ def restore_trained(workdir: str, target_fn, which: str = "best"):
   """
   if which not in CHECKPOINTS:
     raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {which!r}")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  ckpt = Checkpointer(workdir, read_only=True) if os.path.isdir(ckpt_dir) else None
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise WorkdirError(_NO_CHECKPOINT.format(workdir=workdir))
+  abstract = jax.eval_shape(target_fn)
+  for _ in range(_READ_TRIES):  # A training beside may delete what was listed: list again.
+    ckpt, steps = None, None
+    try:
+      ckpt = Checkpointer(workdir, read_only=True)  # Lists (and stats) the steps on disk.
+      steps = ckpt.steps()
+      if not steps:
+        raise WorkdirError(_NO_CHECKPOINT.format(workdir=workdir))
+      best = ckpt.best_step() if which == "best" else None
+      order = ([best] if best in steps else []) + [s for s in steps if s != best]
+      state, _, step, damaged = ckpt.restore_intact(abstract, order)
+    except WorkdirError:
+      raise
+    except FileNotFoundError:
+      continue  # Listed, then deleted before Orbax read its metadata.
+    except CheckpointDamaged as e:
+      if steps is None or _listing(ckpt) != steps:
+        continue
+      raise WorkdirError(f"workdir {workdir}: every checkpoint is damaged (steps "
+                         f"{', '.join(map(str, e.steps))}): train again, into another "
+                         "--workdir or after moving checkpoints/ away") from None
+    except (ValueError, KeyError, TypeError) as e:
+      if steps is None or _listing(ckpt) != steps:
+        continue
+      detail = " ".join(str(e).split())[:200]
+      raise WorkdirError(f"workdir {workdir}: a checkpoint does not fit the model of "
+                         f"config.json ({detail})") from None
+    finally:
+      if ckpt is not None:
+        ckpt.close()
+    if damaged:
+      print(f"note: workdir {workdir}: the checkpoint at step {damaged[0]} is damaged; "
+            f"read step {step} instead", file=sys.stderr)
+    return state, step
+  raise WorkdirError(f"workdir {workdir}: its checkpoints kept changing while being read "
+                     "(a training is deleting them): try again")
+
+
+_NO_CHECKPOINT = ("workdir {workdir}: no checkpoint to restore (train one first: python -m "
+                  "facekp_jax.main --config=... --workdir={workdir})")
+
+
+def _listing(ckpt: Checkpointer | None) -> list[int] | None:
+  """``ckpt``'s steps now; None where listing them raced a deletion or where ``ckpt`` could
+  not be made (so that a reader tries again)."""
   try:
-    latest = ckpt.latest_step() if ckpt else None
-    if latest is None:
-      raise WorkdirError(
-          f"workdir {workdir}: no checkpoint to restore (train one first: python -m "
-          f"facekp_jax.main --config=... --workdir={workdir})")
-    abstract = jax.eval_shape(target_fn)
-    steps = []
-    for _ in range(_READ_TRIES):  # A training beside may delete what was listed: list again.
-      try:
-        steps = ckpt.steps()
-        best = ckpt.best_step() if which == "best" else None
-        order = ([best] if best in steps else []) + [s for s in steps if s != best]
-        state, _, step, damaged = ckpt.restore_intact(abstract, order)
-      except FileNotFoundError:
-        continue  # Listed, then deleted before Orbax read its metadata.
-      except CheckpointDamaged as e:
-        if ckpt.steps() != steps:
-          continue
-        raise WorkdirError(f"workdir {workdir}: every checkpoint is damaged (steps "
-                           f"{', '.join(map(str, e.steps))}): train again, into another "
-                           "--workdir or after moving checkpoints/ away") from None
-      except (ValueError, KeyError, TypeError) as e:
-        if ckpt.steps() != steps:
-          continue
-        detail = " ".join(str(e).split())[:200]
-        raise WorkdirError(f"workdir {workdir}: a checkpoint does not fit the model of "
-                           f"config.json ({detail})") from None
-      if damaged:
-        print(f"note: workdir {workdir}: the checkpoint at step {damaged[0]} is damaged; "
-              f"read step {step} instead", file=sys.stderr)
-      return state, step
-    raise WorkdirError(f"workdir {workdir}: its checkpoints kept changing while being read "
-                       "(a training is deleting them): try again")
-  finally:
-    if ckpt:
-      ckpt.close()
+    return ckpt.steps() if ckpt is not None else None
+  except FileNotFoundError:
+    return None
