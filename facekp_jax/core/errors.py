@@ -1,5 +1,7 @@
 """The user-facing errors: each is one line that a command prints before it exits with code 2."""
 
+from collections.abc import Iterator
+
 
 class DataError(ValueError):
   """A one-line, user-facing description of a problem with an input file."""
@@ -11,3 +13,13 @@ class WorkdirError(ValueError):
 
 class ConfigError(ValueError):
   """A config value that cannot work, described in one line."""
+
+
+def chain(error: BaseException | None) -> Iterator[BaseException]:
+  """``error`` and the errors it was raised from or while handling, each once (libraries such
+  as Orbax wrap the error that tells what happened)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__

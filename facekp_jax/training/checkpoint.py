@@ -9,9 +9,9 @@ Retention: the last ``keep`` checkpoints plus the best by validation RMSE. ``res
 reads a finished or running workdir's best or latest state, read only (evaluate, predict, export).
 
 A damaged checkpoint (a file cut short or garbled: ``damage``) is passed over for the newest
-one that reads whole: a resumed training says so in one line and moves the damaged ones into
-``workdir/damaged_checkpoints`` (they would shadow the steps it is about to save again); a
-reader says so and reads the next. A checkpoint deleted under a reader by the training's
+one that reads whole: a resumed training (``Checkpointer.resume``) says so in one line and
+moves the damaged ones into ``workdir/damaged_checkpoints`` (they would shadow the steps it is
+about to save again); a reader says so and reads the next. A checkpoint deleted under a reader by the training's
 retention is looked for again.
 
 With several processes every process creates the ``Checkpointer`` and calls ``save``,
@@ -33,7 +33,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from facekp_jax.core import sharding
+from facekp_jax.core import errors, sharding
 from facekp_jax.core.errors import WorkdirError
 from facekp_jax.training import distributed
 from facekp_jax.training import workdir as workdir_lib
@@ -143,6 +143,26 @@ class Checkpointer:
         damaged.append(step)
     raise CheckpointDamaged(damaged)
 
+  def resume(self, state_like) -> tuple[Any, dict]:
+    """(state, progress) of the newest checkpoint that reads whole, for a training resuming;
+    damaged newer ones are set aside (``set_aside``) with one line saying so.
+
+    Raises:
+      WorkdirError: every checkpoint is damaged, or they do not fit ``state_like``.
+    """
+    workdir = os.path.dirname(self.directory)
+    try:
+      state, progress, step, damaged = self.restore_intact(state_like, self.steps())
+    except (CheckpointDamaged, ValueError, KeyError, TypeError) as e:
+      raise _unreadable(workdir, e, f"nothing to resume: move {self.directory} away to train "
+                        "afresh, or use another --workdir") from None
+    if damaged:
+      aside = self.set_aside(damaged)
+      logging.getLogger("absl").warning(
+          "workdir %s: the checkpoint at step %s is damaged (moved into %s); resuming from "
+          "step %d", workdir, ", ".join(map(str, damaged)), aside, step)
+    return state, progress
+
   def set_aside(self, steps: list[int]) -> str:
     """Moves damaged checkpoints out of the run's way, into ``workdir/damaged_checkpoints``
     (kept, not deleted); returns that folder."""
@@ -181,30 +201,21 @@ _DAMAGE = re.compile(r"OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION|Truncated|corr
 def damage(error: BaseException) -> str | None:
   """What is damaged in a checkpoint, from a restore's ``error`` and the errors it was raised
   from, in one line; None where the error is not damage (a checkpoint of another model)."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    message = " ".join(str(error).split())
-    if isinstance(error, (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError)) or (
+  for e in errors.chain(error):
+    message = " ".join(str(e).split())
+    if isinstance(e, (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError)) or (
         _DAMAGE.search(message)):
       return message[:160]
-    error = error.__cause__ or error.__context__
   return None
 
 
-class _ReadNoise(logging.Filter):
-  """Drops what Orbax's and asyncio's tasks log of a read that failed and was handled (a
-  damaged or vanished checkpoint): their errors surface again, as "Task exception was never
-  retrieved" tracebacks, until the process ends."""
+class _ReadNoise(workdir_lib.LibraryNoise):
+  """The records of a read that failed and was handled (a damaged or vanished checkpoint):
+  Orbax's tasks' errors surface again, as "Task exception was never retrieved" tracebacks,
+  until the process ends."""
 
-  def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.WARNING or not (
-        record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in record.pathname):
-      return True
-    error = record.exc_info[1] if record.exc_info else None
-    text = f"{record.getMessage()} {error}"
-    return not ((error is not None and damage(error)) or damage(ValueError(text))
-                or "NOT_FOUND" in text)
+  def is_noise(self, error: BaseException) -> bool:
+    return damage(error) is not None or "NOT_FOUND" in str(error)
 
 
 _read_noise = None
@@ -254,18 +265,11 @@ def restore_trained(workdir: str, target_fn, which: str = "best"):
       raise
     except FileNotFoundError:
       continue  # Listed, then deleted before Orbax read its metadata.
-    except CheckpointDamaged as e:
+    except (CheckpointDamaged, ValueError, KeyError, TypeError) as e:
       if steps is None or _listing(ckpt) != steps:
         continue
-      raise WorkdirError(f"workdir {workdir}: every checkpoint is damaged (steps "
-                         f"{', '.join(map(str, e.steps))}): train again, into another "
-                         "--workdir or after moving checkpoints/ away") from None
-    except (ValueError, KeyError, TypeError) as e:
-      if steps is None or _listing(ckpt) != steps:
-        continue
-      detail = " ".join(str(e).split())[:200]
-      raise WorkdirError(f"workdir {workdir}: a checkpoint does not fit the model of "
-                         f"config.json ({detail})") from None
+      raise _unreadable(workdir, e, "train again, into another --workdir or after moving "
+                        "checkpoints/ away") from None
     finally:
       if ckpt is not None:
         ckpt.close()
@@ -275,6 +279,16 @@ def restore_trained(workdir: str, target_fn, which: str = "best"):
     return state, step
   raise WorkdirError(f"workdir {workdir}: its checkpoints kept changing while being read "
                      "(a training is deleting them): try again")
+
+
+def _unreadable(workdir: str, error: Exception, way_on: str) -> WorkdirError:
+  """The one line for checkpoints that cannot be restored: all damaged (``CheckpointDamaged``),
+  or not of the model of the config (a ValueError, KeyError or TypeError of Orbax's)."""
+  if isinstance(error, CheckpointDamaged):
+    return WorkdirError(f"workdir {workdir}: every checkpoint is damaged (steps "
+                        f"{', '.join(map(str, error.steps))}): {way_on}")
+  return WorkdirError(f"workdir {workdir}: a checkpoint does not fit the model of config.json "
+                      f"({' '.join(str(error).split())[:200]})")
 
 
 _NO_CHECKPOINT = ("workdir {workdir}: no checkpoint to restore (train one first: python -m "

@@ -99,26 +99,6 @@ def _resumed_layout(config: ml_collections.ConfigDict, workdir: str) -> ml_colle
   return _with_layout(config, keypoints.get(saved))
 
 
-def _resume(ckpt: checkpoint.Checkpointer, state, workdir: str):
-  """(state, progress) of the newest checkpoint that reads whole; damaged newer ones are set
-  aside with one line saying so."""
-  try:
-    state, progress, step, damaged = ckpt.restore_intact(state, ckpt.steps())
-  except checkpoint.CheckpointDamaged as e:
-    raise WorkdirError(f"workdir {workdir}: every checkpoint is damaged (steps "
-                       f"{', '.join(map(str, e.steps))}); nothing to resume: move "
-                       f"{ckpt.directory} away to train afresh, or use another --workdir") from None
-  except (ValueError, KeyError, TypeError) as e:
-    detail = " ".join(str(e).split())[:200]
-    raise WorkdirError(f"workdir {workdir}: its checkpoint does not fit the model of the "
-                       f"config ({detail}); use another --workdir") from None
-  if damaged:
-    aside = ckpt.set_aside(damaged)
-    logging.warning("workdir %s: the checkpoint at step %s is damaged (moved into %s); resuming "
-                    "from step %d", workdir, ", ".join(map(str, damaged)), aside, step)
-  return state, progress
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict:
   """Trains on ``config.data``, evaluates on the validation split, writes the workdir.
@@ -159,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state = trainer.init_state(len(train) // config.batch_size)
       progress = {"history": []}
       if ckpt.latest_step() is not None:
-        state, progress = _resume(ckpt, state, workdir)
+        state, progress = ckpt.resume(state)
         logging.info("resumed from the checkpoint at step %d", int(state.step))
       writer.rewrite_metrics(progress["history"])
       state, history = _fit(trainer, state, progress, train, val, ckpt, writer)

@@ -18,9 +18,10 @@ import re
 import ml_collections
 import numpy as np
 
-from facekp_jax.core import files, keypoints
+from facekp_jax.core import errors, files, keypoints
 from facekp_jax.core.errors import WorkdirError
 from facekp_jax.training import config as config_lib
+from facekp_jax.training import lock
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -49,9 +50,10 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
           for k in sorted(old) if old[k] != new.get(k, object())]
 
 
-# What a run keeps in its workdir: name -> whether it is a folder (the lock is ``lock``'s).
+# What a run keeps in its workdir: name -> whether it is a folder.
 RUN_ENTRIES = {"config.json": False, "trained_keypoints.json": False, "metrics.jsonl": False,
-               "results.json": False, "checkpoints": True, "tensorboard": True, ".lock": False}
+               "results.json": False, "checkpoints": True, "tensorboard": True,
+               lock.LOCK_NAME: False}
 
 
 def check_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
@@ -133,32 +135,39 @@ _TENSORSTORE_FILE = re.compile(r'file "([^"]+)"')
 def disk_failure(error: BaseException) -> OSError | None:
   """The storage error (``DISK_ERRNOS``) behind ``error``, looking through the exceptions it
   was raised from (Orbax wraps its writers' errors) and TensorStore's messages, or None."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
-      return error
-    code = _TENSORSTORE_OS_ERROR.search(str(error))
+  for e in errors.chain(error):
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+      return e
+    code = _TENSORSTORE_OS_ERROR.search(str(e))
     if code and int(code.group(1)) in DISK_ERRNOS:
-      path = _TENSORSTORE_FILE.search(str(error))
+      path = _TENSORSTORE_FILE.search(str(e))
       return OSError(int(code.group(1)), os.strerror(int(code.group(1))),
                      path.group(1) if path else None)
-    error = error.__cause__ or error.__context__
   return None
 
 
-class _OrbaxDiskNoise(logging.Filter):
-  """Drops the records of a disk failure that others log: Orbax's writer threads log each
-  failing write with a traceback (~280 lines), and asyncio its tasks' unretrieved errors,
-  before and after the run's one-line error."""
+class LibraryNoise(logging.Filter):
+  """Drops the WARNING and ERROR records that Orbax (its writer threads: each failing write
+  with a traceback, ~280 lines) and asyncio (its tasks' unretrieved errors) log of a failure
+  the run has handled, before and after its one line. ``is_noise(error)`` says which."""
+
+  def is_noise(self, error: BaseException) -> bool:
+    raise NotImplementedError
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.WARNING or not (
         record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in record.pathname):
       return True
     error = record.exc_info[1] if record.exc_info else None
-    return not ((error is not None and disk_failure(error))
-                or disk_failure(ValueError(record.getMessage())))
+    return not ((error is not None and self.is_noise(error))
+                or self.is_noise(ValueError(record.getMessage())))
+
+
+class _OrbaxDiskNoise(LibraryNoise):
+  """The records of a disk failure (``disk_failure``)."""
+
+  def is_noise(self, error: BaseException) -> bool:
+    return disk_failure(error) is not None
 
 
 def log_handlers() -> list[logging.Handler]:
