@@ -11,8 +11,8 @@ reads a finished or running workdir's best or latest state, read only (evaluate,
 A damaged checkpoint (a file cut short or garbled: ``damage``) is passed over for the newest
 one that reads whole: a resumed training (``Checkpointer.resume``) says so in one line and
 moves the damaged ones into ``workdir/damaged_checkpoints`` (they would shadow the steps it is
-about to save again); a reader says so and reads the next. A checkpoint deleted under a reader by the training's
-retention is looked for again.
+about to save again); a reader says so and reads the next. A checkpoint deleted under a
+reader by the training's retention is looked for again.
 
 With several processes every process creates the ``Checkpointer`` and calls ``save``,
 ``restore``, ``wait`` and ``close`` at the same points: Orbax synchronises them, process 0
