@@ -7,11 +7,16 @@ whose columns a file's header holds exactly. A test file holds ``ImageId`` and `
 Whole files (``read_training_csv``, ``read_test_csv``) or streamed in chunks for files too large
 to hold as text and images at once (``read_training_chunks``, ``read_test_chunks``), with the
 same checks and messages. Every problem with an input file raises ``DataError`` whose message
-is one line naming the file, the row (1-based, excluding the header) and the problem.
+is one line naming the file, the row (1-based, excluding the header) and the problem. Every read
+checks the raw header first (``_header``: each column once, the required ones there) and streams
+through ``_LineLimit``, which refuses a line no face row could fill before pandas splits it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import os
 import zlib
 from collections.abc import Iterator
@@ -37,24 +42,115 @@ BAD_LABELS = ("error", "mask", "drop")
 _CSV_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError)
 
 
-def _unreadable(path: str, e: Exception) -> DataError:
-  detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-  return DataError(f"{path}: cannot be read as CSV ({detail})")
-
-
-def _read_frame(path: str, required: tuple[str, ...]) -> pd.DataFrame:
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found")
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+  """Turns the failures of reading a damaged file into one-line DataErrors."""
   try:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    yield
   except pd.errors.EmptyDataError:
     raise DataError(f"{path}: file is empty") from None
   except _CSV_ERRORS as e:
-    raise _unreadable(path, e) from None
-  missing = [c for c in required if c not in frame.columns]
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f"{path}: cannot be read as CSV ({detail})") from None
+
+
+# A face row is at most about 40 KB (9216 pixels of up to 3 digits and a space, and 98 points'
+# coordinates); a line many times longer is no face row. Refusing it as it streams, before
+# pandas splits it into cells and the cells into pixels, keeps memory bounded by the rows read.
+MAX_LINE_MIB = 1
+
+
+class _LineLimit(io.RawIOBase):
+  """A CSV's bytes (gunzipped if ``.gz``) for pandas to read, that raise DataError as soon as a
+  line runs past ``MAX_LINE_MIB``."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+    self._file = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    self._newline = b""  # Set by the first read: b"\n", or b"\r" in a file of old Mac line ends.
+    self._line = 0  # The line being read: 0 is the header, then data rows from 1.
+    self._length = 0  # Its bytes read so far.
+
+  def readable(self) -> bool:
+    return True
+
+  def read(self, size: int = -1) -> bytes:
+    if size is None or size < 0:
+      return self.readall()
+    # A read no longer than the limit holds no whole line over it: only the line that it
+    # continues is measured, up to its end or the read's.
+    data = self._file.read(min(size, MAX_LINE_MIB << 20))
+    if not self._newline:
+      self._newline = b"\r" if b"\n" not in data and b"\r" in data else b"\n"
+    end = data.find(self._newline)
+    if self._length + (len(data) if end < 0 else end) > MAX_LINE_MIB << 20:
+      where = f"row {self._line}" if self._line else "the header"
+      raise DataError(f"{self._path}: {where}: line is longer than {MAX_LINE_MIB} MiB, more than "
+                      "a face row can take; is this a Kaggle-layout CSV?")
+    if end < 0:
+      self._length += len(data)
+    else:
+      # numpy counts a 256 KB read in a fifth of the time bytes.count takes.
+      self._line += int(np.count_nonzero(np.frombuffer(data, np.uint8) == self._newline[0]))
+      self._length = len(data) - data.rfind(self._newline) - 1
+    return data
+
+  def readinto(self, buffer) -> int:
+    data = self.read(len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+  def close(self) -> None:
+    self._file.close()
+    super().close()
+
+
+def _header(path: str, required: tuple[str, ...] = ()) -> list[str]:
+  """The column names of ``path``'s header, as written (before pandas renames a repeated one).
+
+  Raises:
+    DataError: a missing, empty or unreadable file, a column named twice (or two whose names
+      differ only in case or spaces), or a ``required`` column missing.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  with _reading(path), _LineLimit(path) as stream:
+    first = pd.read_csv(stream, header=None, nrows=1, dtype=str, keep_default_na=False)
+  names = first.iloc[0].tolist()
+  _refuse_repeats(path, names)
+  missing = [c for c in required if c not in names]
   if missing:
     shown = ", ".join(missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
     raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {shown}")
+  return names
+
+
+def _refuse_repeats(path: str, names: list[str]) -> None:
+  """Refuses a header naming a column twice, or two whose names differ only in case or spaces:
+  pandas would keep both (renaming the second ``name.1``), so one would be read, silently."""
+  columns: dict[str, list[int]] = {}
+  for i, name in enumerate(names):
+    if name.strip():  # Unnamed columns are read by no one.
+      columns.setdefault(name.strip().casefold(), []).append(i)
+  for at in columns.values():
+    if len(at) > 1:
+      where = f"(columns {_listed([str(i + 1) for i in at])}); keep one"
+      if len({names[i] for i in at}) == 1:
+        times = "twice" if len(at) == 2 else f"{len(at)} times"
+        raise DataError(f"{path}: column {names[at[0]]} appears {times} in the header {where}")
+      raise DataError(f"{path}: columns {_listed([repr(names[i]) for i in at])} in the header "
+                      f"differ only in case or spaces {where}")
+
+
+def _listed(items: list[str]) -> str:
+  return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _read_frame(path: str, required: tuple[str, ...]) -> pd.DataFrame:
+  _header(path, required)
+  with _reading(path), _LineLimit(path) as stream:
+    frame = pd.read_csv(stream, dtype=str, keep_default_na=False)
   if len(frame) == 0:
     raise DataError(f"{path}: no data rows")
   return frame
@@ -140,16 +236,10 @@ def header_layout(path: str) -> keypoints.Layout:
   """The built-in layout whose coordinate columns a CSV's header holds exactly.
 
   Raises:
-    DataError: a missing or unreadable file, or a header that matches no built-in layout.
+    DataError: a missing or unreadable file, a column named twice, or a header that matches no
+      built-in layout.
   """
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found")
-  try:
-    header = pd.read_csv(path, dtype=str, nrows=0).columns
-  except pd.errors.EmptyDataError:
-    raise DataError(f"{path}: file is empty") from None
-  except _CSV_ERRORS as e:
-    raise _unreadable(path, e) from None
+  header = _header(path)
   coords = [c for c in header if c not in (keypoints.IMAGE_COLUMN, keypoints.ID_COLUMN)]
   found = keypoints.of_columns(coords)
   if found is None:
@@ -207,31 +297,14 @@ def read_csv_chunks(path: str, required: tuple[str, ...],
   for the row parsers' messages.
 
   Raises:
-    DataError: a missing, empty or unreadable file, missing columns, or no data rows.
+    DataError: a missing, empty or unreadable file, a column named twice, missing columns,
+      or no data rows.
   """
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found")
-  try:
-    reader = pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunk_rows)
-  except pd.errors.EmptyDataError:
-    raise DataError(f"{path}: file is empty") from None
-  except _CSV_ERRORS as e:
-    raise _unreadable(path, e) from None
-  with reader:
-    first_row = 0
-    while True:
-      try:
-        frame = next(reader)
-      except StopIteration:
-        break
-      except _CSV_ERRORS as e:
-        raise _unreadable(path, e) from None
-      if first_row == 0:
-        missing = [c for c in required if c not in frame.columns]
-        if missing:
-          shown = ", ".join(missing[:3]) + (
-              f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
-          raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {shown}")
+  _header(path, required)
+  first_row = 0
+  with (_reading(path), _LineLimit(path) as stream,
+        pd.read_csv(stream, dtype=str, keep_default_na=False, chunksize=chunk_rows) as reader):
+    for frame in reader:
       if len(frame):
         yield first_row, frame
       first_row += len(frame)

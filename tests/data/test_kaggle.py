@@ -1,4 +1,7 @@
 import gzip
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -119,3 +122,85 @@ def test_labels_outside_the_frame_are_kept_and_implausible_ones_follow_bad_label
   np.testing.assert_allclose(dropped.targets[2], coords[3], atol=1e-4)  # Row 3 went.
   chunks = list(kaggle.read_training_chunks(path, chunk_rows=2, bad_labels="drop"))
   assert [len(c) for c in chunks] == [2, 1]
+
+
+def _with_column(name, values_from, at=30):
+  """A Kaggle frame of 4 faces with one more column ``name`` (column ``at + 1``), holding other
+  values than ``values_from``."""
+  frame = kaggle_frame(*random_faces(4))
+  frame.insert(at, name, frame[values_from] + 1.0, allow_duplicates=True)
+  return frame
+
+
+_READS = {
+    "whole": kaggle.read_training_csv,
+    "chunks": lambda path: list(kaggle.read_training_chunks(path, chunk_rows=2)),
+    "header_layout": kaggle.header_layout,
+}
+
+
+@pytest.mark.parametrize("read", _READS.values(), ids=_READS.keys())
+@pytest.mark.parametrize("name, expected", [
+    pytest.param("nose_tip_x", "column nose_tip_x appears twice in the header (columns 21 and "
+                 "31); keep one", id="same"),
+    pytest.param(" Nose_Tip_X", "columns 'nose_tip_x' and ' Nose_Tip_X' in the header differ only "
+                 "in case or spaces (columns 21 and 31); keep one", id="near"),
+])
+def test_duplicated_columns_are_refused_on_every_reading_path(tmp_path, read, name, expected):
+  path = str(tmp_path / "faces.csv")
+  _with_column(name, "nose_tip_x").to_csv(path, index=False)
+  with pytest.raises(errors.DataError) as e:
+    read(path)
+  assert str(e.value) == f"{path}: {expected}"
+
+
+def _long_line(path, row, length):
+  """Writes 40 faces (about 27 KB a row) with data row ``row`` (1-based) ``length`` bytes long,
+  streamed, so that a long line costs the test no memory."""
+  lines = kaggle_frame(*random_faces(40)).to_csv(index=False).split("\n")
+  with (gzip.open(path, "wt", compresslevel=1) if path.name.endswith(".gz") else
+        open(path, "w")) as f:
+    f.write("\n".join(lines[:row + 1]))
+    for _ in range((length - len(lines[row])) // (2 << 20)):
+      f.write(" 1" * (1 << 20))
+    f.write("\n" + "\n".join(lines[row + 1:]))
+  return str(path)
+
+
+@pytest.mark.parametrize("read", list(_READS.values())[:2], ids=list(_READS)[:2])
+@pytest.mark.parametrize("name", ["faces.csv", "faces.csv.gz"])
+def test_a_line_too_long_for_a_face_row_is_refused(tmp_path, read, name):
+  path = _long_line(tmp_path / name, 37, 3 << 20)
+  with pytest.raises(errors.DataError) as e:
+    read(path)
+  assert str(e.value) == (f"{path}: row 37: line is longer than 1 MiB, more than a face row can "
+                          "take; is this a Kaggle-layout CSV?")
+
+
+def test_a_header_too_long_is_refused(tmp_path):
+  (tmp_path / "header.csv").write_text("x" * (2 << 20) + "\n1\n")
+  with pytest.raises(errors.DataError, match=r"header.csv: the header: line is longer than 1 MiB"):
+    kaggle.header_layout(str(tmp_path / "header.csv"))
+
+
+_PEAK_RSS = """
+import resource, sys
+from facekp_jax.core import errors
+from facekp_jax.data import kaggle
+try:
+  kaggle.read_training_csv(sys.argv[1])
+except errors.DataError as e:
+  print(e)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_a_long_line_is_refused_within_bounded_memory(tmp_path):
+  """One 200 MB line of pixel values took over 2 GB when it was split before it was refused."""
+  path = _long_line(tmp_path / "faces.csv", 3, 200 << 20)
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, path], capture_output=True, text=True,
+                        cwd=root, env=dict(os.environ, PYTHONPATH=root), timeout=120, check=True)
+  message, peak_mib = proc.stdout.strip().splitlines()
+  assert message.startswith(f"{path}: row 3: line is longer than 1 MiB")
+  assert int(peak_mib) < 600, f"peak RSS {peak_mib} MiB"
