@@ -247,6 +247,7 @@ class LookupModel:
     self.workdir = workdir
     self.trained = np.ones(keypoints.KAGGLE.num_coords, np.float32)  # Every keypoint scored.
     self.layout = keypoints.KAGGLE  # Keras' outputs fill Kaggle's 30 columns.
+    self.config = None  # Not a run of this package: no training file to warn of.
 
   def untrained_names(self) -> list[str]:
     return []

@@ -96,3 +96,13 @@ def mean_shape_prediction(train: Faces, n: int) -> np.ndarray:
   """The trivial baseline: every face gets the training set's mean of each coordinate."""
   mean = (train.targets * train.mask).sum(0) / np.maximum(train.mask.sum(0), 1)
   return np.tile(mean.astype(np.float32), (n, 1))
+
+
+def no_better_than_mean_shape(rmse: float | None, mean_shape_rmse: float | None) -> str | None:
+  """A warning where a model's RMSE is no better than the mean-shape baseline's (the model has
+  not learnt yet, or the labels disagree with the faces), else None."""
+  if rmse is None or mean_shape_rmse is None or not rmse >= mean_shape_rmse:
+    return None
+  return (f"this model (RMSE {rmse:.3f} px) is no better than the mean shape (RMSE "
+          f"{mean_shape_rmse:.3f} px): it has not learnt yet (train longer), or the labels do "
+          "not match the faces")

@@ -124,14 +124,20 @@ def plot_per_keypoint(per_keypoint_rmse: dict):
   ax.grid(True, axis="x", alpha=0.3)
   return fig
 
+# The plots a training writes into its workdir.
+RUN_PLOTS = ("learning_curves.png", "predictions.png", "per_keypoint_rmse.png")
+
+
 def write_run_plots(workdir: str, history, val: Faces, predictions, per_keypoint_rmse,
-                    layout: keypoints.Layout, trained=None) -> None:
+                    layout: keypoints.Layout, trained=None, described: str = "") -> None:
   """A run's learning curves; with a validation split, its 4x4 grid and per-keypoint RMSE too.
 
   ``trained`` (2K,): 1 for the coordinates the training split labelled; the grid draws only
-  those keypoints' predictions (default: all)."""
+  those keypoints' predictions (default: all). ``described``: which weights made
+  ``predictions`` (e.g. "step 24, the last; best checkpoint: step 20"), in the titles."""
   path = lambda name: os.path.join(workdir, name)
-  save_figure(plot_curves(history), path("learning_curves.png"))
+  curves, grid, per_keypoint = RUN_PLOTS
+  save_figure(plot_curves(history), path(curves))
   if not len(val):
     return
   n = min(16, len(val))
@@ -139,7 +145,10 @@ def write_run_plots(workdir: str, history, val: Faces, predictions, per_keypoint
   shown = None if trained is None else np.asarray(trained).reshape(-1, 2).min(axis=1) > 0
   save_figure(plot_grid(val.images[:n], predictions[:n], val.targets[:n], val.mask[:n],
                         title=f"validation faces, RMSE of these {n}: "
-                        f"{np.sqrt(sq.sum() / max(val.mask[:n].sum(), 1)):.2f} px",
+                        f"{np.sqrt(sq.sum() / max(val.mask[:n].sum(), 1)):.2f} px"
+                        + (f"\n{described}" if described else ""),
                         layout=layout, shown=shown),
-              path("predictions.png"))
-  save_figure(plot_per_keypoint(per_keypoint_rmse), path("per_keypoint_rmse.png"))
+              path(grid))
+  fig = plot_per_keypoint(per_keypoint_rmse)
+  fig.axes[0].set_title(described)
+  save_figure(fig, path(per_keypoint))

@@ -11,7 +11,8 @@ every score counts only points that are still on the picture.
 
 ``score`` gives each perturbation's metrics and its RMSE relative to the
 unperturbed faces' (``rmse_ratio``), the figure that tells a model that learned
-the face from one that learned the framing.
+the face from one that learned the framing. ``Scorer.add`` shows a progress bar over the
+perturbations (stderr, terminals only).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from facekp_jax.core import geometry, keypoints, plots
 from facekp_jax.core import metrics as metrics_lib
@@ -61,7 +63,9 @@ class Scorer:
         name: [] for name in PERTURBATIONS}
 
   def add(self, faces: Faces) -> None:
-    for name in PERTURBATIONS:
+    """Predicts ``faces`` under every perturbation (a progress bar on a terminal)."""
+    for name in tqdm(PERTURBATIONS, desc="robustness", unit=" views", leave=False,
+                     disable=None):
       moved = perturb(faces, name)
       self._parts[name].append((self.predict(moved.images), moved.targets, moved.mask))
 

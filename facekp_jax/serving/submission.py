@@ -13,8 +13,11 @@ are written, clipped like the rest).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from facekp_jax.core import files, keypoints
 from facekp_jax.core.errors import DataError
@@ -41,9 +44,12 @@ def predict_test_csv(model: predictor.Predictor, path: str,
     DataError: a malformed file or a repeated ImageId, naming the row.
   """
   ids, predictions = [], []
-  for chunk_ids, images in kaggle.read_test_chunks(path, 8 * model.eval_batch_size):
-    ids.append(chunk_ids)
-    predictions.append(model.predict(images, tta=tta))
+  with tqdm(unit=" faces", desc=f"predicting {os.path.basename(path)}", leave=False,
+            disable=None) as bar:  # On a terminal only.
+    for chunk_ids, images in kaggle.read_test_chunks(path, 8 * model.eval_batch_size):
+      ids.append(chunk_ids)
+      predictions.append(model.predict(images, tta=tta))
+      bar.update(len(chunk_ids))
   ids = np.concatenate(ids)
   repeated = pd.Index(ids).duplicated()
   if repeated.any():

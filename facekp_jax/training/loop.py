@@ -136,19 +136,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     trainer = steps.Trainer(config, mesh)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
-      state = trainer.init_state(len(train) // config.batch_size)
-      progress = {"history": []}
+      steps_per_epoch = len(train) // config.batch_size
       if ckpt.latest_step() is not None:
-        state, progress = ckpt.resume(state)
+        state, progress = ckpt.resume(trainer.abstract_state(steps_per_epoch))
         logging.info("resumed from the checkpoint at step %d", int(state.step))
+      else:
+        state, progress = trainer.init_state(steps_per_epoch), {"history": []}
       writer.rewrite_metrics(progress["history"])
       state, history = _fit(trainer, state, progress, train, val, ckpt, writer)
       ckpt.wait()
+      last, best = int(jax.device_get(state.step)), ckpt.best_step()
+      # The figures and plots are the final state's; the readers default to the best checkpoint.
+      described = f"step {last}, the last" + (f"; best checkpoint: step {best}" if best else "")
       results = {
           "source": source, "num_train": len(train), "num_val": len(val),
-          "epochs": config.num_epochs, "steps": int(jax.device_get(state.step)),
+          "epochs": config.num_epochs, "steps": last, "evaluated_step": last,
           "train_rmse": history[-1]["train_rmse"] if history else None,
-          "best_checkpoint_step": ckpt.best_step(), "devices": mesh.devices.size,
+          "best_checkpoint_step": best, "devices": mesh.devices.size,
       }
       predictions = None
       if len(val):
@@ -159,13 +163,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if writer.enabled:
         plots.write_run_plots(workdir, history, val, predictions,
                               results.get("val_per_keypoint_rmse"), layout,
-                              train.mask.max(axis=0))
+                              train.mask.max(axis=0), described)
     finally:
       ckpt.close()  # Waits for saves in flight: only good states are ever saved.
       writer.close()
   if len(val):
-    logging.info("validation RMSE %.3f px (mean-shape baseline %.3f px), NME %.4f; outputs in %s",
-                 results["val_rmse"], results["mean_shape_val_rmse"], results["val_nme"], workdir)
+    logging.info("validation RMSE %.3f px (mean-shape baseline %.3f px), NME %.4f at %s "
+                 "(evaluate, predict and export read the best checkpoint unless told "
+                 "--checkpoint=latest); outputs in %s", results["val_rmse"],
+                 results["mean_shape_val_rmse"], results["val_nme"], described, workdir)
+    warning = metrics_lib.no_better_than_mean_shape(results["val_rmse"],
+                                                    results["mean_shape_val_rmse"])
+    if warning:
+      logging.warning("%s on the validation split", warning)
   else:
     logging.info("trained on every face (no validation split); the last checkpoint is the model; "
                  "outputs in %s", workdir)

@@ -97,6 +97,11 @@ class Trainer:
   def init_state(self, steps_per_epoch: int | None = None) -> state_lib.TrainState:
     return state_lib.create_train_state(self.config, self.model, self.mesh, steps_per_epoch)
 
+  def abstract_state(self, steps_per_epoch: int | None = None) -> state_lib.TrainState:
+    """``init_state``'s shapes and dtypes, traced but not compiled or run: the target of a
+    restore (compiling the random initialiser would cost a resume seconds for nothing)."""
+    return jax.eval_shape(lambda: self.init_state(steps_per_epoch))
+
   def predict(self, state: state_lib.TrainState, images: np.ndarray, tta: bool = False,
               ema: bool = True) -> np.ndarray:
     """(N, 96, 96, 1) images -> (N, 2K) pixels with ``state``'s inference weights (``ema``:

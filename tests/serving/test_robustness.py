@@ -1,5 +1,8 @@
 """Robustness perturbations move labels with the faces, and the scorer's ratios."""
 
+import io
+import sys
+
 import numpy as np
 import pytest
 
@@ -47,3 +50,19 @@ def test_scorer_ratios_are_relative_to_the_unperturbed_faces():
   assert per["shift_x+6"]["rmse_ratio"] == pytest.approx(np.sqrt(13.0), abs=1e-3)
   assert results["groups"]["rot+-20"] > 2.0
   assert set(results["groups"]) == set(robustness.GROUPS)
+
+
+class _Terminal(io.StringIO):
+
+  def isatty(self):
+    return True
+
+
+def test_progress_over_the_perturbations_shows_on_a_terminal_only(monkeypatch):
+  faces = _dots([(30, 35)])
+  still = lambda images: np.zeros((len(images), 30), np.float32)
+  for stream, shown in ((io.StringIO(), False), (_Terminal(), True)):
+    monkeypatch.setattr(sys, "stderr", stream)
+    robustness.score(still, faces)
+    text = stream.getvalue()
+    assert ("robustness" in text and f"0/{len(robustness.PERTURBATIONS)}" in text) == shown, text

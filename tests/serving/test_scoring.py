@@ -1,5 +1,6 @@
 """Scoring a workdir on Kaggle-layout files; flip test-time augmentation; chunked reading."""
 
+import io
 import json
 import os
 import shutil
@@ -188,7 +189,7 @@ def test_workdir_without_checkpoint_is_one_line_exit_2(workdir, tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith(
       f"error: workdir {empty}: no checkpoint to restore")
   assert sorted(os.listdir(empty)) == ["config.json"]  # Nothing created in a workdir it reads.
-  with pytest.raises(Exception, match="no config.json"):
+  with pytest.raises(Exception, match="nowhere does not exist: give the workdir of a training"):
     predictor.load(str(tmp_path / "nowhere"))
 
 
@@ -219,3 +220,165 @@ def test_untrained_keypoints_are_not_scored_and_robustness_is_written(tmp_path, 
       scored["rmse"], rel=1e-5)
   for name in ("eval_full_ced.png", "eval_full_robustness.png"):
     assert os.path.getsize(os.path.join(w, name)) > 0
+
+
+def _recorded_mean(workdir):
+  """The training split's mean keypoints as the run recorded them, in Kaggle's column order."""
+  with open(os.path.join(workdir, "trained_keypoints.json")) as f:
+    mean = json.load(f)["mean"]
+  return np.array([mean[n] for n in K.names], np.float64).reshape(-1)
+
+
+def _scored(workdir, csv):
+  with open(os.path.join(workdir, f"eval_{scoring.file_stem(str(csv))}.json")) as f:
+    return json.load(f)
+
+
+def _warnings(err, about):
+  return [line for line in err.splitlines() if line.startswith("warning:") and about in line]
+
+
+def test_a_model_no_better_than_the_mean_shape_gets_one_warning(workdir, model, tmp_path,
+                                                               capsys):
+  """The baseline is the training split's recorded mean shape for every face; the labels are
+  chosen so that which side of it the model falls does not hang on how well it trained."""
+  images, _ = synthetic.generate(6, seed=8)
+  mean = np.tile(_recorded_mean(workdir), (6, 1))
+  at_mean = _write(tmp_path / "at_mean.csv", images, mean)  # The mean shape scores ~0 px.
+  evaluate.main([f"--workdir={workdir}", f"--csv={at_mean}", "--checkpoint=latest"])
+  err = capsys.readouterr().err
+  scored = _scored(workdir, at_mean)
+  assert scored["mean_shape_rmse"] == pytest.approx(0.0, abs=1e-4)
+  assert scored["mean_shape_from"] == "training split" and scored["beats_mean_shape"] is False
+  [line] = _warnings(err, "mean shape")
+  assert line.startswith("warning: this model (RMSE ") and line.endswith(f" on {at_mean}")
+  assert "is no better than the mean shape (RMSE 0.0" in line and "not learnt yet" in line
+  # Labelled with the model's own predictions: it beats the mean shape; no warning.
+  own = model.predict(faces_lib.from_arrays(images, mean).images, tta=True)
+  own_csv = _write(tmp_path / "own.csv", images, own)
+  evaluate.main([f"--workdir={workdir}", f"--csv={own_csv}", "--checkpoint=latest"])
+  err = capsys.readouterr().err
+  scored = _scored(workdir, own_csv)
+  assert scored["rmse"] < 1e-3 and scored["beats_mean_shape"] is True
+  assert scored["mean_shape_rmse"] == pytest.approx(np.sqrt(np.mean((own - mean) ** 2)),
+                                                    rel=1e-4)
+  assert "warning" not in err
+
+
+def test_a_workdir_without_the_recorded_mean_compares_with_the_files_own(workdir, tmp_path,
+                                                                         capsys):
+  """Older runs did not record the mean shape: the scored file's own mean stands in, and the
+  JSON and the warning say so."""
+  old = str(tmp_path / "old")
+  shutil.copytree(workdir, old)
+  record = os.path.join(old, "trained_keypoints.json")
+  with open(record) as f:
+    kept = {k: v for k, v in json.load(f).items() if k != "mean"}
+  with open(record, "w") as f:
+    json.dump(kept, f)
+  images, _ = synthetic.generate(6, seed=9)
+  coords = np.tile(_recorded_mean(workdir), (6, 1)) + np.random.default_rng(0).normal(
+      0, 0.1, (6, 30))
+  csv = _write(tmp_path / "near_mean.csv", images, coords)
+  evaluate.main([f"--workdir={old}", f"--csv={csv}", "--checkpoint=latest"])
+  err = capsys.readouterr().err
+  scored = _scored(old, csv)
+  file_mean_rmse = np.sqrt(np.mean((coords - coords.mean(axis=0)) ** 2))
+  assert scored["mean_shape_rmse"] == pytest.approx(file_mean_rmse, rel=1e-4)
+  assert scored["mean_shape_from"] == "scored file" and scored["beats_mean_shape"] is False
+  [line] = _warnings(err, "mean shape")
+  assert line.startswith("warning: this model (RMSE ") and "not learnt yet" in line
+  assert line.endswith(f" on {csv} (the mean shape of the file's own labels: the workdir "
+                       "predates the record of its training split's)")
+
+
+def _csv_run(workdir, tmp_path):
+  """A copy of the built-in-faces run ``workdir`` as if it had read its 24 faces from a CSV:
+  the file holds the same faces and config.json names it, so the split is the same too."""
+  config = _config()
+  csv = _write(tmp_path / "faces.csv", *synthetic.generate(
+      config.data.synthetic_n, seed=config.data.synthetic_seed))
+  run = str(tmp_path / "csv_run")
+  shutil.copytree(workdir, run)
+  _edit_config(run, train_csv=csv)
+  return run, csv
+
+
+def _edit_config(run, **data):
+  path = os.path.join(run, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  saved["data"].update(data)
+  with open(path, "w") as f:
+    json.dump(saved, f)
+
+
+def test_the_training_file_is_warned_and_split_val_scores_its_held_out_faces(workdir, tmp_path,
+                                                                             capsys):
+  run, csv = _csv_run(workdir, tmp_path)
+  with open(os.path.join(run, "results.json")) as f:
+    trained = json.load(f)
+  evaluate.main([f"--workdir={run}", f"--csv={csv}", "--checkpoint=latest"])
+  err = capsys.readouterr().err
+  scored = _scored(run, csv)
+  assert scored["split"] == "all" and scored["is_training_file"] is True
+  assert scored["num_faces"] == 24 and scored["training_faces"] == trained["num_train"] == 19
+  assert scored["val_split"]["num_faces"] == trained["num_val"] == 5
+  assert scored["val_split"]["rmse"] == pytest.approx(trained["val_rmse"], rel=1e-5)
+  [line] = _warnings(err, "trained on")
+  assert line.startswith(f"warning: {csv} is the file this run trained on: 19 of its 24 faces "
+                         "were training faces, so these figures flatter the model; its 5 "
+                         f"held-out validation faces score RMSE {trained['val_rmse']:.2f} px")
+  assert line.endswith("use --split=val to score only the held-out faces")
+  # A copy elsewhere is the same file; --split=val scores exactly training's validation split.
+  copy = tmp_path / "elsewhere" / "copy.csv"
+  copy.parent.mkdir()
+  shutil.copy(csv, copy)
+  evaluate.main([f"--workdir={run}", f"--csv={copy}", "--checkpoint=latest", "--split=val"])
+  err = capsys.readouterr().err
+  val = json.loads(open(os.path.join(run, "eval_copy_val.json")).read())
+  assert val["split"] == "val" and val["is_training_file"] is True
+  assert val["num_faces"] == trained["num_val"] and val["count"] == trained["val_count"]
+  assert val["rmse"] == pytest.approx(trained["val_rmse"], rel=1e-5)
+  assert not _warnings(err, "trained on")  # Only held-out faces: nothing flattered.
+
+
+def test_split_val_of_any_other_file_is_a_usage_error(workdir, tmp_path, capsys):
+  run, csv = _csv_run(workdir, tmp_path)
+  text = open(csv).read()
+  last = max(text.rfind(d) for d in "0123456789")
+  other = tmp_path / "other.csv"  # The same size, one digit changed: not the same file.
+  other.write_text(text[:last] + ("1" if text[last] != "1" else "2") + text[last + 1:])
+  assert os.path.getsize(other) == os.path.getsize(csv)
+  before = sorted(os.listdir(run))
+  cases = [(run, other, f"error: bad flag: --split=val: {other} is not the file this run "
+            f"trained on ({csv})"),
+           (workdir, csv, "error: bad flag: --split=val: this run trained on the built-in "
+            "synthetic faces")]
+  for w, path, message in cases:
+    with pytest.raises(SystemExit) as e:
+      evaluate.main([f"--workdir={w}", f"--csv={path}", "--split=val"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(message) and err.count("\n") == 1
+  _edit_config(run, val_fraction=0.0)
+  with pytest.raises(SystemExit) as e:
+    evaluate.main([f"--workdir={run}", f"--csv={csv}", "--split=val"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith("error: bad flag: --split=val: this run held out "
+                                              "no faces (data.val_fraction=0")
+  assert sorted(os.listdir(run)) == before  # Refused before anything is scored or written.
+
+
+class _Terminal(io.StringIO):
+
+  def isatty(self):
+    return True
+
+
+def test_scoring_shows_its_progress_on_a_terminal_only(model, tmp_path, monkeypatch):
+  csv = _write(tmp_path / "p.csv", *synthetic.generate(6, seed=3))
+  for stream, shown in ((io.StringIO(), False), (_Terminal(), True)):
+    monkeypatch.setattr(sys, "stderr", stream)
+    scoring.evaluate(model, csv, chunk_rows=4, perturbed=True)
+    text = stream.getvalue()
+    assert ("scoring p.csv" in text and "robustness" in text) == shown, text

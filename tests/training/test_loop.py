@@ -79,11 +79,24 @@ def _run(config, workdir):
   return loop.train_and_evaluate(config, str(workdir))
 
 
-def test_two_step_run_writes_every_output(tmp_path):
+def test_two_step_run_writes_every_output(tmp_path, monkeypatch):
   config = _config(**{"num_epochs": 1, "data.synthetic_n": 20})
+  logged = {"info": [], "warning": []}
+  for level, lines in logged.items():
+    monkeypatch.setattr(loop.logging, level,
+                        lambda msg, *a, lines=lines, **_: lines.append(str(msg) % a))
   results = _run(config, tmp_path / "w")
   w = tmp_path / "w"
   assert results["steps"] == 2
+  # The figures say which weights they are (the last step's), and the log which the readers use.
+  assert results["evaluated_step"] == 2 and results["best_checkpoint_step"] == 2
+  assert "at step 2, the last; best checkpoint: step 2 (evaluate, predict" in logged["info"][-1]
+  # Two steps of a tiny model are no better than the mean shape, and the log says so.
+  assert results["val_rmse"] >= results["mean_shape_val_rmse"]
+  assert logged["warning"] == [
+      f"this model (RMSE {results['val_rmse']:.3f} px) is no better than the mean shape (RMSE "
+      f"{results['mean_shape_val_rmse']:.3f} px): it has not learnt yet (train longer), or the "
+      "labels do not match the faces on the validation split"]
   for name in ("config.json", "metrics.jsonl", "results.json", "predictions.png",
                "learning_curves.png", "per_keypoint_rmse.png"):
     assert (w / name).stat().st_size > 0, name
