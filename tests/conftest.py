@@ -1,12 +1,28 @@
-"""Shared helpers: Kaggle-layout files written directly with pandas (no synthetic faces)."""
+"""Shared helpers: Kaggle-layout files written directly with pandas (no synthetic faces); one
+compilation cache for the whole test session."""
 
 import importlib.util
+import os
+import shutil
+import tempfile
 
-import numpy as np
-import pandas as pd
-import pytest
+# One persistent compilation cache for the session's processes (the xdist workers and the commands
+# the tests start, which inherit the environment), set before JAX is imported: the same tiny models
+# compile once, not in every test. Its size limit turns on JAX's file lock around each entry, so
+# that processes reading and writing it at once never see half an entry.
+_OWNS_CACHE = "FACEKP_JAX_TEST_CACHE" not in os.environ  # xdist workers inherit the controller's.
+if _OWNS_CACHE:
+  os.environ["FACEKP_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="facekp_jax_tests_")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["FACEKP_JAX_TEST_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
-from facekp_jax.core import host_memory, keypoints
+import numpy as np  # noqa: E402 (after the cache is set)
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from facekp_jax.core import host_memory, keypoints  # noqa: E402
 
 # The [export] extra (jax2onnx) is not in [test]: .ci/run tests ONNX export apart.
 HAS_ONNX = importlib.util.find_spec("jax2onnx") is not None
@@ -60,3 +76,9 @@ def tiny_workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tiny_run") / "w")
   loop.train_and_evaluate(config, path)
   return path
+
+
+def pytest_sessionfinish(session):
+  """The process that made the session's compilation cache (xdist's controller) removes it."""
+  if _OWNS_CACHE:
+    shutil.rmtree(os.environ["FACEKP_JAX_TEST_CACHE"], ignore_errors=True)

@@ -77,7 +77,7 @@ def test_command_writes_the_artefact_and_refuses_bad_input(tiny_workdir, tmp_pat
   assert out.stat().st_size > 0 and (tmp_path / "m.stablehlo.json").exists()
   for argv, message in [
       ([f"--workdir={tmp_path}", "--format=stablehlo", f"--out={out}"],
-       f"error: workdir {tmp_path}: no config.json"),
+       f"error: workdir {tmp_path}: its config.json is missing: give the workdir of a training"),
       ([f"--workdir={tiny_workdir}", "--format=stablehlo", f"--out={tmp_path}/no/m"],
        "error: bad flag: --out"),
       ([f"--workdir={tiny_workdir}", "--format=tflite", f"--out={out}"],

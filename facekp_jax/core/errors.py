@@ -15,6 +15,12 @@ class ConfigError(ValueError):
   """A config value that cannot work, described in one line."""
 
 
+# How a message says to go on after an interrupt or a disk failure; the training command puts
+# the exact command in its place where it chose the workdir itself (a plain rerun would not
+# find that workdir).
+RESUME = "run the same command again to resume"
+
+
 def chain(error: BaseException | None) -> Iterator[BaseException]:
   """``error`` and the errors it was raised from or while handling, each once (libraries such
   as Orbax wrap the error that tells what happened)."""

@@ -22,6 +22,7 @@ place, and every process must see the same ``workdir`` (shared storage; checked 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -63,12 +64,21 @@ class Checkpointer:
                                   keep_checkpoints_without_metrics=False),
     ])
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self._manager = None
+    # Steps Orbax cannot even list (a file where a step's folder goes, a record of another
+    # shape): a training sets them aside, a reader passes them over (``passed_over``).
+    self.passed_over = _unlistable_steps(self.directory)
+    if self.passed_over and not read_only and jax.process_index() == 0:
+      logging.getLogger("absl").warning(
+          "workdir %s: checkpoints/%s is not a checkpoint folder Orbax can read (moved into %s)",
+          workdir, ", ".join(map(str, self.passed_over)), self.set_aside(self.passed_over))
     absl_logger = logging.getLogger("absl")  # Orbax logs through absl.logging.
     absl_logger.addFilter(_read_only_notes)
     try:
       options = ocp.CheckpointManagerOptions(
           preservation_policy=policy, create=not read_only, best_fn=lambda m: m[_BEST_METRIC],
-          best_mode="min", cleanup_tmp_directories=not read_only, read_only=read_only)
+          best_mode="min", cleanup_tmp_directories=not read_only, read_only=read_only,
+          step_name_format=_listable_steps() if self.passed_over else None)
       self._manager = ocp.CheckpointManager(self.directory, options=options,
                                             item_names=("state", "progress"))
     finally:
@@ -110,7 +120,30 @@ class Checkpointer:
     abstract = jax.tree.map(abstract_leaf, state_like)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+    if not (isinstance(restored.progress, dict) and isinstance(
+        restored.progress.get("history"), list)):
+      raise Damaged(f"step {step}: its progress record is not the loop's")
     return restored.state, restored.progress
+
+  def recorded_shapes(self, step: int) -> dict | None:
+    """The state's shapes that checkpoint ``step`` records (``_shapes``), or None where its
+    records cannot be read (they are damaged)."""
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_read_only_notes)
+    try:
+      manager = ocp.CheckpointManager(
+          self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "progress": ocp.JsonCheckpointHandler()})
+      try:
+        tree = manager.item_metadata(step)["state"]
+      finally:
+        manager.close()
+      return _shapes(tree) if tree is not None else None
+    except Exception:  # pylint: disable=broad-except  # Unreadable records: damage.
+      return None
+    finally:
+      absl_logger.removeFilter(_read_only_notes)
 
   def steps(self) -> list[int]:
     """The steps on disk now, newest first (re-read: a training beside may have moved on)."""
@@ -125,22 +158,25 @@ class Checkpointer:
 
     Raises:
       CheckpointDamaged: none of ``steps`` reads whole (``damaged`` lists them).
-      ValueError, KeyError, TypeError: a checkpoint that does not fit ``state_like``.
+      CheckpointMisfit: a checkpoint that records another model than ``state_like``.
     """
-    damaged = []
+    damaged, target = [], _shapes(state_like)
     for step in steps:
+      # Another model's checkpoint is told by its records, before any array is read: a read
+      # that fails midway leaves TensorStore's reads in flight, printing tracebacks.
+      recorded = self.recorded_shapes(step)
+      difference = recorded is not None and _difference(recorded, target)
+      if difference:
+        raise CheckpointMisfit(f"step {step}: {difference}")
       try:
         state, progress = self.restore(state_like, step)
         # One deleted while being read looked damaged: it is gone now.
         damaged = [d for d in damaged if os.path.isdir(os.path.join(self.directory, str(d)))]
         return state, progress, step, damaged
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception:  # pylint: disable=broad-except  # This model's, yet unreadable.
         _quiet_failed_reads()
-        if not os.path.isdir(os.path.join(self.directory, str(step))):
-          continue  # Deleted under the reader by the training's retention.
-        if damage(e) is None:
-          raise
-        damaged.append(step)
+        if os.path.isdir(os.path.join(self.directory, str(step))):
+          damaged.append(step)  # Else deleted under the reader by the training's retention.
     raise CheckpointDamaged(damaged)
 
   def resume(self, state_like) -> tuple[Any, dict]:
@@ -153,8 +189,8 @@ class Checkpointer:
     workdir = os.path.dirname(self.directory)
     try:
       state, progress, step, damaged = self.restore_intact(state_like, self.steps())
-    except (CheckpointDamaged, ValueError, KeyError, TypeError) as e:
-      raise _unreadable(workdir, e, f"nothing to resume: move {self.directory} away to train "
+    except (CheckpointDamaged, CheckpointMisfit, ValueError, KeyError, TypeError) as e:
+      raise _unreadable(workdir, e, f"move {self.directory} away to train "
                         "afresh, or use another --workdir") from None
     if damaged:
       aside = self.set_aside(damaged)
@@ -174,7 +210,8 @@ class Checkpointer:
       while os.path.lexists(target):
         target, n = os.path.join(aside, f"{step}.{n}"), n + 1
       os.replace(os.path.join(self.directory, str(step)), target)
-    self._manager.reload()
+    if self._manager is not None:
+      self._manager.reload()
     return aside
 
   def wait(self) -> None:
@@ -182,6 +219,78 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+_RECORD = "_CHECKPOINT_METADATA"  # Orbax's record of a step (its commit time, metrics).
+
+
+def _unlistable_steps(directory: str) -> list[int]:
+  """Step names under ``directory`` that stop Orbax from listing the steps: not a folder, or a
+  folder whose record is JSON of another shape than an object (Orbax passes over others)."""
+  out = []
+  for name in os.listdir(directory) if os.path.isdir(directory) else []:
+    path = os.path.join(directory, name)
+    if not name.isdigit():
+      continue
+    if not os.path.isdir(path):
+      out.append(int(name))
+      continue
+    try:
+      with open(os.path.join(path, _RECORD), "rb") as f:
+        record = json.loads(f.read())
+    except (OSError, ValueError):
+      continue  # Missing or not JSON: Orbax lists the step; reading it finds the damage.
+    if not isinstance(record, dict):
+      out.append(int(name))
+  return sorted(out)
+
+
+def _listable_steps():
+  """Orbax's standard step names, without the steps ``_unlistable_steps`` finds (for a reader,
+  which may not move them)."""
+  standard = ocp.step.standard_name_format()
+
+  class ListableSteps(type(standard)):
+    def _glob_step_paths(self, base_path):
+      paths = super()._glob_step_paths(base_path)
+      skip = {str(s) for s in _unlistable_steps(str(base_path))}
+      return [p for p in paths if p.name not in skip]
+
+  return ListableSteps(**{f.name: getattr(standard, f.name) for f in dataclasses.fields(standard)})
+
+
+def _difference(recorded: dict, target: dict) -> str | None:
+  """The first way a checkpoint's recorded shapes (``_shapes``) differ from a model's, in
+  words, or None."""
+  for path in sorted(set(recorded) | set(target)):
+    name = ".".join(path)
+    if path not in target:
+      return f"it holds {name}, which config.json's model lacks"
+    if path not in recorded:
+      return f"it lacks {name} of config.json's model"
+    if None not in (recorded[path], target[path]) and recorded[path] != target[path]:
+      return f"{name} is {recorded[path]} in it, {target[path]} in config.json's model"
+  return None
+
+
+def _shapes(tree) -> dict:
+  """{leaf path's names: shape} of a state or of a checkpoint's record of one (their paths are
+  spelt differently: attributes and dict keys); None for a PRNG key's (stored as its data)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    out[tuple(re.findall(r"\w+", jax.tree_util.keystr(path)))] = None if key else tuple(
+        getattr(leaf, "shape", ()))
+  return out
+
+
+class CheckpointMisfit(Exception):
+  """A checkpoint read whole that records another model's state than the one asked for."""
+
+
+class Damaged(Exception):
+  """A checkpoint read whole by Orbax whose contents are not what the loop wrote."""
 
 
 class CheckpointDamaged(Exception):
@@ -203,8 +312,8 @@ def damage(error: BaseException) -> str | None:
   from, in one line; None where the error is not damage (a checkpoint of another model)."""
   for e in errors.chain(error):
     message = " ".join(str(e).split())
-    if isinstance(e, (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError)) or (
-        _DAMAGE.search(message)):
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, Damaged,
+                      UnicodeDecodeError, json.JSONDecodeError)) or _DAMAGE.search(message):
       return message[:160]
   return None
 
@@ -221,6 +330,12 @@ class _ReadNoise(workdir_lib.LibraryNoise):
 _read_noise = None
 
 
+def _late_callback(error: BaseException) -> bool:
+  """Whether ``error`` is TensorStore calling back into an asyncio loop that a failed read
+  already closed (its reads still in flight print it through ``sys.excepthook``)."""
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
 def _quiet_failed_reads() -> None:
   """Installs ``_ReadNoise`` on the log handlers, once per process, for good."""
   global _read_noise
@@ -228,6 +343,26 @@ def _quiet_failed_reads() -> None:
     _read_noise = _ReadNoise()
     for handler in workdir_lib.log_handlers():
       handler.addFilter(_read_noise)
+
+
+def quiet_late_callbacks() -> None:
+  """Makes ``sys.unraisablehook`` and ``sys.excepthook`` drop ``_late_callback``'s tracebacks,
+  which a failed read or write prints by the hundred (a command calls it as it starts; a
+  library leaves the hooks alone)."""
+  if getattr(sys.unraisablehook, "drops_late_callbacks", False):
+    return
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+  def unraisablehook(unraisable):
+    if not _late_callback(unraisable.exc_value):
+      previous_unraisable(unraisable)
+
+  def excepthook(kind, error, traceback):
+    if not _late_callback(error):
+      previous_except(kind, error, traceback)
+
+  unraisablehook.drops_late_callbacks = True
+  sys.unraisablehook, sys.excepthook = unraisablehook, excepthook
 
 
 def restore_trained(workdir: str, target_fn, which: str = "best"):
@@ -261,11 +396,12 @@ def restore_trained(workdir: str, target_fn, which: str = "best"):
       best = ckpt.best_step() if which == "best" else None
       order = ([best] if best in steps else []) + [s for s in steps if s != best]
       state, _, step, damaged = ckpt.restore_intact(abstract, order)
+      damaged = sorted(set(damaged) | {s for s in ckpt.passed_over if s > step}, reverse=True)
     except WorkdirError:
       raise
     except FileNotFoundError:
       continue  # Listed, then deleted before Orbax read its metadata.
-    except (CheckpointDamaged, ValueError, KeyError, TypeError) as e:
+    except (CheckpointDamaged, CheckpointMisfit, ValueError, KeyError, TypeError) as e:
       if steps is None or _listing(ckpt) != steps:
         continue
       raise _unreadable(workdir, e, "train again, into another --workdir or after moving "
@@ -283,12 +419,14 @@ def restore_trained(workdir: str, target_fn, which: str = "best"):
 
 def _unreadable(workdir: str, error: Exception, way_on: str) -> WorkdirError:
   """The one line for checkpoints that cannot be restored: all damaged (``CheckpointDamaged``),
-  or not of the model of the config (a ValueError, KeyError or TypeError of Orbax's)."""
+  or not of the model of the config (``CheckpointMisfit``, or a ValueError, KeyError or
+  TypeError of Orbax's); ``way_on`` says what to do."""
   if isinstance(error, CheckpointDamaged):
     return WorkdirError(f"workdir {workdir}: every checkpoint is damaged (steps "
                         f"{', '.join(map(str, error.steps))}): {way_on}")
   return WorkdirError(f"workdir {workdir}: a checkpoint does not fit the model of config.json "
-                      f"({' '.join(str(error).split())[:200]})")
+                      f"({' '.join(str(error).split())[:200]}): restore the config.json it was "
+                      f"trained with, or {way_on}")
 
 
 _NO_CHECKPOINT = ("workdir {workdir}: no checkpoint to restore (train one first: python -m "

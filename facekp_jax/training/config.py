@@ -223,8 +223,14 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     WorkdirError: no readable ``config.json``.
   """
   path = os.path.join(workdir, "config.json")
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} does not exist: give the workdir of a training (or a "
+                       "packed model)")
   if not os.path.isfile(path):
-    raise WorkdirError(f"workdir {workdir}: no config.json (not a training workdir)")
+    what = ("is a folder" if os.path.isdir(path) else "is a dangling symbolic link"
+            if os.path.islink(path) else "is missing")
+    raise WorkdirError(f"workdir {workdir}: its config.json {what}: give the workdir of a "
+                       "training (or a packed model), or restore its config.json")
   return ml_collections.ConfigDict(_tuples(upgrade(saved_config(workdir))))
 
 

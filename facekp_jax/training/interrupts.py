@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from facekp_jax.core import errors
+
 
 class Interrupted(Exception):
   """Raised by the loop after it saved a checkpoint in answer to a signal."""
@@ -17,7 +19,7 @@ class Interrupted(Exception):
     self.signum = signum
     self.step = step
     super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved, "
-                     "run the same command again to resume")
+                     f"{errors.RESUME}")
 
 
 class StopRequest:

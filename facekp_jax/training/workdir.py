@@ -18,7 +18,7 @@ import re
 import ml_collections
 import numpy as np
 
-from facekp_jax.core import errors, files, keypoints
+from facekp_jax.core import errors, files, keypoints, plots
 from facekp_jax.core.errors import WorkdirError
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import lock
@@ -53,7 +53,7 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
 # What a run keeps in its workdir: name -> whether it is a folder.
 RUN_ENTRIES = {"config.json": False, "trained_keypoints.json": False, "metrics.jsonl": False,
                "results.json": False, "checkpoints": True, "tensorboard": True,
-               lock.LOCK_NAME: False}
+               lock.LOCK_NAME: False, **{name: False for name in plots.RUN_PLOTS}}
 
 
 def check_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
@@ -202,7 +202,7 @@ def disk_failures_end_the_run(workdir: str):
     raise WorkdirError(
         f"workdir {workdir}: a write{where} failed ({failure.strerror or failure}); the last "
         "complete checkpoint and metrics.jsonl are intact: free space (or mend the disk) and "
-        "run the same command again to resume") from e
+        f"{errors.RESUME}") from e
   for handler in handlers:
     handler.removeFilter(noise)
 

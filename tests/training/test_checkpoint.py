@@ -260,10 +260,11 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_same_command_resumes(csv, 
     [line] = [l for l in err.splitlines() if l.startswith("error: ")]
     assert line.startswith(f"error: workdir {workdir}: a write") and "No space left" in line
     assert "run the same command again" in line
-    # Orbax's threads' own records of the failure stay out (what they raise while the
-    # interpreter shuts down is not a disk failure, and may still be printed).
+    # Orbax's threads' own records of the failure stay out, and nothing follows the line (the
+    # process ends there, without the shutdown in which half-done writes print tracebacks).
     others = [l for l in err.replace(line, "").splitlines() if "No space left" in l]
     assert not others, "\n".join(l[:300] for l in others)  # Each such line, not 1,000 others.
+    assert err.strip().splitlines()[-1] == line and "Traceback" not in err, err[-3000:]
     for line in open(workdir / "metrics.jsonl"):
       json.loads(line)  # Whole lines only.
     os.remove(filler)  # Space freed: the same command resumes, bit-identical.
