@@ -12,11 +12,12 @@ The flip maps x -> 95 - x (this project's pixel-centre convention; the seed
 used 96 - x, a 1 px difference).
 """
 
-from configs import resnet
+# configs/resnet.py is these defaults; importing them from the package lets a copy load anywhere.
+from facekp_jax.training import config as config_lib
 
 
 def get_config():
-  config = resnet.get_config()
+  config = config_lib.defaults()
   config.learning_rate = 1e-4
   config.data.rows = "complete"  # The seed trained on the 2140 complete rows.
   config.data.seed_copies = True

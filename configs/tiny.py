@@ -3,11 +3,12 @@
   python -m facekp_jax.main --config=configs/tiny.py --workdir=/tmp/tiny
 """
 
-from configs import resnet
+# configs/resnet.py is these defaults; importing them from the package lets a copy load anywhere.
+from facekp_jax.training import config as config_lib
 
 
 def get_config():
-  config = resnet.get_config()
+  config = config_lib.defaults()
   config.num_epochs = 2
   config.batch_size = 8
   config.learning_rate = 1e-3  # A tiny network takes a larger step than the full one.
@@ -16,7 +17,8 @@ def get_config():
   config.model.stage_filters = ((4, 4, 8), (8, 8, 16))
   config.model.stage_blocks = (2, 1)
   config.model.stem_filters = 8
-  # The seed's dense head, tiny: cheaper than 48x48 heatmaps (tests/model/test_heads.py trains them).
+  # The seed's dense head, tiny: cheaper than 48x48 heatmaps (tests/model/test_heads.py trains
+  # those).
   config.model.head = "regression"
   config.model.dense_sizes = (32,)
   config.model.dropout_rates = (0.1,)

@@ -15,7 +15,11 @@ command with one line on stderr, ``error: ...``, and exit code 2 (``fail``, ``us
 from __future__ import annotations
 
 import contextlib
+import os
+import select
+import signal
 import sys
+import time
 from typing import NoReturn
 
 from absl import flags, logging
@@ -35,25 +39,87 @@ def fail(message) -> NoReturn:
   sys.exit(2)
 
 
+def run_as_process(main, *args) -> None:
+  """Runs a command's ``main`` as the process (``if __name__ == "__main__"``): where it ends in
+  an error (a non-zero exit code), the process ends there, its output flushed, without Python's
+  shutdown, in which Orbax's, TensorStore's and asyncio's half-done work would print thousands of
+  lines after the one line. Every file a run writes appears whole or not at all (as after a
+  kill, which the checkpoint tests prove harmless), so nothing is lost by not waiting."""
+  try:
+    main(*args)
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if code == 0:
+      raise
+    if not isinstance(e.code, int):
+      print(e.code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+      stream.flush()
+    os._exit(code)
+
+
 def usage_error(message) -> NoReturn:
   """Ends a command on a bad or inconsistent flag."""
   fail(f"bad flag: {message}")
 
 
+def resume_with(message: str, resume: str | None) -> str:
+  """``message`` with its "run the same command again" (``errors.RESUME``) replaced by the
+  exact command ``resume``, where given."""
+  return message.replace(errors.RESUME, f"resume with: {resume}") if resume else message
+
+
 @contextlib.contextmanager
-def user_errors():
-  """``USER_ERRORS`` and OS errors raised inside become ``fail``'s one line."""
+def user_errors(resume: str | None = None):
+  """``USER_ERRORS`` and OS errors raised inside become ``fail``'s one line (``resume``: the
+  command that resumes, for ``resume_with``)."""
   try:
     yield
   except USER_ERRORS as e:
-    fail(e)
+    fail(resume_with(str(e), resume))
   except OSError as e:  # Some (Orbax's) carry a message and no file name.
     fail(f"{e.filename}: {e.strerror or e}" if e.filename else (e.strerror or e))
 
 
+def check_xla_flags() -> None:
+  """Fails in one line on an ``XLA_FLAGS`` that XLA would refuse, before this process starts a
+  backend: XLA ends the process on an unknown flag (exit code 1, a C++ log line). A forked child
+  starts the CPU backend to find out (milliseconds; only where XLA_FLAGS is set)."""
+  if not os.environ.get("XLA_FLAGS", "").strip():
+    return
+  read, write = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # The child: start a backend with these flags; XLA exits 1 on a bad one.
+    try:
+      os.dup2(write, 2)
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.config.update("jax_platforms", "cpu")
+      jax.devices()
+    finally:  # Any other failure is not the flags': the parent's own start will tell.
+      os._exit(0)
+  os.close(write)
+  said, deadline = b"", time.monotonic() + 60
+  with os.fdopen(read, "rb", buffering=0) as f:
+    while select.select([f], [], [], max(0.0, deadline - time.monotonic()))[0]:
+      chunk = f.read(65536)
+      if not chunk:  # The child has ended.
+        break
+      said += chunk
+    else:  # A child stuck for any reason is let go.
+      os.kill(pid, signal.SIGKILL)
+  _, status = os.waitpid(pid, 0)
+  if os.waitstatus_to_exitcode(status) > 0:
+    lines = [line.split("] ", 1)[-1] for line in said.decode(errors="replace").splitlines()
+             if "XLA_FLAGS" in line]
+    fail(f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}: "
+         f"{lines[-1] if lines else 'XLA refuses these flags'}; mend or unset XLA_FLAGS")
+
+
 def quiet_libraries() -> None:
-  """Keeps Orbax's and JAX's routine INFO and WARNING lines out of a command's output."""
+  """Keeps Orbax's and JAX's routine INFO and WARNING lines, and the tracebacks TensorStore
+  prints of a failed read, out of a command's output."""
   logging.set_verbosity(logging.ERROR)
+  checkpoint.quiet_late_callbacks()
 
 
 def command_flags() -> flags.FlagValues:

@@ -69,3 +69,79 @@ def test_os_errors_are_one_line_naming_the_file_or_saying_the_message(capsys):
     with pytest.raises(SystemExit) as e, cli.user_errors():
       raise error
     assert e.value.code == 2 and capsys.readouterr().err == line + "\n"
+
+
+def test_a_config_file_loads_from_any_folder_and_its_problems_are_one_line(tmp_path):
+  """A copy of a shipped config runs from another folder; a mistyped path, a folder and a
+  config whose own code fails are one line each, exit code 2."""
+  import shutil
+  shutil.copy(os.path.join(ROOT, "configs", "tiny.py"), tmp_path / "mine.py")
+  # The batch check comes after the config, the data and the model's config checks.
+  proc = subprocess.run([sys.executable, "-m", "facekp_jax.main", f"--config={tmp_path}/mine.py",
+                         "--config.batch_size=64", f"--workdir={tmp_path / 'w'}"],
+                        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                        env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2 and "batch_size 64 exceeds" in proc.stderr, proc.stderr[-2000:]
+  (tmp_path / "broken.py").write_text("import nowhere_at_all\n\ndef get_config():\n  pass\n")
+  cases = {
+      "configs/resnett.py": "error: config file configs/resnett.py not found (the repository's: "
+                            "configs/resnet.py, configs/seed_keras.py, configs/tiny.py)",
+      str(tmp_path): f"error: config file {tmp_path} is a folder; give a .py file with "
+                     "get_config()",
+      str(tmp_path / "broken.py"): f"error: config file {tmp_path / 'broken.py'} does not load: "
+                                   "ModuleNotFoundError: No module named 'nowhere_at_all'",
+  }
+  for path, line in cases.items():
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "facekp_jax.main", f"--config={path}"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert (proc.returncode, proc.stderr) == (2, line + "\n"), proc.stderr[-2000:]
+
+
+def test_xla_flags_xla_refuses_are_one_line_exit_2(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_nonsense=1")
+  for command in (["facekp_jax.main", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}"],
+                  ["facekp_jax.evaluate", f"--workdir={tmp_path}", f"--csv={tmp_path}"]):
+    proc = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    assert (proc.returncode, proc.stderr) == (
+        2, "error: XLA_FLAGS='--xla_nonsense=1': Unknown flag in XLA_FLAGS: --xla_nonsense=1; "
+        "mend or unset XLA_FLAGS\n"), proc.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
+def test_an_interrupted_run_without_workdir_says_the_exact_command_that_resumes(tmp_path):
+  """The README's command has no --workdir: the log names the folder it chose, and Ctrl-C's
+  line gives the command that resumes that folder (a plain rerun would start a new one)."""
+  import shlex
+  import signal
+  import time
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  config = os.path.join(ROOT, "configs", "tiny.py")
+  proc = subprocess.Popen([sys.executable, "-m", "facekp_jax.main", f"--config={config}",
+                           "--config.num_epochs=50"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+  deadline = time.time() + 240
+  while not glob_checkpoints(tmp_path) and proc.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+  [workdir] = os.listdir(tmp_path / "runs")
+  assert f"workdir runs/{workdir} (resume with: " in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("stopped by SIGINT at step ") and "checkpoint saved, resume with: " in last
+  command = shlex.split(last.split("resume with: ", 1)[1])
+  assert command == ["python", "-m", "facekp_jax.main", f"--config={config}",
+                     "--config.num_epochs=50", f"--workdir=runs/{workdir}"]
+  again = subprocess.run([sys.executable, *command[1:], "--config.num_epochs=2",
+                          "--allow_config_change"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+  assert again.returncode == 0 and "resumed from the checkpoint" in again.stderr, again.stderr
+  assert os.listdir(tmp_path / "runs") == [workdir]
+
+
+def glob_checkpoints(folder):
+  import glob
+  return glob.glob(str(folder / "runs" / "*" / "checkpoints" / "[0-9]*"))
