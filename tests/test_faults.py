@@ -12,6 +12,7 @@ disk is its tmpfs test.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import hashlib
@@ -20,6 +21,8 @@ import os
 import re
 import shutil
 import sys
+import threading
+import time
 
 import pytest
 
@@ -351,12 +354,21 @@ def test_the_write_cells_cover_every_kind_of_write(write_points):
                          ids=[f"{p}-{errno.errorcode[c]}" for p, c in WRITE_CELLS])
 def test_a_failing_write(tmp_path, capsys, point, code):
   workdir = str(tmp_path / "w")
+  threads = set(threading.enumerate())
   _inject.update(target=(workdir, re.escape(point)), errno=code, seen=[])
   try:
     with pytest.raises(SystemExit) as e:
       main.train(_config(), workdir)
   finally:
     hit, _inject["target"] = _inject["target"] is None, None
+  # The command's process ends here, Orbax's writer threads with it; in-process they finish the
+  # failed save's other files for a moment (< 1 s), which the next run's cleanup would race.
+  # (Those that wait for a step folder that was never made stay blocked, writing nothing.)
+  deadline = time.time() + 5
+  for thread in set(threading.enumerate()) - threads:
+    if not thread.daemon:
+      with contextlib.suppress(TimeoutError):  # Orbax's threads raise it from join.
+        thread.join(timeout=max(0.01, deadline - time.time()))
   assert hit, f"the run never wrote {point}"
   err = capsys.readouterr().err
   assert e.value.code == 2 and "Traceback" not in err, err

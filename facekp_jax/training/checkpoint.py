@@ -23,11 +23,13 @@ place, and every process must see the same ``workdir`` (shared storage; checked 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
 import re
 import sys
+import time
 from typing import Any
 
 import jax
@@ -41,6 +43,10 @@ from facekp_jax.training import workdir as workdir_lib
 
 _BEST_METRIC = "val_rmse"
 _READ_TRIES = 5  # Times a reader lists the checkpoints again after one vanished under it.
+# Times a training makes its manager again when Orbax's cleanup of a half-written step finds
+# files still appearing: a save that failed in this process (a notebook's earlier call) leaves
+# its writer threads finishing for a moment.
+_CLEANUP_TRIES = 5
 CHECKPOINTS = ("best", "latest")
 
 
@@ -79,8 +85,15 @@ class Checkpointer:
           preservation_policy=policy, create=not read_only, best_fn=lambda m: m[_BEST_METRIC],
           best_mode="min", cleanup_tmp_directories=not read_only, read_only=read_only,
           step_name_format=_listable_steps() if self.passed_over else None)
-      self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                            item_names=("state", "progress"))
+      for attempt in range(_CLEANUP_TRIES):
+        try:
+          self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                item_names=("state", "progress"))
+          break
+        except OSError as e:  # Its cleanup of a half-written step raced that step's writers.
+          if e.errno != errno.ENOTEMPTY or attempt == _CLEANUP_TRIES - 1:
+            raise
+          time.sleep(1.0)
     finally:
       absl_logger.removeFilter(_read_only_notes)
     if not read_only:

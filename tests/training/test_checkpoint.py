@@ -367,3 +367,33 @@ def test_what_orbax_tasks_log_of_a_handled_read_failure_is_dropped_and_nothing_e
   assert noise.filter(record("asyncio", ValueError("a bug")))  # Not a read failure: kept.
   assert noise.filter(record("facekp_jax", torn))  # Not asyncio's or Orbax's: kept.
   assert noise.filter(record("asyncio", torn, level=logging.INFO))
+
+
+def test_a_manager_whose_cleanup_races_a_finishing_writer_is_made_again(tmp_path, monkeypatch):
+  """A save that failed in this process leaves its writer threads finishing for a moment, and
+  Orbax's cleanup of that half-written step then meets files still appearing (ENOTEMPTY)."""
+  import errno
+
+  import orbax.checkpoint as ocp
+  made, real = [], ocp.CheckpointManager
+
+  def racing(*args, **kwargs):
+    made.append(1)
+    if len(made) == 1:
+      raise OSError(errno.ENOTEMPTY, "Directory not empty", "state.orbax-checkpoint-tmp")
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
+  monkeypatch.setattr(ocp, "CheckpointManager", racing)
+  checkpoint.Checkpointer(str(tmp_path / "w")).close()
+  assert len(made) == 2
+
+  def always_racing(*args, **kwargs):
+    made.append(1)
+    raise OSError(errno.ENOTEMPTY, "Directory not empty", "state.orbax-checkpoint-tmp")
+
+  made.clear()  # A race that does not end is the one-line OSError it was, after a few tries.
+  monkeypatch.setattr(ocp, "CheckpointManager", always_racing)
+  with pytest.raises(OSError, match="Directory not empty"):
+    checkpoint.Checkpointer(str(tmp_path / "v"))
+  assert len(made) == checkpoint._CLEANUP_TRIES
