@@ -165,9 +165,9 @@ class Checkpointer:
 
   def restore_intact(self, state_like, steps: list[int]) -> tuple[Any, dict, int, list[int]]:
     """Restores the first of ``steps`` that reads whole: ``(state, progress, step, damaged)``,
-    ``damaged`` the steps before it that are damaged (``damage``'s). A step that vanishes
-    while it is read (a training beside deleted it) is skipped, as one that does not fit
-    ``state_like`` raises.
+    ``damaged`` the steps before it that are damaged: their records unreadable, or a read that
+    fails as a damaged file does (``damage``). A step that vanishes while it is read (a
+    training beside deleted it) is skipped; one whose records are another model's raises.
 
     Raises:
       CheckpointDamaged: none of ``steps`` reads whole (``damaged`` lists them).
@@ -186,10 +186,13 @@ class Checkpointer:
         # One deleted while being read looked damaged: it is gone now.
         damaged = [d for d in damaged if os.path.isdir(os.path.join(self.directory, str(d)))]
         return state, progress, step, damaged
-      except Exception:  # pylint: disable=broad-except  # This model's, yet unreadable.
+      except Exception as e:  # pylint: disable=broad-except
         _quiet_failed_reads()
-        if os.path.isdir(os.path.join(self.directory, str(step))):
-          damaged.append(step)  # Else deleted under the reader by the training's retention.
+        if not os.path.isdir(os.path.join(self.directory, str(step))):
+          continue  # Deleted under the reader by the training's retention.
+        if recorded is not None and damage(e) is None:
+          raise  # Records whole and of this model, yet not a damaged file's error: not damage.
+        damaged.append(step)
     raise CheckpointDamaged(damaged)
 
   def resume(self, state_like) -> tuple[Any, dict]:
