@@ -183,6 +183,12 @@ _FLIP_TTA = {"tta_rotations": ()}  # Scored as the default scored before its tur
 _TODAY = config_lib.defaults()
 OLD_DEFAULTS = {**{k: v for k, v in config_lib.LEGACY.items()
                    if k != "model.head" and v != config_lib.value(_TODAY, k)}, **_NO_EMA_TTA}
+# The optimizer recipe every study ran with (configs/resnet.py's until issue 27 made the main
+# job's schedule one-cycle): pinned under every study (``ablate.budget_config``), so that their
+# finished runs stay theirs; a model size's own rate (small, tiny) still wins; study `schedule`
+# compares it with today's.
+STUDY_RECIPE = {"schedule": "constant", "learning_rate": 1e-4, "batch_size": 32,
+                "warmup_epochs": 0.0}
 
 
 # Proposed budgets: about 25 minutes each on this 2-core CPU when it runs nothing else (the
@@ -332,4 +338,16 @@ STUDIES: dict[str, Study] = {
         note="Confirmation at the real budget: the full model, 25 epochs of the 6120-face pool "
              "(run with --set data.val_fraction=0 so that every pool face trains), scored on "
              "the 1530 held-out faces."),
+    "schedule": Study(
+        question="Does the main job's fast recipe (issue 27: configs/resnet.py's one-cycle "
+                 "schedule at batch 64, chosen on the built-in faces for its 20-epoch run) hold "
+                 "on real faces at the real budget, against the recipe every study ran "
+                 "(constant Adam 1e-4 at batch 32)?",
+        arms=(Arm("constant", {"model.head": "heatmap", **_HEATMAP_UNUSED}),
+              Arm("onecycle", {"model.head": "heatmap", **_HEATMAP_UNUSED, **{
+                  k: config_lib.value(_TODAY, k) for k in STUDY_RECIPE}})),
+        budgets={"mtfl": Budget("full", 25, 0)},
+        datasets=("mtfl",), heldout=True, robustness=True,
+        note="The protocol of study `defaults` (run with --set data.val_fraction=0): its "
+             "reference arm is the same run as that study's new-default."),
 }

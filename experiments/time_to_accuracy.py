@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"default": [], "seed": ["--config.model.head=regression"]}
 
 
-def _machine() -> str:
+def machine() -> str:
   """The CPU's model name and core count (what the seconds depend on)."""
   try:
     with open("/proc/cpuinfo") as f:
@@ -83,7 +83,7 @@ def time_to_accuracy(config: str, model: str, threshold: float, max_epochs: int,
           "epoch": (hit or (records[-1] if records else {})).get("epoch"),
           "val_rmse": round(hit["val_rmse"], 3) if hit else None,
           "best_val_rmse": None if best is None else round(best, 3),
-          "max_epochs": max_epochs, "machine": _machine()}
+          "max_epochs": max_epochs, "machine": machine()}
 
 
 def main(argv=None) -> None:

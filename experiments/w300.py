@@ -32,12 +32,11 @@ import cv2
 import numpy as np
 from absl import flags
 
-from experiments import ablate
+from experiments import ablate, ship_model
 from facekp_jax import cli
 from facekp_jax.core import files, keypoints
 from facekp_jax.data import pts
 from facekp_jax.serving import predictor, scoring
-from facekp_jax.training import config as config_lib
 from facekp_jax.training import loop
 
 SOURCES = ("helen", "lfpw", "afw")
@@ -78,7 +77,6 @@ def at_resolution(folder: str, resolution: int, dest: str) -> str:
 
 def run(heldout: str, w300: str, scratch: str, out: str, epochs: int | None = None,
         resolution: int = keypoints.IMAGE_SIZE) -> dict:
-  config = config_lib.defaults()
   train, scored = training_folder(heldout, w300, scratch), os.path.join(w300, heldout)
   name = f"without-{heldout}"
   if resolution != keypoints.IMAGE_SIZE:
@@ -86,10 +84,7 @@ def run(heldout: str, w300: str, scratch: str, out: str, epochs: int | None = No
     train = at_resolution(train, resolution, os.path.join(folder, f"without-{heldout}"))
     scored = at_resolution(scored, resolution, os.path.join(folder, heldout))
     name = f"{name}-r{resolution}"
-  config.data.train_csv = train
-  config.data.val_fraction = 0.0
-  if epochs:
-    config.num_epochs = epochs
+  config = ship_model.recipe(train, epochs)  # The recipe its committed figures ran.
   workdir = os.path.join(scratch, f"{name}-{config.num_epochs}ep")
   trained = loop.train_and_evaluate(config, workdir)
   model = predictor.load(workdir, "latest")

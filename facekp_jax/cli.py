@@ -22,6 +22,7 @@ import sys
 import time
 from typing import NoReturn
 
+import jax
 from absl import flags, logging
 
 from facekp_jax.core import errors
@@ -31,6 +32,7 @@ from facekp_jax.training import checkpoint, lock
 
 # Problems with the user's input, config or storage: one line on stderr, exit code 2.
 USER_ERRORS = (errors.DataError, errors.WorkdirError, errors.ConfigError, lock.WorkdirBusy)
+CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"  # JAX's own: read when jax is imported.
 
 
 def fail(message) -> NoReturn:
@@ -79,6 +81,42 @@ def user_errors(resume: str | None = None):
     fail(resume_with(str(e), resume))
   except OSError as e:  # Some (Orbax's) carry a message and no file name.
     fail(f"{e.filename}: {e.strerror or e}" if e.filename else (e.strerror or e))
+
+
+def before_jax() -> None:
+  """What a command does before JAX starts a backend: ``check_xla_flags``, then the persistent
+  compilation cache (``compilation_cache``)."""
+  check_xla_flags()
+  compilation_cache()
+
+
+def compilation_cache_dir() -> str | None:
+  """Where the commands keep compiled programs between runs: ``JAX_COMPILATION_CACHE_DIR``
+  where it is set (empty: nowhere), else ``$XDG_CACHE_HOME/facekp_jax/jax`` (~/.cache/...)."""
+  if CACHE_VARIABLE in os.environ:
+    return os.environ[CACHE_VARIABLE] or None
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(root, "facekp_jax", "jax")
+
+
+def compilation_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache in ``compilation_cache_dir()``; returns it.
+
+  A later run of the same model finds its training and evaluation programs compiled (JAX keys
+  an entry by the program, the backend and the versions: a changed model compiles anew). A
+  folder that cannot be made leaves the cache off; a failing read or write of an entry is
+  JAX's warning and a compilation, never an error.
+  """
+  path = compilation_cache_dir()
+  if path is None:
+    return None
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    logging.info("no persistent compilation cache: %s: %s", path, e.strerror or e)
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
 
 
 def check_xla_flags() -> None:

@@ -38,7 +38,7 @@ def main(argv=None) -> None:
   cli.parse(fv, "python -m facekp_jax.evaluate", "Score a trained workdir on a "
             "Kaggle-layout file (masked cells not scored).", argv)
   cli.quiet_libraries()
-  cli.check_xla_flags()
+  cli.before_jax()
   with cli.user_errors():
     problem = scoring.split_problem(fv.workdir, fv.csv, fv.split)
     if problem:

@@ -32,7 +32,7 @@ def main(argv=None) -> None:
   cli.parse(fv, "python -m facekp_jax.export", "Export a trained workdir's model: "
             "StableHLO (jax.export) or ONNX.", argv)
   cli.quiet_libraries()
-  cli.check_xla_flags()
+  cli.before_jax()
   if not os.path.isdir(os.path.dirname(os.path.abspath(fv.out))):
     cli.usage_error(f"--out {fv.out}: its folder does not exist")
   with cli.user_errors():

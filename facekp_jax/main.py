@@ -110,7 +110,7 @@ def main(argv):
   host_memory.reuse_freed_memory()  # Before JAX starts its CPU client (core/host_memory.py).
   logging.get_absl_handler().addFilter(_quiet_libraries)
   checkpoint.quiet_late_callbacks()
-  cli.check_xla_flags()  # Before the backend starts: XLA ends the process on a bad flag.
+  cli.before_jax()  # XLA ends the process on a bad flag; the compilation cache.
   try:
     distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)

@@ -44,7 +44,7 @@ def main(argv=None) -> None:
                    "Predict keypoints with a trained workdir: a Kaggle test file, or pictures.",
                    argv, positional=True)
   cli.quiet_libraries()
-  cli.check_xla_flags()
+  cli.before_jax()
   if bool(fv.csv) == bool(args):
     cli.usage_error("give either --csv or image files")
   if fv.csv and not fv.out:

@@ -32,7 +32,11 @@ def test_seed_replica_keeps_the_seed_faults_and_resnet_does_not():
   assert seed.data.seed_copies and not fixed.data.seed_copies
   assert seed.data.rows == "complete" and fixed.data.rows == "all"  # The `rows` ablation.
   assert fixed.augment.vflip_prob == 0.0
-  assert (fixed.num_epochs, fixed.batch_size) == (50, 32)
+  # The seed's budget and constant step; the default's one-cycle run is shorter (issue 27).
+  assert (seed.num_epochs, seed.batch_size, seed.learning_rate, seed.schedule) == (
+      50, 32, 1e-4, "constant")
+  assert (fixed.num_epochs, fixed.batch_size, fixed.learning_rate, fixed.schedule) == (
+      20, 64, 4e-3, "onecycle")
 
 
 def test_a_saved_config_gets_the_behaviour_of_the_fields_it_predates():

@@ -145,3 +145,44 @@ def test_an_interrupted_run_without_workdir_says_the_exact_command_that_resumes(
 def glob_checkpoints(folder):
   import glob
   return glob.glob(str(folder / "runs" / "*" / "checkpoints" / "[0-9]*"))
+
+
+def test_the_compilation_cache_folder_is_the_users_unless_jax_is_told(monkeypatch, tmp_path):
+  from facekp_jax import cli
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert cli.compilation_cache_dir() == str(tmp_path / "xdg" / "facekp_jax" / "jax")
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert cli.compilation_cache_dir() == str(tmp_path / "home" / ".cache" / "facekp_jax" / "jax")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+  assert cli.compilation_cache_dir() == str(tmp_path / "mine")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # Off.
+  assert cli.compilation_cache_dir() is None and cli.compilation_cache() is None
+
+
+def test_a_cache_folder_that_cannot_be_made_leaves_the_cache_off(monkeypatch, tmp_path):
+  import jax
+
+  from facekp_jax import cli
+  (tmp_path / "file").write_text("")
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # A file where a folder must be.
+  updates = []
+  monkeypatch.setattr(jax.config, "update", lambda *a: updates.append(a))
+  assert cli.compilation_cache() is None and updates == []
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert cli.compilation_cache() == str(tmp_path / "xdg" / "facekp_jax" / "jax")
+  assert updates == [("jax_compilation_cache_dir", str(tmp_path / "xdg" / "facekp_jax" / "jax"))]
+
+
+def test_a_training_keeps_its_compiled_programs_for_the_next_run(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # Tiny programs compile fast.
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  cmd = [sys.executable, "-m", "facekp_jax.main", "--config=configs/tiny.py",
+         "--config.num_epochs=1", f"--workdir={tmp_path / 'run'}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  entries = os.listdir(tmp_path / "facekp_jax" / "jax")
+  assert sum(e.endswith("-cache") for e in entries) >= 2, entries  # Training and evaluation.

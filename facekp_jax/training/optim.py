@@ -4,14 +4,15 @@
                          ``config.weight_decay`` on kernels only: biases and
                          batch-norm scales/offsets are not decayed).
   config.adam_eps:       Adam's epsilon (optax's 1e-8; Keras uses 1e-7).
-  config.schedule:       "constant" (default), "cosine" (decay to 0 over the run)
-                         or "onecycle" (rise from lr/25, then cosine down to lr/25e4).
+  config.schedule:       "onecycle" (default: rise from lr/25, then cosine down to
+                         lr/25e4), "constant" or "cosine" (decay to 0 over the run).
   config.warmup_epochs:  linear warm-up from 0 for "constant" and "cosine"; the
                          rising phase of "onecycle" (0: its usual 30 % of the run).
 
-The peak learning rate is ``config.learning_rate`` throughout. The default
-(constant Adam) is exactly ``optax.adam(config.learning_rate)``, so states and
-checkpoints from before these options existed keep their structure.
+The peak learning rate is ``config.learning_rate`` throughout. A constant rate
+without warm-up (the default until issue 27; workdirs from before these options
+read as it) is exactly ``optax.adam(config.learning_rate)``, so their states and
+checkpoints keep their structure.
 """
 
 from __future__ import annotations

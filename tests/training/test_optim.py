@@ -35,9 +35,10 @@ def _lr(config, steps_per_epoch, step):
   return float(lr(step)) if callable(lr) else float(lr)
 
 
-def test_default_is_bit_identical_to_constant_adam():
+def test_a_constant_rate_is_bit_identical_to_constant_adam():
   config = resnet.get_config()
-  assert (config.optimizer, config.schedule, config.warmup_epochs) == ("adam", "constant", 0.0)
+  config.schedule = "constant"
+  assert (config.optimizer, config.warmup_epochs) == ("adam", 0.0)
   params = _params()
   ours, ref = optim.make_optimizer(config, 10), optax.adam(config.learning_rate)
   s_ours, s_ref = ours.init(params), ref.init(params)
