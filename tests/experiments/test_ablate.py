@@ -158,6 +158,25 @@ def test_relative_overrides_and_arms_of_every_study_resolve_to_valid_configs(tmp
   assert len(three.model.stage_filters) == len(three.model.stage_blocks) == 3
 
 
+def test_studies_run_the_recipe_their_figures_ran_and_study_schedule_todays(tmp_path):
+  from facekp_jax.training import config as config_lib
+  today = config_lib.defaults()
+  recipe = ("schedule", "learning_rate", "batch_size", "warmup_epochs")
+  csv = _mtfl_like(tmp_path / "mtfl.csv", 4)
+  full = ablate.budget_config(ablate.Budget("full", 25, 0), "mtfl", csv, [])
+  assert [full[k] for k in recipe] == ["constant", 1e-4, 32, 0.0]
+  assert [today[k] for k in recipe] != [full[k] for k in recipe]  # Else the pin says nothing.
+  small = ablate.budget_config(ablate.Budget("small", 1, 64), "synthetic", "", [])
+  assert (small.schedule, small.learning_rate) == ("constant", 1e-3)  # The size's own rate.
+  study = ablate.STUDIES["schedule"]
+  before, now = (ablate.arm_config(full, study, "mtfl", arm, 0)[0] for arm in study.arms)
+  assert [before[k] for k in recipe] == [full[k] for k in recipe]
+  assert [now[k] for k in recipe] == [today[k] for k in recipe]
+  defaults_study = ablate.STUDIES["defaults"]
+  new_default = ablate.arm_config(full, defaults_study, "mtfl", defaults_study.arms[1], 0)[0]
+  assert ablate.config_hash(new_default) == ablate.config_hash(before)  # One run, two studies.
+
+
 def test_bad_settings_and_scratch_in_the_repository_are_refused(tmp_path):
   with pytest.raises(SystemExit):
     ablate.main(["--study=flip", f"--scratch={ROOT}/runs/x"])

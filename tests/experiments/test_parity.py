@@ -38,6 +38,7 @@ def test_each_arm_changes_exactly_its_fields_to_keras_behaviour():
   ref = parity.flat(parity.arm_config(parity.REFERENCE, 0, budget, "train.csv"))
   assert ref["model.head"] == "regression" and ref["data.val_fraction"] == 0.0
   assert ref["data.train_csv"] == "train.csv" and ref["batch_size"] == 32
+  assert (ref["learning_rate"], ref["schedule"]) == (1e-4, "constant")  # Keras' step.
   assert ref["num_epochs"] == 8 and ref["model.kernel_init"] == "lecun_normal"
   assert ref["adam_eps"] == 1e-8 and ref["model.output_scale"] == 48.0
   assert ref["augment.hflip_prob"] == 0.5 and ref["augment.brightness_prob"] == 0.5

@@ -23,6 +23,8 @@ def test_cross_trains_on_the_lfw_rows_and_scores_the_web_rows(tmp_path, monkeypa
   assert ship_model.data_files("ship", str(source), str(tmp_path / "s")) == (str(source), None)
   config = ship_model.recipe(train)
   assert config.data.val_fraction == 0 and config.num_epochs == 50 and not config.data.keypoints
+  # The shipped model's recipe, whatever today's default.
+  assert (config.schedule, config.learning_rate, config.batch_size) == ("constant", 1e-4, 32)
 
 
 def test_heldout_is_ablates_split_disjoint_and_whole(tmp_path):
