@@ -7,7 +7,7 @@ augmentation. The layout is ``data.keypoints``, or when that is "" the data's ow
 point count (``data.pts``), a CSV's columns (``kaggle.header_layout``), Kaggle's 15 for the
 built-in faces; and where the keypoints that carry any label are all of a smaller built-in
 layout (a Kaggle file with only MTFL's 5 filled), that one (``narrow``). A one-line note says
-which layout was chosen.
+which layout was chosen. ``data.val_csv`` replaces the split by a file of validation faces.
 """
 
 from __future__ import annotations
@@ -103,10 +103,28 @@ def load_faces(data_config) -> tuple[Faces, keypoints.Layout, str]:
   return faces, layout, path
 
 
+def load_validation(data_config, layout: keypoints.Layout) -> Faces:
+  """``data.val_csv``'s faces (a CSV or a folder of .pts faces, read as ``data.train_csv``) with
+  ``layout``'s keypoints, the rows ``data.rows`` keeps.
+
+  Raises:
+    DataError: a file the training file's reading refuses, or one without ``layout``'s columns.
+  """
+  path = data_config.val_csv
+  if os.path.isdir(path):
+    faces, _, _ = pts.read_folder(path, layout)
+  else:
+    faces = kaggle.read_training_csv(path, data_config.bad_labels, layout)
+  return select_rows(faces, data_config.rows, path)
+
+
 def load_dataset(data_config, seed: int) -> tuple[Faces, Faces, keypoints.Layout, str]:
   """Returns (train, validation, the keypoint layout, the source's description), split before
-  augmentation."""
+  augmentation: the seeded split of the faces, or with ``data.val_csv`` every face trains and
+  that file's faces validate."""
   faces, layout, source = load_faces(data_config)
   faces = select_rows(faces, data_config.rows, source)
+  if data_config.val_csv:
+    return faces, load_validation(data_config, layout), layout, source
   train_idx, val_idx = split(len(faces), data_config.val_fraction, seed)
   return faces.take(train_idx), faces.take(val_idx), layout, source

@@ -92,6 +92,10 @@ def split_problem(workdir: str, path: str, split: str) -> str | None:
   if not is_training_file(config, path):
     return (f"--split=val: {path} is not the file this run trained on ({data.train_csv}); "
             "--split=val scores only that file's held-out validation faces")
+  if data.val_csv:
+    return (f"--split=val: this run validated on faces of their own (data.val_csv = "
+            f"{data.val_csv}), not on a split of {data.train_csv}; score that file with "
+            "--split=all")
   if not data.val_fraction:
     return ("--split=val: this run held out no faces (data.val_fraction=0: a final fit on "
             "every face)")

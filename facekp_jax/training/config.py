@@ -125,6 +125,8 @@ FIELDS: tuple[Field, ...] = (
           "(every keypoint labelled, the seed's choice)", dataset.rows_problem),
     Field("data.val_fraction", 0.2, "the validation split (0: a final fit on every face)",
           _unit),
+    Field("data.val_csv", "", "validation faces of their own (CSV or .pts folder, the "
+          "training layout) instead of a split; needs val_fraction=0", legacy=""),
     Field("data.bad_labels", "error", "a coordinate over 48 px outside the image: error, mask "
           "it, or drop its row", _one_of(kaggle.BAD_LABELS), legacy="error"),
     Field("data.seed_copies", False, "the seed's fixed offline copies (training split only)"),
@@ -312,8 +314,17 @@ def _layout_problems(config, num_devices: int) -> list[str]:
   return []
 
 
+def _validation_problems(config, num_devices: int) -> list[str]:
+  d = config.data
+  if d.val_csv and d.val_fraction:
+    return [f"data.val_csv validates on its own faces and every training face trains: set "
+            f"data.val_fraction=0 (got {d.val_fraction})"]
+  return []
+
+
 # The checks that join several fields: (config, number of devices) -> problems.
-RULES = (_batch_problems, _schedule_problems, _wing_problems, _model_problems, _layout_problems)
+RULES = (_batch_problems, _schedule_problems, _wing_problems, _model_problems, _layout_problems,
+         _validation_problems)
 
 
 def value(config, dotted: str):

@@ -366,6 +366,13 @@ def test_split_val_of_any_other_file_is_a_usage_error(workdir, tmp_path, capsys)
   err = capsys.readouterr().err
   assert e.value.code == 2 and err.startswith("error: bad flag: --split=val: this run held out "
                                               "no faces (data.val_fraction=0")
+  _edit_config(run, val_csv="held_out.csv")
+  with pytest.raises(SystemExit) as e:
+    evaluate.main([f"--workdir={run}", f"--csv={csv}", "--split=val"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith(
+      "error: bad flag: --split=val: this run validated on faces of their own (data.val_csv = "
+      "held_out.csv)") and err.rstrip().endswith("score that file with --split=all")
   assert sorted(os.listdir(run)) == before  # Refused before anything is scored or written.
 
 

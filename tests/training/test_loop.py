@@ -5,6 +5,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from configs import tiny
@@ -73,6 +74,27 @@ def test_no_validation_face_reaches_training(write_csv):
       seen |= keys(batch.images)
   assert keys(tr.images) & seen  # The check itself can recognise a face.
   assert not seen & forbidden
+
+
+def test_a_validation_file_replaces_the_split(write_csv):
+  """data.val_csv: every face of the training file trains, and that file's faces validate."""
+  train_csv = write_csv("t.csv", *random_faces(30, seed=1))
+  config = _config(train_csv, **{"data.val_csv": write_csv("v.csv", *random_faces(10, seed=2)),
+                                 "data.val_fraction": 0.0})
+  tr, val, layout, _ = dataset_lib.load_dataset(config.data, config.seed)
+  assert len(tr) == 30 and len(val) == 10 and layout.num_keypoints == 15
+  np.testing.assert_array_equal(np.round(val.images[..., 0] * 255).astype(np.uint8),
+                                random_faces(10, seed=2)[0])
+  partial = pd.read_csv(config.data.val_csv).drop(columns=["nose_tip_x", "nose_tip_y"])
+  config.data.val_csv = os.path.join(os.path.dirname(train_csv), "partial.csv")
+  partial.to_csv(config.data.val_csv, index=False)  # Not the training layout's columns.
+  with pytest.raises(errors.DataError, match=r"partial\.csv.*nose_tip"):
+    dataset_lib.load_dataset(config.data, config.seed)
+  # A split and a file at once: refused before anything is read, saying how to go on.
+  config.data.val_fraction = 0.2
+  assert config_lib.problems(config) == [
+      "data.val_csv validates on its own faces and every training face trains: set "
+      "data.val_fraction=0 (got 0.2)"]
 
 
 def _run(config, workdir):
