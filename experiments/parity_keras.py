@@ -14,6 +14,11 @@ once (the training set doubles), Adam 1e-4, MSE, batch 32, pixels / 255, shuffle
 Seeded with tf.keras.utils.set_random_seed. Each --predict file holds ``images`` (N, 96, 96, 1)
 in [0, 1]; ``--out`` gets one (N, n_out) prediction array per set name, ``columns`` (the output
 columns' names), and the training history and timing in ``meta`` (a JSON string).
+
+For experiments/time_to_accuracy.py, ``--val HELDOUT.csv --metrics FILE.jsonl`` scores the
+held-out faces (the training columns, RMSE in px) after every epoch and appends one JSON line
+``{"epoch", "val_rmse", "seconds"}`` to FILE (seconds since this process started); ``--out``
+is then optional.
 """
 
 import argparse
@@ -21,6 +26,8 @@ import json
 import os
 import sys
 import time
+
+T_START = time.perf_counter()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,8 +48,12 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--bench", required=True, help="the folder of keras_seed_real.py")
   parser.add_argument("--predict", type=_set, action="append", default=[], metavar="NAME=NPZ")
-  parser.add_argument("--out", required=True, help="predictions .npz")
+  parser.add_argument("--out", help="predictions .npz")
+  parser.add_argument("--val", help="held-out CSV scored after every epoch (with --metrics)")
+  parser.add_argument("--metrics", help="JSON-lines file of the per-epoch held-out scores")
   args = parser.parse_args(argv)
+  if not args.out and not args.metrics or bool(args.val) != bool(args.metrics):
+    parser.error("give --out, or --val with --metrics (or all three)")
 
   sys.path.insert(0, os.path.abspath(args.bench))
   import keras_seed_real  # pylint: disable=g-import-not-at-top
@@ -57,7 +68,24 @@ def main(argv=None):
   model = keras_seed_real.build(len(cols), None)  # --linear-head
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-4), loss="mse")
   t_fit = time.perf_counter()
-  history = model.fit(x, y, batch_size=32, epochs=args.epochs, verbose=2, shuffle=True)
+  callbacks = []
+  if args.val:
+    xv, yv_all, cols_v = keras_seed_real.load(args.val)
+    yv = yv_all[:, [cols_v.index(c) for c in cols]]
+
+    class Scores(tf.keras.callbacks.Callback):
+      """The held-out RMSE (px) after each epoch, one JSON line in --metrics."""
+
+      def on_epoch_end(self, epoch, logs=None):
+        pred = self.model.predict(xv, batch_size=256, verbose=0)
+        line = {"epoch": epoch + 1, "val_rmse": float(np.sqrt(np.mean((pred - yv) ** 2))),
+                "seconds": time.perf_counter() - T_START}
+        with open(args.metrics, "a") as f:
+          f.write(json.dumps(line) + "\n")
+
+    callbacks.append(Scores())
+  history = model.fit(x, y, batch_size=32, epochs=args.epochs, verbose=2, shuffle=True,
+                      callbacks=callbacks)
   train_seconds = time.perf_counter() - t_fit
   steps = args.epochs * -(-len(x) // 32)
   out = {"columns": np.array(cols)}
@@ -70,11 +98,12 @@ def main(argv=None):
           "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t0,
           "tensorflow": tf.__version__}
   out["meta"] = np.array(json.dumps(meta))
-  tmp = args.out + ".tmp.npz"
-  np.savez(tmp, **out)
-  os.replace(tmp, args.out)
+  if args.out:
+    tmp = args.out + ".tmp.npz"
+    np.savez(tmp, **out)
+    os.replace(tmp, args.out)
   print(f"keras seed {args.seed}: {args.epochs} epochs of {len(x)} images, "
-        f"{train_seconds:.0f}s; wrote {args.out}")
+        f"{train_seconds:.0f}s; wrote {args.out or args.metrics}")
 
 
 if __name__ == "__main__":
