@@ -81,7 +81,7 @@ DEFAULT_OUT = os.path.join(ROOT, "experiments", "results")
 DEFAULT_SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "ablate")
 _HELDOUT_SPLIT_SEED = 0xAB1A7E  # One held-out split per data set, whatever the run seeds.
 _SUBSET_SEED = 0xFACE5
-_HELDOUT_FRACTION = 0.2  # The held-out share of a study's faces (configs/resnet.py's split).
+HELDOUT_FRACTION = 0.2  # The held-out share of a study's faces (configs/resnet.py's split).
 
 # ----------------------------------------------------------------------------- configs
 
@@ -434,7 +434,7 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
   shared = arm_config(base, study, dataset, Arm("common"), 0)[0]  # The study's common settings.
   heldout_csv = None
   if study.heldout:
-    pool, heldout_csv = heldout_files(shared, dataset, data_dir, _HELDOUT_FRACTION,
+    pool, heldout_csv = heldout_files(shared, dataset, data_dir, HELDOUT_FRACTION,
                                       partial=study.partial_labels)
     base.data.train_csv = pool
     heldout_baseline = _mean_shape_rmse(pool, heldout_csv)

@@ -56,7 +56,6 @@ KERAS_SCRIPT = os.path.join(HERE, "parity_keras.py")
 DEFAULT_KERAS_PYTHON = "/tmp/peers/venv-tf/bin/python"
 DEFAULT_SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "parity")
 DEFAULT_OUT = os.path.join(HERE, "results", "parity")
-HELDOUT_FRACTION = 0.2  # ablate's held-out share: the same 1530 faces as its studies.
 KERAS = "keras"
 REFERENCE = "jax-default"
 BATCH_SIZE = 32  # Both sides (keras_seed_real.py's and configs/resnet.py's).
@@ -203,7 +202,8 @@ def split_files(mtfl_csv: str, folder: str, train_faces: int = 0,
   """(training CSV, held-out CSV): ablate's seeded 80/20 split; first rows of each if asked."""
   base = resnet.get_config()
   base.data.train_csv = mtfl_csv
-  pool, held = ablate.heldout_files(base, "mtfl", folder, HELDOUT_FRACTION, partial=False)
+  pool, held = ablate.heldout_files(base, "mtfl", folder, ablate.HELDOUT_FRACTION,
+                                     partial=False)
   if train_faces:
     pool = _write_rows(pool, train_faces, pool.replace(".csv", f"-first{train_faces}.csv"))
   if heldout_faces:

@@ -32,7 +32,6 @@ from facekp_jax.training import config as config_lib
 from facekp_jax.training import loop
 
 MODES = ("ship", "heldout", "cross")
-HELDOUT_FRACTION = 0.2  # ablate's held-out share: the same 1530 faces as its studies.
 LFW_ROWS = 4151  # Data rows 1-4151 of mtfl_train are LFW photos, the rest web photos.
 SHIPPED_EPOCHS = 50  # The shipped model's budget: 50 epochs of every face.
 SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "ship_model")
@@ -56,7 +55,7 @@ def data_files(mode: str, mtfl_csv: str, scratch: str) -> tuple[str, str | None]
   if mode == "heldout":
     base = config_lib.defaults()
     base.data.train_csv = mtfl_csv
-    return ablate.heldout_files(base, "mtfl", folder, HELDOUT_FRACTION)
+    return ablate.heldout_files(base, "mtfl", folder, ablate.HELDOUT_FRACTION)
   return (_rows(mtfl_csv, slice(0, LFW_ROWS), os.path.join(folder, "mtfl-lfw.csv")),
           _rows(mtfl_csv, slice(LFW_ROWS, None), os.path.join(folder, "mtfl-web.csv")))
 

@@ -64,7 +64,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BENCH = os.path.join(ROOT, "..", "shared", "bench")
 DEFAULT_OUT = os.path.join(HERE, "results", "time_to_accuracy")
-HELDOUT_FRACTION = 0.2  # ablate's held-out share: the faces its studies and parity score on.
 JAX_SYSTEMS = {"default": [], "seed": ["--config.model.head=regression"]}
 PEER_SYSTEMS = {"keras": os.path.join(HERE, "parity_keras.py"),
                 "torch": os.path.join(HERE, "peer_torch.py")}
@@ -125,22 +124,24 @@ def run_once(system: str, rnd: int, pool: str, held: str, args, scratch: str,
   workdir = tempfile.mkdtemp(prefix=f"{system}-r{rnd}-", dir=scratch)
   argv, env, metrics = command(system, seed, pool, held, workdir, args)
   lowest = min(args.threshold)
-  seen, curve = 0, []
+  curve = []
+
+  def take_new_scores(seconds: float) -> None:  # Scores written since the last look, timed now.
+    scores = [r for r in _records(metrics) if "val_rmse" in r]
+    curve.extend([round(seconds, 1), r["epoch"], round(r["val_rmse"], 4)]
+                 for r in scores[len(curve):])
+
   t0 = time.perf_counter()
   proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   while proc.poll() is None and not (curve and curve[-1][2] <= lowest):
     time.sleep(poll_s)
-    records = [r for r in _records(metrics) if "val_rmse" in r]
-    now = time.perf_counter() - t0
-    curve += [[round(now, 1), r["epoch"], round(r["val_rmse"], 4)] for r in records[seen:]]
-    seen = len(records)
+    take_new_scores(time.perf_counter() - t0)
   seconds = time.perf_counter() - t0
   if proc.poll() is None:
     proc.send_signal(signal.SIGTERM)  # Every bar passed: stop (JAX checkpoints and exits).
   _, err = proc.communicate()
-  records = [r for r in _records(metrics) if "val_rmse" in r]
-  curve += [[round(seconds, 1), r["epoch"], round(r["val_rmse"], 4)] for r in records[seen:]]
+  take_new_scores(seconds)
   if proc.returncode not in (0, -signal.SIGTERM) and not (curve and curve[-1][2] <= lowest):
     last = err.strip().splitlines()[-1:] or [""]
     raise RuntimeError(f"{system} (round {rnd}) failed ({proc.returncode}): {last[0]}")
@@ -262,7 +263,8 @@ def main(argv=None) -> None:
   os.makedirs(fv.scratch, exist_ok=True)
   os.makedirs(fv.out_dir, exist_ok=True)
   try:
-    pool, held = ablate.heldout_files(base, fv.data, fv.scratch, HELDOUT_FRACTION)
+    pool, held = ablate.heldout_files(base, fv.data, fv.scratch,
+                                      ablate.HELDOUT_FRACTION)
   except OSError as e:
     cli.fail(e)
   runs = os.path.join(fv.out_dir, "runs.jsonl")
