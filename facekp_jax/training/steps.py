@@ -65,10 +65,12 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *,
     return total / jnp.maximum(count, 1.0), (updates["batch_stats"], sse, count)
 
   grads, (batch_stats, sse, count) = jax.grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  with jax.named_scope("optimizer"):  # Names a profile's ops (experiments/op_profile.py).
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if ema_decay:
-    state = state.replace(ema_params=state_lib.ema_update(
-        state.ema_params, state.params, state_lib.ema_decay_at(ema_decay, state.step)))
+    with jax.named_scope("ema"):
+      state = state.replace(ema_params=state_lib.ema_update(
+          state.ema_params, state.params, state_lib.ema_decay_at(ema_decay, state.step)))
   return state, {"sse": sse, "count": count}
 
 
