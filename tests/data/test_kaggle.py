@@ -30,6 +30,21 @@ def test_reader_reads_gzip(tmp_path):
   assert len(faces) == 3 and faces.mask.all()
 
 
+def test_pixels_read_the_same_in_every_spelling(tmp_path):
+  """Integers and spaces (Kaggle's form, numpy's fast path) and other spellings of the same
+  numbers (the checked path: decimals, tabs, leading spaces) give the same images."""
+  images, coords = random_faces(4)
+  frame = kaggle_frame(images, coords)
+  pixels = [[str(v) for v in row.ravel()] for row in images]
+  frame.loc[1, "Image"] = "  ".join(pixels[1])
+  frame.loc[2, "Image"] = " ".join(f"{v}.0" for v in pixels[2])
+  frame.loc[3, "Image"] = " " + "\t".join(pixels[3])
+  path = tmp_path / "train.csv"
+  frame.to_csv(path, index=False)
+  faces = kaggle.read_training_csv(str(path))
+  np.testing.assert_allclose(faces.images[..., 0], images / 255.0, atol=1e-7)
+
+
 def test_read_test_csv(tmp_path):
   images, _ = random_faces(3)
   frame = kaggle_frame(images, np.zeros((3, 30)))[["Image"]]
