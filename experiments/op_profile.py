@@ -18,8 +18,9 @@ then ``--steps`` steps under the system's profiler:
 Every op goes into one ``CLASSES`` entry by the layer it belongs to, and one pass (forward,
 backward, update). Ops may overlap in time (both runtimes run independent ops on several
 threads), so an op's ms per step is its own duration and the sum can exceed the step's wall.
-Writes ``--out_dir``/ops-<system>.json (every op) and table.md: per class the ms per step of
-both systems and their ratio, then the ten costliest ops of each.
+Writes ``--out_dir``/table.md: per class the ms per step of both systems and their ratio, then
+the ten costliest ops of each; and ops-<system>.json, every op (not kept in git: thousands of
+TensorFlow kernels).
 """
 
 from __future__ import annotations
