@@ -36,7 +36,7 @@ def test_seed_replica_keeps_the_seed_faults_and_resnet_does_not():
   assert (seed.num_epochs, seed.batch_size, seed.learning_rate, seed.schedule) == (
       50, 32, 1e-4, "constant")
   assert (fixed.num_epochs, fixed.batch_size, fixed.learning_rate, fixed.schedule) == (
-      20, 64, 4e-3, "onecycle")
+      12, 16, 4e-3, "onecycle")
 
 
 def test_a_saved_config_gets_the_behaviour_of_the_fields_it_predates():

@@ -81,9 +81,9 @@ def _tta_rotations(v):
 
 FIELDS: tuple[Field, ...] = (
     Field("seed", 0, "the root of every random draw: initialisation, split, sampler"),
-    Field("num_epochs", 20, "passes over the training split (the schedule spans them)",
+    Field("num_epochs", 12, "passes over the training split (the schedule spans them)",
           _at_least(1)),
-    Field("batch_size", 64, "faces per step, over all devices (RULES: a multiple of them)"),
+    Field("batch_size", 16, "faces per step, over all devices (RULES: a multiple of them)"),
     Field("eval_batch_size", 128, "faces per evaluation call at most", _at_least(1)),
     Field("learning_rate", 4e-3, "the peak rate of any schedule", _positive),
     Field("optimizer", "adam", "adam, or adamw (decoupled decay of kernels only)",
@@ -94,7 +94,7 @@ FIELDS: tuple[Field, ...] = (
           _at_least(0), legacy=1e-4),
     Field("schedule", "onecycle", "constant, cosine or onecycle (training/optim.py)",
           _one_of(optim.SCHEDULES), legacy="constant"),
-    Field("warmup_epochs", 0.0, "linear warm-up; onecycle: its rise (0: 30 % of the run)",
+    Field("warmup_epochs", 0.1, "linear warm-up; onecycle: its rise (0: 30 % of the run)",
           legacy=0.0),
     Field("half_precision", False, "bfloat16 compute (accelerators; 2.5x slower on a CPU)"),
     Field("input_on_device", False, "keep the training split on the devices and augment "
