@@ -21,7 +21,8 @@ def get_config():
   config.num_epochs = 50  # The seed's budget and step: 50 epochs of batch 32 at Adam 1e-4,
   config.batch_size = 32
   config.learning_rate = 1e-4
-  config.schedule = "constant"  # never decayed.
+  config.schedule = "constant"  # never decayed,
+  config.warmup_epochs = 0.0  # nor warmed up.
   config.data.rows = "complete"  # The seed trained on the 2140 complete rows.
   config.data.seed_copies = True
   config.augment.hflip_prob = 0.0  # No online augmentation: the copies are fixed.

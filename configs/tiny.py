@@ -13,6 +13,7 @@ def get_config():
   config.batch_size = 8
   config.learning_rate = 1e-3  # A constant step: two epochs are too few for a schedule's
   config.schedule = "constant"  # rise and fall.
+  config.warmup_epochs = 0.0
   config.eval_batch_size = 16
   config.data.synthetic_n = 64
   config.model.stage_filters = ((4, 4, 8), (8, 8, 16))

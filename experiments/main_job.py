@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = [sys.executable, "-m", "facekp_jax.main", "--config=configs/resnet.py"]
 # The main job before issue 27: its recipe, and no persistent compilation cache.
 BEFORE = ["--config.num_epochs=50", "--config.batch_size=32", "--config.learning_rate=1e-4",
-          "--config.schedule=constant"]
+          "--config.schedule=constant", "--config.warmup_epochs=0"]
 ARMS = {"before": BEFORE, "cold": [], "warm": []}
 
 

@@ -132,6 +132,7 @@ def profile_jax(config, batch: int, warmup: int, timed: int, profiled: int) -> d
   config = config.copy_and_resolve_references()
   config.batch_size, config.model.head = batch, "regression"
   config.ema_decay, config.schedule, config.learning_rate = 0.0, "constant", 1e-4
+  config.warmup_epochs = 0.0
   mesh = sharding.make_mesh()
   n = batch * max(warmup, timed, profiled)
   rng = np.random.default_rng(0)  # Random faces and labels, as ../shared/bench times.

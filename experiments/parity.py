@@ -151,7 +151,8 @@ def base_config(train_csv: str):
   config.data.keypoints = keypoints.KAGGLE.name  # As the parity runs were (before layouts).
   config.data.val_fraction = 0.0
   config.batch_size = BATCH_SIZE
-  config.learning_rate, config.schedule = 1e-4, "constant"  # Keras' step, never decayed.
+  config.learning_rate, config.schedule = 1e-4, "constant"  # Keras' step, never decayed,
+  config.warmup_epochs = 0.0  # nor warmed up.
   for path, value in PINNED.items():
     ablate.set_field(config, path, value)
   return config

@@ -33,10 +33,12 @@ def test_seed_replica_keeps_the_seed_faults_and_resnet_does_not():
   assert seed.data.rows == "complete" and fixed.data.rows == "all"  # The `rows` ablation.
   assert fixed.augment.vflip_prob == 0.0
   # The seed's budget and constant step; the default's one-cycle run is shorter (issue 27).
-  assert (seed.num_epochs, seed.batch_size, seed.learning_rate, seed.schedule) == (
-      50, 32, 1e-4, "constant")
-  assert (fixed.num_epochs, fixed.batch_size, fixed.learning_rate, fixed.schedule) == (
-      12, 16, 4e-3, "onecycle")
+  assert (seed.num_epochs, seed.batch_size, seed.learning_rate, seed.schedule,
+          seed.warmup_epochs) == (50, 32, 1e-4, "constant", 0.0)
+  assert (fixed.num_epochs, fixed.batch_size, fixed.learning_rate, fixed.schedule,
+          fixed.warmup_epochs) == (12, 16, 4e-3, "onecycle", 0.1)
+  from configs import tiny  # The tests' reference recipe: a constant step, no warm-up.
+  assert (tiny.get_config().schedule, tiny.get_config().warmup_epochs) == ("constant", 0.0)
 
 
 def test_a_saved_config_gets_the_behaviour_of_the_fields_it_predates():

@@ -46,7 +46,7 @@ COMMANDS = {
     # The two commands.
     ("venv", ()): (CI,),
     ("pip", ("e",)): (CI,),
-    ("facekp_jax.main", ("config",)): (PARSE,),  # The full main job: 20 epochs.
+    ("facekp_jax.main", ("config",)): (PARSE,),  # The full main job: 12 epochs.
     ("pytest", ("n", "q")): (CI,),
     # Train; Data.
     ("facekp_jax.main", ("config", "config.learning_rate", "config.num_epochs", "workdir")):
