@@ -34,13 +34,14 @@ import time
 from absl import flags
 
 from experiments import time_to_accuracy
+from experiments.studies import STUDY_RECIPE
 from facekp_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = [sys.executable, "-m", "facekp_jax.main", "--config=configs/resnet.py"]
-# The main job before issue 27: its recipe, and no persistent compilation cache.
-BEFORE = ["--config.num_epochs=50", "--config.batch_size=32", "--config.learning_rate=1e-4",
-          "--config.schedule=constant", "--config.warmup_epochs=0"]
+# The main job before issue 27: 50 epochs of its recipe (the one every study ran), and no
+# persistent compilation cache.
+BEFORE = ["--config.num_epochs=50", *(f"--config.{k}={v}" for k, v in STUDY_RECIPE.items())]
 ARMS = {"before": BEFORE, "cold": [], "warm": []}
 
 

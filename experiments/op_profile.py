@@ -130,9 +130,9 @@ def keras_class(name: str) -> tuple[str, str]:
 def profile_jax(config, batch: int, warmup: int, timed: int, profiled: int) -> dict:
   """The seed network's step in facekp_jax: wall ms per step and every op's time."""
   config = config.copy_and_resolve_references()
-  config.batch_size, config.model.head = batch, "regression"
-  config.ema_decay, config.schedule, config.learning_rate = 0.0, "constant", 1e-4
-  config.warmup_epochs = 0.0
+  for path, value in ablate.STUDY_RECIPE.items():  # The benches' step: constant Adam 1e-4.
+    ablate.set_field(config, path, value)
+  config.batch_size, config.model.head, config.ema_decay = batch, "regression", 0.0
   mesh = sharding.make_mesh()
   n = batch * max(warmup, timed, profiled)
   rng = np.random.default_rng(0)  # Random faces and labels, as ../shared/bench times.

@@ -150,9 +150,9 @@ def base_config(train_csv: str):
   config.data.rows = "all"  # 5 of 15 keypoints labelled: the masked loss.
   config.data.keypoints = keypoints.KAGGLE.name  # As the parity runs were (before layouts).
   config.data.val_fraction = 0.0
+  for path, value in ablate.STUDY_RECIPE.items():  # Keras' step: constant Adam 1e-4.
+    ablate.set_field(config, path, value)
   config.batch_size = BATCH_SIZE
-  config.learning_rate, config.schedule = 1e-4, "constant"  # Keras' step, never decayed,
-  config.warmup_epochs = 0.0  # nor warmed up.
   for path, value in PINNED.items():
     ablate.set_field(config, path, value)
   return config
