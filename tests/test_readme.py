@@ -52,6 +52,10 @@ COMMANDS = {
     ("facekp_jax.main", ("config", "config.learning_rate", "config.num_epochs", "workdir")):
         (TRAIN,),
     ("facekp_jax.main", ("config", "config.data.train_csv", "workdir")): (TRAIN,),
+    # Fine-tuning the shipped (full-size) model: parsed (tests/training/test_weights.py tests
+    # init_from, the shipped model included).
+    ("facekp_jax.main", ("config", "config.data.train_csv", "config.init_from",
+                         "config.learning_rate", "workdir")): (PARSE,),
     ("facekp_jax.synthesize", ("missing", "n", "out", "seed")): (RUN,),
     # Evaluate.
     ("facekp_jax.evaluate", ("csv", "workdir")):

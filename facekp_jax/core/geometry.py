@@ -68,12 +68,14 @@ def vflip(faces: Faces, xp=np) -> Faces:
                *flip_coords(faces.targets, faces.mask, None, xp, axis=1, swap=False))
 
 
-def affine_maps(angle_deg, scale, shift) -> tuple[np.ndarray, np.ndarray]:
+def affine_maps(angle_deg, scale, shift, squeeze=None) -> tuple[np.ndarray, np.ndarray]:
   """Forward and inverse (n, 2, 3) maps of rotations, scalings (about the centre) and shifts.
 
   Args:
     angle_deg, scale: (n,) rotation in degrees and scale factor of each face.
     shift: (n, 2) translation (x, y) in pixels, applied after rotation and scaling.
+    squeeze: (n,) or None: a horizontal scale of the upright face about the frame's vertical
+      centre line, before the rotation (a face turned about its vertical axis, roughly).
 
   Returns:
     ``(forward, inverse)`` float32, ``[x', y'] = M[:, :2] @ [x, y] + M[:, 2]``, computed in
@@ -84,6 +86,8 @@ def affine_maps(angle_deg, scale, shift) -> tuple[np.ndarray, np.ndarray]:
   shift = np.asarray(shift, np.float64).reshape(-1, 2)
   cos, sin = np.cos(theta) / scale, np.sin(theta) / scale
   a_inv = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)  # (n, 2, 2)
+  if squeeze is not None:  # A = s R diag(q, 1): its inverse's first row over q.
+    a_inv[:, 0, :] /= np.asarray(squeeze, np.float64)[:, None]
   # On a grid of 2^-14, the inverse's products with pixel coordinates (multiples of 1/2 below
   # 128) are exact in float32, so numpy and XLA (fused multiply-add or not) warp alike.
   a_inv = np.round(a_inv * _GRID_STEPS) / _GRID_STEPS

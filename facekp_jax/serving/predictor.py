@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -36,9 +35,10 @@ from facekp_jax.core import files, keypoints, sharding
 from facekp_jax.core.errors import WorkdirError
 from facekp_jax.model import apply, resnet
 from facekp_jax.serving import detect, images
-from facekp_jax.training import checkpoint, state
 from facekp_jax.training import config as config_lib
+from facekp_jax.training import weights
 from facekp_jax.training import workdir as workdir_lib
+from facekp_jax.training.weights import PACKED_WEIGHTS, SHIPPED
 
 
 @dataclasses.dataclass
@@ -176,12 +176,6 @@ class FoundFace:
     return np.array(list(self.keypoints.values()), np.float64).reshape(-1, 2)
 
 
-# The model shipped in the package: 5 points (MTFL), trained by experiments/ship_model.py.
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
-                       "mtfl5")
-PACKED_WEIGHTS = "weights.npz"
-
-
 def load(workdir: str | None = None, which: str = "best", ema: bool = True) -> Predictor:
   """Restores the ``best`` (by validation RMSE; else the latest) or ``latest`` checkpoint of a
   workdir; a packed model (``pack``) as it is; ``None``: the shipped model (``SHIPPED``).
@@ -195,7 +189,7 @@ def load(workdir: str | None = None, which: str = "best", ema: bool = True) -> P
   """
   if workdir is None:
     workdir = SHIPPED
-    if not os.path.isfile(os.path.join(workdir, PACKED_WEIGHTS)):
+    if not weights.is_packed(workdir):
       raise WorkdirError(f"the shipped model is missing from the package ({workdir}); give a "
                          "trained workdir (--workdir)")
   config = config_lib.read_config(workdir)
@@ -206,13 +200,7 @@ def load(workdir: str | None = None, which: str = "best", ema: bool = True) -> P
   mesh = sharding.make_mesh()
   model = resnet.create_model(config, dtype=resnet.compute_dtype(config))
   layout = keypoints.get(config.data.keypoints)
-  if os.path.isfile(os.path.join(workdir, PACKED_WEIGHTS)):
-    variables, step = _read_packed(workdir, model, mesh), _packed_step(workdir)
-    which = "packed"
-  else:
-    restored, _ = checkpoint.restore_trained(
-        workdir, lambda: state.create_train_state(config, model, mesh), which)
-    variables, step = state.inference_variables(restored, ema), int(jax.device_get(restored.step))
+  variables, step, which = weights.read(workdir, config, model, mesh, which, ema)
   return Predictor(workdir, config, variables,
                    apply.Inference(model, mesh, config.eval_batch_size), step, which,
                    workdir_lib.trained_keypoints(workdir, layout), _mean_shape(workdir, layout))
@@ -223,9 +211,7 @@ def pack(model: Predictor, out_dir: str, note: dict | None = None) -> None:
   its workdir) and its inference weights in float16 (``weights.npz``), plus ``model.json``
   (step, checkpoint and ``note``). ``load(out_dir)`` reads it back."""
   os.makedirs(out_dir, exist_ok=True)
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf, np.float16)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(
-              jax.device_get(model.variables))[0]}
+  flat = {k: v.astype(np.float16) for k, v in weights.flat(model.variables).items()}
   files.atomic_write(os.path.join(out_dir, PACKED_WEIGHTS),
                      lambda f: np.savez_compressed(f, **flat))
   files.write_json(os.path.join(out_dir, "config.json"), model.config.to_dict())
@@ -234,35 +220,6 @@ def pack(model: Predictor, out_dir: str, note: dict | None = None) -> None:
     files.write_json(os.path.join(out_dir, workdir_lib.TRAINED_KEYPOINTS), json.load(f))
   files.write_json(os.path.join(out_dir, "model.json"), {
       "step": model.step, "checkpoint": model.checkpoint, **(note or {})})
-
-
-def _packed_step(path: str) -> int:
-  try:
-    with open(os.path.join(path, "model.json")) as f:
-      return int(json.load(f)["step"])
-  except (OSError, ValueError, KeyError) as e:
-    raise WorkdirError(f"packed model {path}: cannot read model.json ({e})") from None
-
-
-def _read_packed(path: str, model, mesh) -> dict:
-  """The packed weights (float32 again) in the structure of ``model``'s variables, replicated."""
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), np.zeros((1, keypoints.IMAGE_SIZE, keypoints.IMAGE_SIZE, 1),
-                                  np.float32), train=False))
-  try:
-    with np.load(os.path.join(path, PACKED_WEIGHTS)) as blob:
-      stored = {k: blob[k] for k in blob.files}
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f"packed model {path}: cannot read {PACKED_WEIGHTS} ({e})") from None
-  leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
-  out = []
-  for key_path, leaf in leaves:
-    key = "/".join(str(getattr(k, "key", k)) for k in key_path)
-    if key not in stored or stored[key].shape != leaf.shape:
-      raise WorkdirError(f"packed model {path}: {PACKED_WEIGHTS} does not fit config.json's "
-                         f"model ({key})")
-    out.append(stored[key].astype(np.float32))
-  return jax.device_put(jax.tree_util.tree_unflatten(tree, out), sharding.replicated(mesh))
 
 
 def _mean_shape(workdir: str, layout: keypoints.Layout) -> np.ndarray | None:

@@ -240,6 +240,12 @@ class Checkpointer:
 _RECORD = "_CHECKPOINT_METADATA"  # Orbax's record of a step (its commit time, metrics).
 
 
+def has_steps(workdir: str) -> bool:
+  """Whether ``workdir/checkpoints`` names any step (a run there resumes rather than starts)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
 def _unlistable_steps(directory: str) -> list[int]:
   """Step names under ``directory`` that stop Orbax from listing the steps: not a folder, or a
   folder whose record is JSON of another shape than an object (Orbax passes over others)."""

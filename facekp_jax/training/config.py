@@ -81,6 +81,9 @@ def _tta_rotations(v):
 
 FIELDS: tuple[Field, ...] = (
     Field("seed", 0, "the root of every random draw: initialisation, split, sampler"),
+    Field("init_from", "", "a trained workdir, a packed model or 'shipped' whose weights start "
+          "the run (training/weights.py; the optimizer, schedule and step start afresh)",
+          legacy=""),
     Field("num_epochs", 12, "passes over the training split (the schedule spans them)",
           _at_least(1)),
     Field("batch_size", 16, "faces per step, over all devices (RULES: a multiple of them)"),
@@ -149,6 +152,27 @@ FIELDS: tuple[Field, ...] = (
           legacy=(1.0, 1.0)),
     Field("augment.shift_px", 8.0, "the warp's shift per axis, at most",
           _between(0, keypoints.IMAGE_SIZE / 2), legacy=0.0),
+    # Out-of-plane pose and the camera (issue 26): all off unless a config asks.
+    Field("augment.squeeze_range", (1.0, 1.0), "the warp's horizontal scale of the upright "
+          "face before turning it (a turn about its vertical axis, roughly; 1: none)", _range,
+          legacy=(1.0, 1.0)),
+    Field("augment.contrast_prob", 0.0, "a contrast factor about the image's mean",
+          _probability, legacy=0.0),
+    Field("augment.contrast_range", (0.6, 1.4), "its factors", _range, legacy=(0.6, 1.4)),
+    Field("augment.gamma_prob", 0.0, "a gamma curve", _probability, legacy=0.0),
+    Field("augment.gamma_range", (0.67, 1.5), "its exponents (log-uniform)", _range,
+          legacy=(0.67, 1.5)),
+    Field("augment.blur_prob", 0.0, "a Gaussian blur", _probability, legacy=0.0),
+    Field("augment.blur_sigma", 1.5, "its sigma, uniform in [0, s] px (the 7-tap kernel's "
+          "reach)", _between(0, 1.5), legacy=1.5),
+    Field("augment.noise_prob", 0.0, "additive Gaussian noise", _probability, legacy=0.0),
+    Field("augment.noise_std", 0.05, "its standard deviation, uniform in [0, s] (pixels in "
+          "[0, 1])", _between(0, 1), legacy=0.05),
+    Field("augment.occlude_prob", 0.0, "a grey patch over part of the face (labels kept)",
+          _probability, legacy=0.0),
+    Field("augment.occlude_size", (0.15, 0.4), "its sides, uniform shares of the frame",
+          lambda v: _range(v) or (None if v[1] <= 1 else f"must be at most 1, got {v[1]}"),
+          legacy=(0.15, 0.4)),
     Field("model.stage_filters", ((64, 64, 256), (128, 128, 512)), "each stage's bottleneck "
           "filters"),
     Field("model.stage_blocks", (3, 3), "each stage's residual blocks"),

@@ -23,7 +23,7 @@ from facekp_jax.core.errors import ConfigError, WorkdirError
 from facekp_jax.core.faces import Faces
 from facekp_jax.data import augment, on_device
 from facekp_jax.data import dataset as dataset_lib
-from facekp_jax.training import checkpoint, interrupts, lock, steps
+from facekp_jax.training import checkpoint, interrupts, lock, steps, weights
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import state as state_lib
 from facekp_jax.training import workdir as workdir_lib
@@ -128,6 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train)} training faces "
                       f"of {source}")
   logging.info("data: %s: %d train / %d validation faces", source, len(train), len(val))
+  # Read (and checked) before anything is written; a run that resumes has its own weights.
+  initial = None if checkpoint.has_steps(workdir) else weights.initial(config, layout, mesh)
   # The lock before anything is written: one training per workdir.
   with lock.acquire(workdir), workdir_lib.disk_failures_end_the_run(workdir):
     writer = workdir_lib.RunWriter(workdir, enabled=jax.process_index() == 0)
@@ -142,6 +144,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         logging.info("resumed from the checkpoint at step %d", int(state.step))
       else:
         state, progress = trainer.init_state(steps_per_epoch), {"history": []}
+        if initial is not None:
+          state = weights.start_from(state, initial[0], bool(config.ema_decay))
+          logging.info("weights from %s", initial[1])
       writer.rewrite_metrics(progress["history"])
       state, history = _fit(trainer, state, progress, train, val, ckpt, writer)
       ckpt.wait()

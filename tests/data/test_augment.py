@@ -3,10 +3,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from facekp_jax.core import geometry, keypoints
+from facekp_jax.core import errors, geometry, keypoints
 from facekp_jax.core.faces import Faces
 from facekp_jax.data import augment
 from facekp_jax.model import tta
+from facekp_jax.training import config as config_lib
 
 K = keypoints.KAGGLE
 LEFT, RIGHT = K.index("left_eye_center"), K.index("right_eye_center")
@@ -20,10 +21,11 @@ def _faces(n=6, seed=0):
 
 
 def _config(**kw):
-  c = ml_collections.ConfigDict(dict(hflip_prob=0.0, hflip_swap=True, vflip_prob=0.0,
-                                     brightness_prob=0.0, brightness_range=(0.8, 1.25),
-                                     geometry_prob=0.0, rotate_deg=0.0, scale_range=(1.0, 1.0),
-                                     shift_px=0.0))
+  """Every knob of ``config.augment`` off (the photometric ones are by default), then ``kw``."""
+  c = ml_collections.ConfigDict(config_lib.defaults().augment.to_dict())
+  c.update(dict(hflip_prob=0.0, hflip_swap=True, vflip_prob=0.0, brightness_prob=0.0,
+                brightness_range=(0.8, 1.25), geometry_prob=0.0, rotate_deg=0.0,
+                scale_range=(1.0, 1.0), shift_px=0.0))
   c.update(kw)
   return c
 
@@ -220,3 +222,93 @@ def test_turned_tta_views_are_turned_back_onto_the_face():
                              view, atol=1e-6)
   assert tta.problems((10.0,)) == [] and tta.problems((0.0,))
   assert tta.problems(("x",))
+
+
+# ----------------------------------------------------------------------------- issue 26's knobs
+
+_PHOTOMETRIC = dict(contrast_prob=0.5, gamma_prob=0.5, blur_prob=0.5, noise_prob=0.5,
+                    occlude_prob=0.5)
+
+
+def test_photometric_draws_leave_the_older_knobs_draws_unchanged():
+  old = _config(hflip_prob=0.5, brightness_prob=0.5, geometry_prob=0.7, rotate_deg=30.0,
+                scale_range=(0.8, 1.2), shift_px=8.0)
+  new = _config(**{**old.to_dict(), **_PHOTOMETRIC})
+  a = augment.draw_plan(32, np.random.default_rng(9), old)
+  b = augment.draw_plan(32, np.random.default_rng(9), new)
+  for key in ("hflip", "vflip", "geometry", "forward", "inverse", "brightness"):
+    np.testing.assert_array_equal(a[key], b[key])
+  assert not a["noise"].any() and a["noise"].shape == (32, 1, 1, 1)  # No field drawn when off.
+  assert b["noise"].shape == (32, 96, 96, 1) and b["blur"].any() and b["occlude"].any()
+
+
+def test_a_face_that_draws_no_photometric_change_is_left_exactly_as_it_was():
+  faces = _faces(16)
+  config = _config(**_PHOTOMETRIC)
+  plan = augment.draw_plan(16, np.random.default_rng(2), config)
+  out = augment.apply_plan(faces, plan, config, K)
+  untouched = ((plan["contrast"] == 1) & (plan["gamma"] == 1) & ~plan["blur"] & ~plan["occlude"]
+               & ~plan["noise"].any(axis=(1, 2, 3)))
+  assert untouched.any() and not untouched.all()
+  np.testing.assert_array_equal(out.images[untouched], faces.images[untouched])
+  assert not np.allclose(out.images[~untouched], faces.images[~untouched])
+  np.testing.assert_array_equal(out.targets, faces.targets)  # Labels never move.
+  np.testing.assert_array_equal(out.mask, faces.mask)
+  assert out.images.min() >= 0 and out.images.max() <= 1
+
+
+def test_contrast_scales_deviations_from_the_mean_and_gamma_bends_the_curve():
+  images = np.linspace(0.2, 0.8, 96 * 96, dtype=np.float32).reshape(1, 96, 96, 1)
+  lower = augment.contrast(images, np.array([0.5]))
+  np.testing.assert_allclose(lower.std(), images.std() * 0.5, rtol=1e-4)
+  np.testing.assert_allclose(lower.mean(), images.mean(), rtol=1e-5)
+  np.testing.assert_allclose(augment.gamma(images, np.array([2.0])), images ** 2, rtol=1e-6)
+
+
+def test_blur_keeps_flat_images_and_spreads_a_dot():
+  flat = np.full((2, 96, 96, 1), 0.3, np.float32)
+  taps = augment.blur_kernels(np.array([0.0, 1.5]))
+  np.testing.assert_allclose(taps.sum(axis=1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(taps[0], np.eye(1, 7, 3)[0])  # Sigma 0: the identity.
+  np.testing.assert_allclose(augment.blur(flat, taps), flat, rtol=1e-6)
+  dot = _dot_face(40, 50).images.repeat(2, axis=0)
+  out = augment.blur(dot, taps)
+  np.testing.assert_array_equal(out[0], dot[0])
+  assert out[1].max() < dot[1].max() and out[1, 50, 43, 0] > 0  # Spread past the dot's edge.
+  np.testing.assert_allclose(out[1].sum(), dot[1].sum(), rtol=1e-4)  # Away from the edges.
+  np.testing.assert_allclose(_brightest(out[1]), (40, 50), atol=0.05)
+
+
+def test_occlusion_paints_its_box_only():
+  images = np.zeros((1, 96, 96, 1), np.float32)
+  out = augment.occlude(images, np.array([[10.0, 20.0, 30.0, 25.0]]), np.array([0.7]))
+  inside = np.zeros((96, 96), bool)
+  inside[20:25, 10:30] = True
+  np.testing.assert_array_equal(out[0, ..., 0], np.where(inside, np.float32(0.7), 0.0))
+
+
+def test_squeeze_pulls_the_upright_face_towards_its_vertical_centre_line():
+  forward, _ = geometry.affine_maps([0.0], [1.0], [(0.0, 0.0)], squeeze=[0.8])
+  np.testing.assert_allclose(geometry.map_coords(forward[0], np.array([[67.5, 30.0]])),
+                             [[47.5 + 0.8 * 20, 30.0]], atol=1e-3)
+  # Before the turn: the squeezed axis is the face's own, turned with it.
+  forward, _ = geometry.affine_maps([90.0], [1.0], [(0.0, 0.0)], squeeze=[0.5])
+  np.testing.assert_allclose(geometry.map_coords(forward[0], np.array([[67.5, 47.5]])),
+                             [[47.5, 47.5 + 10.0]], atol=1e-3)
+
+
+def test_a_squeezed_dot_lands_on_its_label():
+  faces = _dot_face(70, 30, keypoint=LEFT)
+  config = _config(geometry_prob=1.0, squeeze_range=(0.7, 0.7))
+  plan = augment.draw_plan(1, np.random.default_rng(0), config)
+  out = augment.apply_plan(faces, plan, config, K)
+  label = out.targets[0, 2 * LEFT:2 * LEFT + 2]
+  np.testing.assert_allclose(label, (47.5 + 0.7 * 22.5, 30), atol=1e-3)
+  np.testing.assert_allclose(_brightest(out.images[0]), label, atol=0.2)
+
+
+def test_the_occlusion_size_must_fit_the_frame():
+  config = config_lib.defaults()
+  config.augment.occlude_size = (0.5, 1.2)
+  with pytest.raises(errors.ConfigError, match="augment.occlude_size"):
+    config_lib.check_config(config, 1)

@@ -59,6 +59,20 @@ def test_device_warp_equals_numpy_with_flips_and_brightness():
     np.testing.assert_array_equal(got.mask, want.mask)
 
 
+def test_device_photometric_changes_equal_numpy():
+  config = _config(contrast_prob=0.5, gamma_prob=0.5, blur_prob=0.5, noise_prob=0.5,
+                   occlude_prob=0.5, geometry_prob=0.5, rotate_deg=20.0,
+                   squeeze_range=(0.7, 1.0))
+  fn = jax.jit(lambda b, p: augment.apply_plan(b, p, config.augment, K, xp=jnp))
+  faces = _faces(16, 4)
+  plan = augment.draw_plan(16, np.random.default_rng(4), config.augment)
+  want = augment.apply_plan(faces, plan, config.augment, K)
+  got = fn(faces, plan)
+  np.testing.assert_allclose(got.images, want.images, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(got.targets, want.targets, rtol=1e-6, atol=1e-5)
+  np.testing.assert_array_equal(got.mask, want.mask)
+
+
 def test_epoch_plans_rebuild_the_host_batches():
   config = _config()
   config.batch_size = 8
