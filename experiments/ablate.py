@@ -222,7 +222,7 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float,
 SCORING_FIELDS = ("tta", "tta_rotations")
 
 
-def _scoring(config) -> str:
+def scoring_tag(config) -> str:
   """The scoring fields' values in a file name: ``tta-off``, ``tta-flip``, ``tta-flip-rot10``."""
   if not config.tta:
     return "tta-off"
@@ -236,9 +236,9 @@ def run_one(config, workdir: str, heldout_csv: str | None, robustness: bool = Fa
   if os.path.exists(done):
     with open(done) as f:
       record = json.load(f)
-    if not heldout_csv or _scoring(config_lib.read_config(workdir)) == _scoring(config):
+    if not heldout_csv or scoring_tag(config_lib.read_config(workdir)) == scoring_tag(config):
       return dict(record, skipped=True)
-    rescored = os.path.join(workdir, f"ablate-{_scoring(config)}.json")
+    rescored = os.path.join(workdir, f"ablate-{scoring_tag(config)}.json")
     if not os.path.exists(rescored):
       files.write_json(rescored, _scores(config, workdir, heldout_csv, robustness))
     with open(rescored) as f:
@@ -285,7 +285,7 @@ def _heldout_scores(model, heldout_csv: str, tta: bool, robustness: bool) -> dic
   return out
 
 
-def _mean_sd(values) -> tuple[float | None, float | None]:
+def mean_sd(values) -> tuple[float | None, float | None]:
   values = [v for v in values if v is not None and np.isfinite(v)]
   if not values:
     return None, None
@@ -302,9 +302,9 @@ def summarise(arms: list[dict]) -> None:
     s = {"n": len(done), "failed": len(arm["runs"]) - len(done)}
     for key in ("rmse", "nme", "wall_seconds", "epoch_seconds", "mean_shape_val_rmse",
                 "rmse_raw_weights", *(f"ratio_{g}" for g in _RATIO_COLUMNS)):
-      s[f"{key}_mean"], s[f"{key}_sd"] = _mean_sd([r.get(key) for r in done])
+      s[f"{key}_mean"], s[f"{key}_sd"] = mean_sd([r.get(key) for r in done])
     diffs = [r["rmse"] - ref[r["seed"]] for r in done if r["seed"] in ref]
-    s["paired_rmse_diff_mean"], s["paired_rmse_diff_sd"] = _mean_sd(diffs)
+    s["paired_rmse_diff_mean"], s["paired_rmse_diff_sd"] = mean_sd(diffs)
     s["paired_n"] = len(diffs)
     arm["summary"] = s
 
@@ -318,7 +318,7 @@ def _fmt(mean, sd, digits) -> str:
   return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
-def _fmt_value(v) -> str:
+def fmt_value(v) -> str:
   return json.dumps(v).replace("[", "(").replace("]", ")") if isinstance(v, (list, tuple)) \
       else repr(v)
 
@@ -336,8 +336,8 @@ def markdown(result: dict) -> str:
       result["question"], "",
       f"- budget: model `{b['model']}`, {b['epochs']} epochs, "
       f"{b['faces'] or 'all'} faces ({result['source']}); seeds {result['seeds']}"
-      + "".join(f"; `{k}={_fmt_value(v)}`" for k, v in result["settings"].items())
-      + "".join(f"; every arm: `{k}={_fmt_value(v)}`" for k, v in result["common"].items()),
+      + "".join(f"; `{k}={fmt_value(v)}`" for k, v in result["settings"].items())
+      + "".join(f"; every arm: `{k}={fmt_value(v)}`" for k, v in result["common"].items()),
       f"- scored on {scored}; errors in pixels of the 96x96 image",
       f"- command: `{result['command']}`", "",
       f"| arm | overrides | RMSE (px) | NME | Δ RMSE vs {ref} (paired) | s/epoch | wall s/run "
@@ -345,7 +345,7 @@ def markdown(result: dict) -> str:
       "|---|---|---|---|---|---|---|---|" + "---|" * len(_RATIO_COLUMNS) * result["robustness"]]
   for arm in arms:
     s = arm["summary"]
-    overrides = ", ".join(f"`{k}={_fmt_value(v)}`" for k, v in arm["overrides"].items()) or "—"
+    overrides = ", ".join(f"`{k}={fmt_value(v)}`" for k, v in arm["overrides"].items()) or "—"
     diff = "—" if arm["name"] == ref else _fmt(s["paired_rmse_diff_mean"],
                                                 s["paired_rmse_diff_sd"], 3)
     seeds = f"{s['n']}" + (f" ({s['failed']} failed)" if s["failed"] else "")
@@ -374,7 +374,7 @@ def markdown(result: dict) -> str:
               f"{result['heldout_baseline_rmse']:.3f} px (the training pool's mean of each "
               "coordinate)."]
   else:
-    baseline = _mean_sd([a["summary"]["mean_shape_val_rmse_mean"] for a in arms])[0]
+    baseline = mean_sd([a["summary"]["mean_shape_val_rmse_mean"] for a in arms])[0]
     if baseline is not None:
       lines += ["", f"Mean-shape baseline on the runs' validation splits: {baseline:.3f} px."]
   failures = [f"- {a['name']} seed {r['seed']}: {r['error']}" for a in arms for r in a["runs"]
@@ -393,7 +393,7 @@ def plot(result: dict):
       values = [r[key] for r in arm["runs"] if r.get(key) is not None]
       jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
       ax.plot(i + jitter, values, "o", color="tab:blue", alpha=0.5, ms=5)
-      mean, sd = _mean_sd(values)
+      mean, sd = mean_sd(values)
       if mean is not None:
         ax.errorbar(i + 0.3, mean, yerr=sd or 0.0, fmt="s", color="black", capsize=4, ms=5)
     ax.set_xticks(range(len(arms)))
@@ -544,7 +544,7 @@ def _source(base, dataset: str, mtfl_csv: str, partial: bool = False) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
-def _seeds(text: str) -> list[int]:
+def parse_seeds(text: str) -> list[int]:
   """"3" -> [0, 1, 2]; "0,4,7" -> [0, 4, 7]."""
   seeds = ([int(s) for s in text.split(",") if s.strip()] if "," in text
            else list(range(int(text))))
@@ -559,7 +559,7 @@ def describe() -> str:
     lines.append(f"{name}: {study.question}")
     for arm in study.arms:
       for dataset in study.datasets:
-        overrides = ", ".join(f"{k}: {v.description}" if callable(v) else f"{k}={_fmt_value(v)}"
+        overrides = ", ".join(f"{k}: {v.description}" if callable(v) else f"{k}={fmt_value(v)}"
                               for k, v in arm.overrides_for(dataset).items()) or "(reference)"
         where = f" (on {dataset})" if arm.by_dataset else ""
         lines.append(f"    {arm.name:<16}{overrides}{where}")
@@ -608,7 +608,7 @@ def main(argv=None) -> dict | None:
   if not args.study:
     cli.usage_error("--study is required (or --list)")
   try:
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
   except ValueError:
     cli.usage_error(f"--seeds={args.seeds}: a count >= 1 or a comma list of whole numbers "
                     "(--seeds=0, is seed 0)")

@@ -38,7 +38,7 @@ SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "ship_mo
 OUT = os.path.join(ablate.DEFAULT_OUT, "ship_model")
 
 
-def _rows(source: str, rows: slice, path: str) -> str:
+def rows_file(source: str, rows: slice, path: str) -> str:
   """``source``'s data rows ``rows`` as ``path`` (written once)."""
   if not os.path.exists(path):
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
@@ -56,8 +56,8 @@ def data_files(mode: str, mtfl_csv: str, scratch: str) -> tuple[str, str | None]
     base = config_lib.defaults()
     base.data.train_csv = mtfl_csv
     return ablate.heldout_files(base, "mtfl", folder, ablate.HELDOUT_FRACTION)
-  return (_rows(mtfl_csv, slice(0, LFW_ROWS), os.path.join(folder, "mtfl-lfw.csv")),
-          _rows(mtfl_csv, slice(LFW_ROWS, None), os.path.join(folder, "mtfl-web.csv")))
+  return (rows_file(mtfl_csv, slice(0, LFW_ROWS), os.path.join(folder, "mtfl-lfw.csv")),
+          rows_file(mtfl_csv, slice(LFW_ROWS, None), os.path.join(folder, "mtfl-web.csv")))
 
 
 def recipe(train_csv: str, epochs: int | None = None):

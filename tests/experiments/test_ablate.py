@@ -192,9 +192,9 @@ def test_bad_settings_and_scratch_in_the_repository_are_refused(tmp_path):
 
 
 def test_seeds_are_a_count_or_a_list_and_none_is_refused():
-  assert ablate._seeds("3") == [0, 1, 2]
-  assert ablate._seeds("0,") == [0]
-  assert ablate._seeds("4,7") == [4, 7]
+  assert ablate.parse_seeds("3") == [0, 1, 2]
+  assert ablate.parse_seeds("0,") == [0]
+  assert ablate.parse_seeds("4,7") == [4, 7]
   for bad in ("0", ",", "-1,", "x"):
     with pytest.raises(ValueError):
-      ablate._seeds(bad)
+      ablate.parse_seeds(bad)

@@ -1,0 +1,113 @@
+"""experiments/cross_source.py: which faces each direction trains on and scores, the table's
+ratios, resume, and the command line's refusals."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from configs import tiny
+from experiments import cross_source
+from tests.conftest import kaggle_frame, random_faces
+
+
+@pytest.fixture
+def two_sources(tmp_path, monkeypatch):
+  """A 40-face file whose first 20 rows are one source and the rest another."""
+  monkeypatch.setattr(cross_source, "SOURCES", {"lfw": slice(0, 20), "web": slice(20, None)})
+  images, coords = random_faces(40)
+  path = tmp_path / "mtfl.csv"
+  kaggle_frame(images, coords).to_csv(path, index=False)
+  return str(path)
+
+
+def test_each_source_splits_once_into_disjoint_pool_and_held_out_faces(tmp_path, two_sources):
+  data = cross_source.source_files(two_sources, str(tmp_path / "d"))
+  whole = pd.read_csv(two_sources)["Image"]
+  for name, rows in (("lfw", whole[:20]), ("web", whole[20:])):
+    pool, held = (set(pd.read_csv(p)["Image"]) for p in data[name])
+    assert len(pool) == 16 and len(held) == 4 and not pool & held
+    assert pool | held == set(rows)
+  again = cross_source.source_files(two_sources, str(tmp_path / "d"))
+  assert again == data
+
+
+def test_runs_score_both_sources_write_table_and_plot_and_a_rerun_trains_nothing(
+    tmp_path, two_sources, monkeypatch):
+  monkeypatch.setattr(cross_source, "ARMS", {"default": {}, "fast": {"learning_rate": 3e-3}})
+  monkeypatch.setattr(cross_source, "FINETUNE_FACES", (8,))
+  monkeypatch.setattr(cross_source, "FINETUNE", {"num_epochs": 2, "learning_rate": 1e-3})
+  base = tiny.get_config()
+  base.eval_batch_size = 4
+  logs = []
+  kwargs = dict(config_path="configs/tiny.py", arms=["default", "fast"],
+                directions=list(cross_source.DIRECTIONS), seeds=[0], epochs=1,
+                mtfl_csv=two_sources, scratch=str(tmp_path / "s"), out=str(tmp_path / "out"),
+                command="test", finetune=(8,))
+  results = cross_source.benchmark(base, **kwargs, log=logs.append)
+  # 4 runs, and the reference arm's 2 fine-tuned on 8 faces of the other source.
+  assert sum("s)" in line for line in logs) == 6 and not any("done before" in l for l in logs)
+  runs = results["runs"]
+  for arm in ("default", "fast"):
+    for direction in cross_source.DIRECTIONS:
+      run = runs[arm][direction][0]
+      assert run["num_train"] == 16 and run["in"]["faces"] == 4 and run["cross"]["faces"] == 4
+      assert run["in"]["per_face_nme"] == sorted(run["in"]["per_face_nme"])
+  # The same faces, scored by either model: web's held-out faces are lfw-to-web's cross set
+  # and web-to-lfw's in-source set.
+  s = results["summary"]["fast"]["lfw-to-web"]
+  lfw, web = runs["fast"]["lfw-to-web"][0], runs["fast"]["web-to-lfw"][0]
+  assert s["ratio"][0] == pytest.approx(lfw["cross"]["nme"] / lfw["in"]["nme"])
+  assert s["vs_native"][0] == pytest.approx(lfw["cross"]["nme"] / web["in"]["nme"])
+  ref = runs["default"]["lfw-to-web"][0]
+  assert s["cross_nme_change"][0] == pytest.approx(lfw["cross"]["nme"] / ref["cross"]["nme"] - 1)
+  out = tmp_path / "out"
+  table = (out / "table.md").read_text()
+  assert "| fast (`learning_rate=0.003`) | lfw-to-web |" in table
+  assert "| fast | web-to-lfw |" in table
+  assert (out / "ced.png").stat().st_size > 0
+  saved = json.loads((out / "results.json").read_text())
+  assert saved["runs"]["default"]["web-to-lfw"]["0"]["cross"]["nme"] == pytest.approx(
+      runs["default"]["web-to-lfw"][0]["cross"]["nme"])
+  # Fine-tuned: started from the run's weights, on 8 faces of web's pool, scored on both sets.
+  tuned = results["finetune"]["default"]["lfw-to-web"][8][0]
+  assert tuned["num_train"] == 8 and tuned["steps"] == 2
+  f = results["finetune_summary"]["default"]["lfw-to-web"][8]
+  before, native = ref["cross"]["nme"], runs["default"]["web-to-lfw"][0]["in"]["nme"]
+  assert f["gap_closed"][0] == pytest.approx((before - tuned["cross"]["nme"]) / (before - native))
+  assert "## Fine-tuned on a few faces of the other source" in table
+  assert "fast" not in results["finetune"]  # Only the reference arm is fine-tuned.
+  logs.clear()
+  cross_source.benchmark(base, **kwargs, log=logs.append)
+  assert sum("done before" in line for line in logs) == 6
+  # Asked for one arm, the table still holds every finished run.
+  logs.clear()
+  again = cross_source.benchmark(base, **dict(kwargs, arms=["fast"]), log=logs.append)
+  assert set(again["runs"]) == {"default", "fast"} and set(again["finetune"]) == {"default"}
+
+
+def test_tables_only_without_finished_runs_is_refused(tmp_path, two_sources):
+  with pytest.raises(ValueError, match="no run has finished"):
+    cross_source.benchmark(tiny.get_config(), "configs/tiny.py", ["default"], ["lfw-to-web"], [0],
+                           1, two_sources, str(tmp_path / "s"), str(tmp_path / "o"), "test",
+                           tables_only=True, log=lambda _: None)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--arms=default,nope"], "unknown arm or direction ['nope']"),
+    (["--directions=up"], "unknown arm or direction ['up']"),
+    (["--seeds=-1"], "--seeds=-1"),
+    (["--finetune=100,x"], "--finetune=100,x"),
+])
+def test_bad_command_lines_are_one_line_errors(args, words, capsys, tmp_path):
+  with pytest.raises(SystemExit) as e:
+    cross_source.main([*args, f"--scratch={tmp_path}"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert words in err and "\n" not in err
+
+
+def test_scratch_inside_the_repository_is_refused(capsys):
+  with pytest.raises(SystemExit) as e:
+    cross_source.main([f"--scratch={cross_source.HERE}/scratch"])
+  assert e.value.code == 2 and "inside the repository" in capsys.readouterr().err
