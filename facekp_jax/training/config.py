@@ -81,9 +81,8 @@ def _tta_rotations(v):
 
 FIELDS: tuple[Field, ...] = (
     Field("seed", 0, "the root of every random draw: initialisation, split, sampler"),
-    Field("init_from", "", "a trained workdir, a packed model or 'shipped' whose weights start "
-          "the run (training/weights.py; the optimizer, schedule and step start afresh)",
-          legacy=""),
+    Field("init_from", "", "a workdir, packed model or 'shipped' whose weights start the run "
+          "(fine-tuning: training/weights.py)", legacy=""),
     Field("num_epochs", 12, "passes over the training split (the schedule spans them)",
           _at_least(1)),
     Field("batch_size", 16, "faces per step, over all devices (RULES: a multiple of them)"),
