@@ -16,6 +16,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from facekp_jax.core import keypoints, sharding
@@ -157,5 +158,6 @@ def start_from(train_state: state.TrainState, variables: dict,
       bad = sorted(set(want.items()) ^ set(have.items()))[0][0]
       raise ConfigError(f"config.init_from: its {part} do not fit this run's model ({bad})")
   params = variables["params"]
+  # The EMA's own copy: the training step donates the state, one buffer may not go twice.
   return train_state.replace(params=params, batch_stats=variables["batch_stats"],
-                             ema_params=params if ema else None)
+                             ema_params=jax.tree.map(jnp.copy, params) if ema else None)

@@ -34,8 +34,10 @@ def _leaves(variables):
 def test_a_run_starts_from_the_named_workdirs_weights_with_a_fresh_optimizer(tiny_workdir,
                                                                              tmp_path):
   source = predictor.load(tiny_workdir, "latest")
-  # A step too small to move anything: the run's weights are where it started.
-  config = _config(init_from=tiny_workdir, learning_rate=1e-12, **{"data.synthetic_seed": 5})
+  # A step too small to move anything: the run's weights (and their EMA: the run keeps one,
+  # the source did not) are where it started.
+  config = _config(init_from=tiny_workdir, learning_rate=1e-12, ema_decay=0.9,
+                   **{"data.synthetic_seed": 5})
   results = loop.train_and_evaluate(config, str(tmp_path / "tuned"))
   tuned = predictor.load(str(tmp_path / "tuned"), "latest")
   assert results["steps"] == results["num_train"] // config.batch_size  # Steps from 0.
