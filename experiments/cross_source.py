@@ -347,8 +347,9 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
               finetune: tuple[int, ...] = (), finetune_arms: tuple[str, ...] = (),
               tables_only: bool = False, log=print) -> dict:
   """Runs (or finishes) ``arms`` x ``directions`` x ``seeds``, then fine-tunes the runs of
-  ``finetune_arms`` (default: the reference arm) on ``finetune`` faces of the other source; writes the table, plot and JSON of every
-  finished run of any arm at ``seeds`` (``tables_only``: trains nothing). Returns the results.
+  ``finetune_arms`` (default: the reference arm) on ``finetune`` faces of the other source;
+  writes the table, plot and JSON of every finished run of any arm at ``seeds``
+  (``tables_only``: trains nothing). Returns the results.
   """
   finetune_arms = finetune_arms or (next(iter(ARMS)),)
   data = source_files(mtfl_csv, os.path.join(scratch, "data"))
