@@ -45,6 +45,22 @@ def random_faces(n, seed=0, missing_every=0):
   return images, coords
 
 
+def tiny_config(csv=None, **overrides):
+  """configs/tiny.py on ``csv`` (None: the built-in faces), with dotted-field ``overrides``."""
+  from configs import tiny
+
+  config = tiny.get_config()
+  if csv:
+    config.data.train_csv = csv
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 def kaggle_frame(images, coords):
   frame = pd.DataFrame(coords, columns=list(keypoints.KAGGLE.columns))
   frame[keypoints.IMAGE_COLUMN] = [" ".join(map(str, im.reshape(-1))) for im in images]

@@ -8,29 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from configs import tiny
 from facekp_jax.core import errors, sharding
 from facekp_jax.core import faces as faces_lib
 from facekp_jax.data import augment, kaggle
 from facekp_jax.data import dataset as dataset_lib
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import loop, steps
-from tests.conftest import random_faces
+from tests.conftest import random_faces, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _config(csv=None, **overrides):
-  config = tiny.get_config()
-  if csv:
-    config.data.train_csv = csv
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+_config = tiny_config
 
 
 def test_epoch_batches_cover_each_face_at_most_once_with_fixed_shapes():

@@ -7,24 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
 from facekp_jax.core import errors, keypoints, sharding
 from facekp_jax.serving import predictor
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import loop, steps, weights
+from tests.conftest import tiny_config
 
 
 def _config(**overrides):
-  config = tiny.get_config()
-  config.num_epochs = 1
-  config.data.synthetic_n = 24
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return tiny_config(**{"num_epochs": 1, "data.synthetic_n": 24, **overrides})
 
 
 def _leaves(variables):
