@@ -8,7 +8,7 @@
 LFW news photographs, rows 4152-7650 web photographs (other cameras, poses, light). Each source
 is split once, 80/20 (``ablate.heldout_files``' seeded split): its pool trains, its held-out
 part is scored. A run of direction ``lfw-to-web`` trains on the LFW pool (3321 faces) and is
-scored on the LFW held-out faces (in-source, 831) and on the web held-out faces (cross-source,
+scored on the LFW held-out faces (in-source, 830) and on the web held-out faces (cross-source,
 700); ``web-to-lfw`` the reverse (2799 faces train). So each held-out set is scored by a model
 of its own source and by one of the other: the cross-source score of one direction and the
 in-source score of the other are on the same faces.
@@ -353,6 +353,7 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
   """
   finetune_arms = finetune_arms or (next(iter(ARMS)),)
   data = source_files(mtfl_csv, os.path.join(scratch, "data"))
+  kept = _kept(out)
   results = {"config": config_path, "epochs": epochs, "seeds": list(seeds), "arms": list(ARMS),
              "command": command, "runs": {}, "finetune": {}, "finetune_recipe": FINETUNE,
              "data": f"{os.path.basename(mtfl_csv)}, per source (LFW rows 1-"
@@ -373,9 +374,11 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
   for direction, arm, seed, config, train in sorted(plan, key=lambda p: not p[4]):
     src, dst = DIRECTIONS[direction]
     workdir = _workdir(scratch, direction, arm, seed, config)
-    if not train and not os.path.exists(os.path.join(workdir, "ablate.json")):
+    record = _finished(workdir, scratch, kept, train)
+    if record is None:
       continue
-    record = run_one(config, workdir, {"in": data[src][1], "cross": data[dst][1]})
+    record = record or run_one(config, workdir, {"in": data[src][1], "cross": data[dst][1]})
+    record["run"] = os.path.relpath(workdir, scratch)
     status = "done before" if record.pop("skipped") else f"{record['wall_seconds']:.0f}s"
     log(f"  {direction} {arm} seed {seed}: in NME {record['in']['nme']:.4f}, cross NME "
         f"{record['cross']['nme']:.4f} ({status})")
@@ -387,10 +390,12 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
                               few_faces(data[dst][0], faces, os.path.join(scratch, "data")))
       tuned_dir = os.path.join(workdir + "-finetune",
                                f"{faces}faces-{ablate.config_hash(tuned)}")
-      if not (train and arm in finetune_arms and faces in finetune) and not os.path.exists(
-          os.path.join(tuned_dir, "ablate.json")):
+      record = _finished(tuned_dir, scratch, kept,
+                         train and arm in finetune_arms and faces in finetune)
+      if record is None:
         continue
-      record = run_one(tuned, tuned_dir, {"in": data[src][1], "cross": data[dst][1]})
+      record = record or run_one(tuned, tuned_dir, {"in": data[src][1], "cross": data[dst][1]})
+      record["run"] = os.path.relpath(tuned_dir, scratch)
       status = "done before" if record.pop("skipped") else f"{record['wall_seconds']:.0f}s"
       log(f"    fine-tuned on {faces} {dst} faces: cross NME {record['cross']['nme']:.4f}, in "
           f"NME {record['in']['nme']:.4f} ({status})")
@@ -401,6 +406,39 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
     raise ValueError("no run has finished yet: run without --tables_only first")
   log(f"wrote {out}/table.md, ced.png, results.json")
   return results
+
+
+def _kept(out: str) -> dict[str, dict]:
+  """The records of ``out``'s results.json by run (workdir relative to the scratch folder, its
+  config's hash in the name): finished figures stay in the table when the scratch folder that
+  held their workdirs is gone (another machine, a cleaned cache)."""
+  path = os.path.join(out, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    saved = json.load(f)
+  records = []
+
+  def walk(node):  # runs[arm][direction][seed], finetune[arm][direction][faces][seed]
+    if isinstance(node, dict) and "run" in node and "cross" in node:
+      records.append(node)
+    elif isinstance(node, dict):
+      for child in node.values():
+        walk(child)
+
+  walk({k: saved.get(k, {}) for k in ("runs", "finetune")})
+  return {r["run"]: r for r in records}
+
+
+def _finished(workdir: str, scratch: str, kept: dict, train: bool) -> dict | None:
+  """A run's kept record where its workdir has none ({} where it is to be run or read from its
+  workdir; None where it is neither finished nor to be run)."""
+  if os.path.exists(os.path.join(workdir, "ablate.json")):
+    return {}
+  key = os.path.relpath(workdir, scratch)
+  if key in kept:
+    return dict(kept[key], skipped=True)
+  return {} if train else None
 
 
 def _workdir(scratch: str, direction: str, arm: str, seed: int, config) -> str:

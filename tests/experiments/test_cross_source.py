@@ -2,6 +2,7 @@
 ratios, resume, and the command line's refusals."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -84,6 +85,14 @@ def test_runs_score_both_sources_write_table_and_plot_and_a_rerun_trains_nothing
   logs.clear()
   again = cross_source.benchmark(base, **dict(kwargs, arms=["fast"]), log=logs.append)
   assert set(again["runs"]) == {"default", "fast"} and set(again["finetune"]) == {"default"}
+  # The scratch folder gone (another machine): the committed figures stay, nothing retrains.
+  shutil.rmtree(tmp_path / "s" / "runs")
+  logs.clear()
+  kept = cross_source.benchmark(base, **kwargs, log=logs.append)
+  assert sum("done before" in line for line in logs) == 6
+  assert kept["runs"]["fast"]["lfw-to-web"][0]["cross"] == runs["fast"]["lfw-to-web"][0]["cross"]
+  assert kept["finetune"]["default"]["web-to-lfw"][8][0]["run"].endswith(
+      results["finetune"]["default"]["web-to-lfw"][8][0]["run"].split("/")[-1])
 
 
 def test_tables_only_without_finished_runs_is_refused(tmp_path, two_sources):
