@@ -374,12 +374,10 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
   for direction, arm, seed, config, train in sorted(plan, key=lambda p: not p[4]):
     src, dst = DIRECTIONS[direction]
     workdir = _workdir(scratch, direction, arm, seed, config)
-    record = _finished(workdir, scratch, kept, train)
+    scored = {"in": data[src][1], "cross": data[dst][1]}
+    record, status = _run_or_read(config, workdir, scratch, kept, train, scored)
     if record is None:
       continue
-    record = record or run_one(config, workdir, {"in": data[src][1], "cross": data[dst][1]})
-    record["run"] = os.path.relpath(workdir, scratch)
-    status = "done before" if record.pop("skipped") else f"{record['wall_seconds']:.0f}s"
     log(f"  {direction} {arm} seed {seed}: in NME {record['in']['nme']:.4f}, cross NME "
         f"{record['cross']['nme']:.4f} ({status})")
     results["runs"].setdefault(arm, {}).setdefault(direction, {})[seed] = record
@@ -390,13 +388,10 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
                               few_faces(data[dst][0], faces, os.path.join(scratch, "data")))
       tuned_dir = os.path.join(workdir + "-finetune",
                                f"{faces}faces-{ablate.config_hash(tuned)}")
-      record = _finished(tuned_dir, scratch, kept,
-                         train and arm in finetune_arms and faces in finetune)
+      record, status = _run_or_read(tuned, tuned_dir, scratch, kept,
+                                    train and arm in finetune_arms and faces in finetune, scored)
       if record is None:
         continue
-      record = record or run_one(tuned, tuned_dir, {"in": data[src][1], "cross": data[dst][1]})
-      record["run"] = os.path.relpath(tuned_dir, scratch)
-      status = "done before" if record.pop("skipped") else f"{record['wall_seconds']:.0f}s"
       log(f"    fine-tuned on {faces} {dst} faces: cross NME {record['cross']['nme']:.4f}, in "
           f"NME {record['in']['nme']:.4f} ({status})")
       results["finetune"].setdefault(arm, {}).setdefault(direction, {}).setdefault(
@@ -430,15 +425,19 @@ def _kept(out: str) -> dict[str, dict]:
   return {r["run"]: r for r in records}
 
 
-def _finished(workdir: str, scratch: str, kept: dict, train: bool) -> dict | None:
-  """A run's kept record where its workdir has none ({} where it is to be run or read from its
-  workdir; None where it is neither finished nor to be run)."""
-  if os.path.exists(os.path.join(workdir, "ablate.json")):
-    return {}
+def _run_or_read(config, workdir: str, scratch: str, kept: dict, train: bool,
+                 scored: dict[str, str]) -> tuple[dict | None, str]:
+  """(record, "done before" or its seconds) of a run: read from its workdir, else kept from the
+  committed results (``_kept``), else trained where ``train``; (None, "") where none of these."""
   key = os.path.relpath(workdir, scratch)
-  if key in kept:
-    return dict(kept[key], skipped=True)
-  return {} if train else None
+  if os.path.exists(os.path.join(workdir, "ablate.json")) or (train and key not in kept):
+    record = run_one(config, workdir, scored)
+  elif key in kept:
+    record = dict(kept[key], skipped=True)
+  else:
+    return None, ""
+  record["run"] = key
+  return record, "done before" if record.pop("skipped") else f"{record['wall_seconds']:.0f}s"
 
 
 def _workdir(scratch: str, direction: str, arm: str, seed: int, config) -> str:
