@@ -1,7 +1,7 @@
 """Cross-source accuracy: trained on one source's faces, scored on another's, beside its own.
 
   python -m experiments.cross_source                        # every arm, both directions, seeds 0, 1
-  python -m experiments.cross_source --arms=default,stem-level --seeds=0 --finetune=
+  python -m experiments.cross_source --arms=default,stem-level --seeds=0, --finetune=
   python -m experiments.cross_source --tables_only          # table and plot of the finished runs
 
 ../shared/data/mtfl_train.csv.gz holds two sources in file order (``SOURCES``): rows 1-4151
