@@ -24,17 +24,19 @@ class Inference:
   """``model.apply(variables, images, train=False)`` jitted over ``mesh``, in padded batches.
 
   ``layout`` is the model's keypoint layout (``model.layout``), whose mirror twins TTA uses.
+  ``forward``: (variables, images) -> (B, 2K) in place of the model's own inference pass (an
+  experiment's other read-out of the same network); jitted the same way.
   """
 
-  def __init__(self, model, mesh, eval_batch_size: int):
+  def __init__(self, model, mesh, eval_batch_size: int, forward=None):
     self.layout = keypoints.get(model.layout)
     self.mesh = mesh
     self.eval_batch_size = round_up(eval_batch_size, mesh.devices.size)
     self._max_batch = eval_batch_size
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     # One global batch: (variables, images (B, 96, 96, 1)) -> (B, 2K), B a multiple of devices.
-    self.jitted = jax.jit(lambda variables, images: model.apply(variables, images, train=False),
-                          in_shardings=(rep, shard), out_shardings=rep)
+    forward = forward or (lambda variables, images: model.apply(variables, images, train=False))
+    self.jitted = jax.jit(forward, in_shardings=(rep, shard), out_shardings=rep)
 
   def batch_size(self, n: int) -> int:
     """The batch that a call of ``n`` images is padded to.

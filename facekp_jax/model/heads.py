@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from facekp_jax.core import keypoints
 
 HEADS = ("regression", "heatmap")
+LOGITS = "logits"  # The maps' name among the head's sown intermediates.
 
 
 def cell_centres(size: int, margin: float = 0.0) -> jnp.ndarray:
@@ -108,4 +109,7 @@ class HeatmapHead(nn.Module):
     if self.margin:  # The constant strips beyond the outer feature centres, widened.
       p = margin_cells(self.size, self.margin)
       logits = jnp.pad(logits, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+    # The maps themselves, for whoever applies the model with mutable=["intermediates"]
+    # (other read-outs: experiments/decoding.py); free otherwise.
+    self.sow("intermediates", LOGITS, logits)
     return soft_argmax(logits, self.margin)
