@@ -22,9 +22,11 @@ Fine-tuning (``--finetune``, 100 and 500 faces): each run of ``--finetune_arms``
 reference arm) is then
 adapted to the other source the way a researcher would, in one config line: ``config.init_from``
 = its workdir (weights only; a fresh optimizer and schedule), trained on that many faces drawn
-once from the other source's pool (``FINETUNE``: 25 epochs of them, one-cycle to 1e-3), and
-scored on the same two held-out sets: how much of the gap to a model of that source it closes,
-what it forgets of its own, in how many seconds.
+once from the other source's pool under a recipe (``FINETUNE_RECIPES``, ``--finetune_recipes``:
+25 epochs of them, one-cycle to 3e-4 beside as many faces of the run's own source by default;
+lower and higher rates, without the own faces, on request), and scored on the same two held-out
+sets: how much of the gap to a model of that source it closes, what it forgets of its own, in
+how many seconds.
 
 Per run: RMSE (px of the 96x96 frame), NME (the layout's normaliser: inter-pupil for the 5
 points), FR@0.10 and AUC@0.10 on both held-out sets, and the sorted per-face NMEs (the CED).
@@ -83,9 +85,18 @@ ARMS: dict[str, dict] = {
 }
 FIGURES = ("rmse", "nme", "fr", "auc")
 # Fine-tuning a finished run on a few faces of the other source (``config.init_from``): faces
-# drawn from that source's pool (a fixed draw), epochs of them, the recipe's overrides.
+# drawn from that source's pool (a fixed draw), and the recipes, each overrides of the run's
+# config; ``MIXED``: the few faces train beside as many of the run's own pool (drawn the same
+# way), against forgetting. The first recipe is the one the benchmark runs unless told.
 FINETUNE_FACES = (100, 500)
-FINETUNE = {"num_epochs": 25, "learning_rate": 1e-3, "warmup_epochs": 0.0}
+MIXED = "mixed"
+_FINETUNE_BUDGET = {"num_epochs": 25, "warmup_epochs": 0.0}
+FINETUNE_RECIPES: dict[str, dict] = {
+    "lr3e-4-mixed": {**_FINETUNE_BUDGET, "learning_rate": 3e-4, MIXED: True},
+    "lr3e-4": {**_FINETUNE_BUDGET, "learning_rate": 3e-4},
+    "lr1e-4": {**_FINETUNE_BUDGET, "learning_rate": 1e-4},
+    "lr1e-3": {**_FINETUNE_BUDGET, "learning_rate": 1e-3},
+}
 _FINETUNE_DRAW = 0xF17E
 
 
@@ -116,16 +127,26 @@ def few_faces(pool: str, faces: int, folder: str) -> str:
   return out
 
 
+def mixed_faces(pool: str, own_pool: str, faces: int, folder: str) -> str:
+  """``few_faces`` of ``pool`` followed by as many of ``own_pool`` (the run's own source)."""
+  out = os.path.join(folder, f"{os.path.basename(pool)[:-len('.csv')]}-{faces}-mixed.csv")
+  if not os.path.exists(out):
+    parts = [pd.read_csv(few_faces(p, faces, folder), dtype=str, keep_default_na=False)
+             for p in (pool, own_pool)]
+    ablate.write_frame(pd.concat(parts, ignore_index=True), out)
+  return out
+
+
 # ----------------------------------------------------------------------------- runs
 
 
 def run_config(base, arm: str, seed: int, pool: str, epochs: int):
-  """The resolved config of one run: ``base``, the arm's overrides, the pool, every face
-  training."""
+  """The resolved config of one run: ``base`` for ``epochs``, the arm's overrides (which may
+  set ``num_epochs`` too), the pool, every face training."""
   config = base.copy_and_resolve_references()
+  config.num_epochs = epochs
   for path, value in ARMS[arm].items():
     ablate.set_field(config, path, value)
-  config.num_epochs = epochs
   config.seed = seed
   config.data.train_csv = pool
   config.data.val_fraction = 0.0
@@ -133,14 +154,16 @@ def run_config(base, arm: str, seed: int, pool: str, epochs: int):
   return config
 
 
-def finetune_config(run: ml_collections.ConfigDict, workdir: str, faces_csv: str):
+def finetune_config(run: ml_collections.ConfigDict, workdir: str, faces_csv: str,
+                    recipe: str):
   """A finished run's config, fine-tuned: started from its weights (``init_from``) on
-  ``faces_csv`` under ``FINETUNE``."""
+  ``faces_csv`` under ``FINETUNE_RECIPES[recipe]``."""
   config = run.copy_and_resolve_references()
   config.init_from = workdir
   config.data.train_csv = faces_csv
-  for path, value in FINETUNE.items():
-    ablate.set_field(config, path, value)
+  for path, value in FINETUNE_RECIPES[recipe].items():
+    if path != MIXED:
+      ablate.set_field(config, path, value)
   return config
 
 
@@ -199,14 +222,16 @@ def summarise(results: dict) -> None:
 
 
 def summarise_finetune(results: dict) -> None:
-  """Adds ``finetune_summary``: per arm, direction and face count, the cross-source NME before
-  and after, the share of the gap to a model of that source closed, and the in-source NME."""
+  """Adds ``finetune_summary``: per arm, direction, recipe and face count, the cross-source NME
+  before and after, the share of the gap to a model of that source closed, and the in-source
+  NME."""
   out = results["finetune_summary"] = {}
   for arm, by_direction in results["finetune"].items():
-    for direction, by_faces in by_direction.items():
+    for direction, by_recipe in by_direction.items():
       base = results["runs"][arm][direction]
       native = results["runs"][arm].get(_reverse(direction), {})
-      for faces, by_seed in by_faces.items():
+      for recipe, faces, by_seed in ((r, f, s) for r, by_faces in by_recipe.items()
+                                     for f, s in by_faces.items()):
         s = {"cross_nme_before": ablate.mean_sd([base[k]["cross"]["nme"] for k in by_seed]),
              "cross_nme": ablate.mean_sd([r["cross"]["nme"] for r in by_seed.values()]),
              "in_nme_before": ablate.mean_sd([base[k]["in"]["nme"] for k in by_seed]),
@@ -218,7 +243,7 @@ def summarise_finetune(results: dict) -> None:
                  for k, r in by_seed.items() if k in native]),
              "wall_seconds": ablate.mean_sd([r["wall_seconds"] for r in by_seed.values()]),
              "seeds": sorted(by_seed)}
-        out.setdefault(arm, {}).setdefault(direction, {})[faces] = s
+        out.setdefault(arm, {}).setdefault(direction, {}).setdefault(recipe, {})[faces] = s
 
 
 def _reverse(direction: str) -> str:
@@ -275,21 +300,26 @@ def markdown(results: dict) -> str:
       "change of the NME from the reference arm, seed by seed."]
   tuned = results.get("finetune_summary", {})
   if tuned:
-    recipe = ", ".join(f"`{k}={ablate.fmt_value(v)}`" for k, v in FINETUNE.items())
+    recipes = "; ".join(f"{name}: " + ", ".join(
+        f"`{k}={ablate.fmt_value(v)}`" for k, v in recipe.items() if k != MIXED)
+        + (", the faces beside as many of the run's own pool (faces: the other source's)"
+           if recipe.get(MIXED) else "")
+        for name, recipe in FINETUNE_RECIPES.items())
     lines += [
         "", "## Fine-tuned on a few faces of the other source", "",
-        f"Each run above, started from its final weights (`config.init_from`: parameters and "
-        f"batch statistics; a fresh optimizer and schedule), trained on faces drawn once from "
-        f"the other source's pool ({recipe}, the rest as the run), scored on the same held-out "
-        "faces.", "",
-        "| arm | direction | faces | cross NME before | cross NME after | gap closed | cross FR "
-        "after | in NME before | in NME after | fine-tune s | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "Each run above, started from its final weights (`config.init_from`: parameters and "
+        "batch statistics; a fresh optimizer and schedule), trained on faces drawn once from "
+        "the other source's pool under a recipe (the rest as the run), scored on the same "
+        f"held-out faces. Recipes: {recipes}.", "",
+        "| arm | direction | recipe | faces | cross NME before | cross NME after | gap closed | "
+        "cross FR after | in NME before | in NME after | fine-tune s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, by_direction in tuned.items():
-      for direction, by_faces in by_direction.items():
-        for faces, s in sorted(by_faces.items()):
+      for direction, by_recipe in by_direction.items():
+        for recipe, faces, s in ((r, f, by_recipe[r][f]) for r in FINETUNE_RECIPES
+                                 if r in by_recipe for f in sorted(by_recipe[r])):
           lines.append(
-              f"| {arm} | {direction} | {faces} | {_fmt(s['cross_nme_before'], 4)} | "
+              f"| {arm} | {direction} | {recipe} | {faces} | {_fmt(s['cross_nme_before'], 4)} | "
               f"{_fmt(s['cross_nme'], 4)} | {_fmt(s['gap_closed'], 2)} | "
               f"{_fmt(s['cross_fr'], 3)} | {_fmt(s['in_nme_before'], 4)} | "
               f"{_fmt(s['in_nme'], 4)} | {_fmt(s['wall_seconds'], 0)} | "
@@ -345,17 +375,21 @@ def write(results: dict, out: str) -> None:
 def benchmark(base, config_path: str, arms: list[str], directions: list[str], seeds: list[int],
               epochs: int, mtfl_csv: str, scratch: str, out: str, command: str,
               finetune: tuple[int, ...] = (), finetune_arms: tuple[str, ...] = (),
-              tables_only: bool = False, log=print) -> dict:
+              finetune_recipes: tuple[str, ...] = (), tables_only: bool = False,
+              log=print) -> dict:
   """Runs (or finishes) ``arms`` x ``directions`` x ``seeds``, then fine-tunes the runs of
-  ``finetune_arms`` (default: the reference arm) on ``finetune`` faces of the other source;
+  ``finetune_arms`` (default: the reference arm) on ``finetune`` faces of the other source
+  under ``finetune_recipes`` (default: the first);
   writes the table, plot and JSON of every finished run of any arm at ``seeds``
   (``tables_only``: trains nothing). Returns the results.
   """
   finetune_arms = finetune_arms or (next(iter(ARMS)),)
+  finetune_recipes = finetune_recipes or (next(iter(FINETUNE_RECIPES)),)
   data = source_files(mtfl_csv, os.path.join(scratch, "data"))
   kept = _kept(out)
   results = {"config": config_path, "epochs": epochs, "seeds": list(seeds), "arms": list(ARMS),
-             "command": command, "runs": {}, "finetune": {}, "finetune_recipe": FINETUNE,
+             "command": command, "runs": {}, "finetune": {},
+             "finetune_recipes": FINETUNE_RECIPES,
              "data": f"{os.path.basename(mtfl_csv)}, per source (LFW rows 1-"
                      f"{ship_model.LFW_ROWS}, web rows {ship_model.LFW_ROWS + 1}-) "
                      "`ablate.heldout_files`' seeded 80/20 split: " + "; ".join(
@@ -383,20 +417,25 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
     results["runs"].setdefault(arm, {}).setdefault(direction, {})[seed] = record
     results["normaliser"] = record["in"]["normaliser"]
     write(results, out)
-    for faces in sorted(set(finetune) | set(FINETUNE_FACES)):  # Adapted to the other source.
-      tuned = finetune_config(config, workdir,
-                              few_faces(data[dst][0], faces, os.path.join(scratch, "data")))
-      tuned_dir = os.path.join(workdir + "-finetune",
-                               f"{faces}faces-{ablate.config_hash(tuned)}")
-      record, status = _run_or_read(tuned, tuned_dir, scratch, kept,
-                                    train and arm in finetune_arms and faces in finetune, scored)
-      if record is None:
-        continue
-      log(f"    fine-tuned on {faces} {dst} faces: cross NME {record['cross']['nme']:.4f}, in "
-          f"NME {record['in']['nme']:.4f} ({status})")
-      results["finetune"].setdefault(arm, {}).setdefault(direction, {}).setdefault(
-          faces, {})[seed] = record
-      write(results, out)
+    folder = os.path.join(scratch, "data")
+    for recipe in FINETUNE_RECIPES:  # Adapted to the other source.
+      for faces in sorted(set(finetune) | set(FINETUNE_FACES)):
+        faces_csv = (mixed_faces(data[dst][0], data[src][0], faces, folder)
+                     if FINETUNE_RECIPES[recipe].get(MIXED) else
+                     few_faces(data[dst][0], faces, folder))
+        tuned = finetune_config(config, workdir, faces_csv, recipe)
+        tuned_dir = os.path.join(workdir + "-finetune",
+                                 f"{faces}faces-{ablate.config_hash(tuned)}")
+        record, status = _run_or_read(
+            tuned, tuned_dir, scratch, kept, train and arm in finetune_arms and faces in finetune
+            and recipe in finetune_recipes, scored)
+        if record is None:
+          continue
+        log(f"    fine-tuned ({recipe}) on {faces} {dst} faces: cross NME "
+            f"{record['cross']['nme']:.4f}, in NME {record['in']['nme']:.4f} ({status})")
+        results["finetune"].setdefault(arm, {}).setdefault(direction, {}).setdefault(
+            recipe, {}).setdefault(faces, {})[seed] = record
+        write(results, out)
   if not results["runs"]:
     raise ValueError("no run has finished yet: run without --tables_only first")
   log(f"wrote {out}/table.md, ced.png, results.json")
@@ -466,14 +505,17 @@ def main(argv=None) -> dict:
                     flag_values=fv)
   flags.DEFINE_list("finetune_arms", [next(iter(ARMS))], "the arms whose runs are fine-tuned",
                     flag_values=fv)
+  flags.DEFINE_list("finetune_recipes", [next(iter(FINETUNE_RECIPES))],
+                    f"of {list(FINETUNE_RECIPES)}", flag_values=fv)
   flags.DEFINE_bool("tables_only", False, "train nothing: the table and plot of the runs that "
                     "finished", flag_values=fv)
   cli.parse(fv, "python -m experiments.cross_source", __doc__.split("\n\n")[0], argv)
   unknown = [a for a in fv.arms + fv.finetune_arms if a not in ARMS] + [
-      d for d in fv.directions if d not in DIRECTIONS]
+      d for d in fv.directions if d not in DIRECTIONS] + [
+      r for r in fv.finetune_recipes if r not in FINETUNE_RECIPES]
   if unknown or not fv.arms or not fv.directions:
-    cli.usage_error(f"unknown arm or direction {unknown}: arms {list(ARMS)}, directions "
-                    f"{list(DIRECTIONS)}")
+    cli.usage_error(f"unknown arm, direction or recipe {unknown}: arms {list(ARMS)}, "
+                    f"directions {list(DIRECTIONS)}, recipes {list(FINETUNE_RECIPES)}")
   try:
     seeds = ablate.parse_seeds(fv.seeds)
   except ValueError:
@@ -496,7 +538,7 @@ def main(argv=None) -> dict:
     with cli.user_errors():
       return benchmark(fv.config, config_path, fv.arms, fv.directions, seeds, fv.epochs,
                        fv.mtfl_csv, scratch, fv.out, command, finetune,
-                       tuple(fv.finetune_arms), fv.tables_only)
+                       tuple(fv.finetune_arms), tuple(fv.finetune_recipes), fv.tables_only)
   except interrupts.Interrupted as e:
     print(f"{e} (finished runs are kept; the same command skips them and resumes this one)",
           file=sys.stderr)

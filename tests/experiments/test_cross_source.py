@@ -37,7 +37,9 @@ def test_runs_score_both_sources_write_table_and_plot_and_a_rerun_trains_nothing
     tmp_path, two_sources, monkeypatch):
   monkeypatch.setattr(cross_source, "ARMS", {"default": {}, "fast": {"learning_rate": 3e-3}})
   monkeypatch.setattr(cross_source, "FINETUNE_FACES", (8,))
-  monkeypatch.setattr(cross_source, "FINETUNE", {"num_epochs": 2, "learning_rate": 1e-3})
+  monkeypatch.setattr(cross_source, "FINETUNE_RECIPES", {
+      "mixed": {"num_epochs": 2, "learning_rate": 1e-3, cross_source.MIXED: True},
+      "plain": {"num_epochs": 2, "learning_rate": 1e-3}})
   base = tiny.get_config()
   base.eval_batch_size = 4
   logs = []
@@ -70,13 +72,16 @@ def test_runs_score_both_sources_write_table_and_plot_and_a_rerun_trains_nothing
   saved = json.loads((out / "results.json").read_text())
   assert saved["runs"]["default"]["web-to-lfw"]["0"]["cross"]["nme"] == pytest.approx(
       runs["default"]["web-to-lfw"][0]["cross"]["nme"])
-  # Fine-tuned: started from the run's weights, on 8 faces of web's pool, scored on both sets.
-  tuned = results["finetune"]["default"]["lfw-to-web"][8][0]
-  assert tuned["num_train"] == 8 and tuned["steps"] == 2
-  f = results["finetune_summary"]["default"]["lfw-to-web"][8]
+  # Fine-tuned under the first recipe only: started from the run's weights, on 8 faces of web's
+  # pool beside 8 of its own (LFW's), scored on both sets.
+  tuned = results["finetune"]["default"]["lfw-to-web"]["mixed"][8][0]
+  assert tuned["num_train"] == 16 and tuned["steps"] == 4
+  assert set(results["finetune"]["default"]["lfw-to-web"]) == {"mixed"}
+  f = results["finetune_summary"]["default"]["lfw-to-web"]["mixed"][8]
   before, native = ref["cross"]["nme"], runs["default"]["web-to-lfw"][0]["in"]["nme"]
   assert f["gap_closed"][0] == pytest.approx((before - tuned["cross"]["nme"]) / (before - native))
   assert "## Fine-tuned on a few faces of the other source" in table
+  assert "| default | lfw-to-web | mixed | 8 |" in table
   assert "fast" not in results["finetune"]  # Only the reference arm is fine-tuned.
   logs.clear()
   cross_source.benchmark(base, **kwargs, log=logs.append)
@@ -91,8 +96,8 @@ def test_runs_score_both_sources_write_table_and_plot_and_a_rerun_trains_nothing
   kept = cross_source.benchmark(base, **kwargs, log=logs.append)
   assert sum("done before" in line for line in logs) == 6
   assert kept["runs"]["fast"]["lfw-to-web"][0]["cross"] == runs["fast"]["lfw-to-web"][0]["cross"]
-  assert kept["finetune"]["default"]["web-to-lfw"][8][0]["run"].endswith(
-      results["finetune"]["default"]["web-to-lfw"][8][0]["run"].split("/")[-1])
+  assert kept["finetune"]["default"]["web-to-lfw"]["mixed"][8][0]["run"].endswith(
+      results["finetune"]["default"]["web-to-lfw"]["mixed"][8][0]["run"].split("/")[-1])
 
 
 def test_tables_only_without_finished_runs_is_refused(tmp_path, two_sources):
@@ -103,10 +108,11 @@ def test_tables_only_without_finished_runs_is_refused(tmp_path, two_sources):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--arms=default,nope"], "unknown arm or direction ['nope']"),
-    (["--directions=up"], "unknown arm or direction ['up']"),
+    (["--arms=default,nope"], "unknown arm, direction or recipe ['nope']"),
+    (["--directions=up"], "unknown arm, direction or recipe ['up']"),
     (["--seeds=-1"], "--seeds=-1"),
     (["--finetune=100,x"], "--finetune=100,x"),
+    (["--finetune_recipes=lr9"], "unknown arm, direction or recipe ['lr9']"),
 ])
 def test_bad_command_lines_are_one_line_errors(args, words, capsys, tmp_path):
   with pytest.raises(SystemExit) as e:
