@@ -82,6 +82,10 @@ ARMS: dict[str, dict] = {
     # A long, low schedule (study defaults, at batch 32: 1.962 px).
     "lr3e-4-cosine": {"schedule": "cosine", "learning_rate": 3e-4, "warmup_epochs": 1.0,
                       "batch_size": 32},
+    # A longer run: twice the epochs (twice the time).
+    "epochs50": {"num_epochs": 50},
+    # Width (study 4: width pays at short budgets): 1.5x every stage's filters (~2.2x the time).
+    "wide": {"model.stage_filters": ((96, 96, 384), (192, 192, 768))},
 }
 FIGURES = ("rmse", "nme", "fr", "auc")
 # Fine-tuning a finished run on a few faces of the other source (``config.init_from``): faces
@@ -405,7 +409,8 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
         if train:
           config_lib.check_config(config, 1)  # A bad arm fails here, before any run starts.
         plan.append((direction, arm, seed, config, train))
-  for direction, arm, seed, config, train in sorted(plan, key=lambda p: not p[4]):
+  # Finished runs first, so that every write while the others train keeps their figures.
+  for direction, arm, seed, config, train in sorted(plan, key=lambda p: p[4]):
     src, dst = DIRECTIONS[direction]
     workdir = _workdir(scratch, direction, arm, seed, config)
     scored = {"in": data[src][1], "cross": data[dst][1]}

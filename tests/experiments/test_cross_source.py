@@ -98,6 +98,24 @@ def test_runs_score_both_sources_write_table_and_plot_and_a_rerun_trains_nothing
   assert kept["runs"]["fast"]["lfw-to-web"][0]["cross"] == runs["fast"]["lfw-to-web"][0]["cross"]
   assert kept["finetune"]["default"]["web-to-lfw"]["mixed"][8][0]["run"].endswith(
       results["finetune"]["default"]["web-to-lfw"]["mixed"][8][0]["run"].split("/")[-1])
+  # A run that finishes is written at once, beside every figure finished before it (a run
+  # stopped later loses nothing of the table).
+  finished = {k: v for k, v in runs["fast"]["lfw-to-web"][0].items() if k != "run"}
+  calls = []
+
+  def one_then_stop(config, workdir, scored):
+    calls.append(workdir)
+    if len(calls) > 1:
+      raise RuntimeError("stopped")
+    return dict(finished, skipped=False)
+
+  monkeypatch.setattr(cross_source, "run_one", one_then_stop)
+  with pytest.raises(RuntimeError):
+    cross_source.benchmark(base, **dict(kwargs, arms=["fast"], seeds=[0, 1]), log=logs.append)
+  saved = json.loads((out / "results.json").read_text())
+  assert set(saved["runs"]["fast"]["lfw-to-web"]) == {"0", "1"}
+  assert set(saved["runs"]["default"]["web-to-lfw"]) == {"0"}
+  assert "8" in saved["finetune"]["default"]["lfw-to-web"]["mixed"]
 
 
 def test_tables_only_without_finished_runs_is_refused(tmp_path, two_sources):
