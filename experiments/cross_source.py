@@ -56,6 +56,7 @@ from ml_collections import config_flags
 from experiments import ablate, ship_model
 from facekp_jax import cli
 from facekp_jax.core import files, plots
+from facekp_jax.model import resnet
 from facekp_jax.serving import predictor, scoring
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import interrupts
@@ -278,8 +279,8 @@ def markdown(results: dict) -> str:
       f"- command: `{results['command']}`", "",
       "| arm | direction | in RMSE | in NME | in FR | cross RMSE | cross NME | cross FR | "
       "cross AUC | cross/in | vs native | Δ cross NME vs "
-      f"{ref} | Δ in NME vs {ref} | wall s/run | seeds |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      f"{ref} | Δ in NME vs {ref} | wall s/run | parameters | seeds |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for arm in results["arms"]:
     for direction in DIRECTIONS:
       s = results["summary"].get(arm, {}).get(direction)
@@ -295,13 +296,15 @@ def markdown(results: dict) -> str:
           f"{_fmt(s['vs_native'], 2)} | "
           + ("—" if arm == ref else _fmt(s["cross_nme_change"], 1, percent=True)) + " | "
           + ("—" if arm == ref else _fmt(s["in_nme_change"], 1, percent=True)) + " | "
-          f"{_fmt(s['wall_seconds'], 0)} | {','.join(map(str, s['seeds']))} |")
+          f"{_fmt(s['wall_seconds'], 0)} | {results['parameters'][arm] / 1e6:.2f} M | "
+          f"{','.join(map(str, s['seeds']))} |")
   lines += [
       "", "in: the training source's held-out faces; cross: the other source's held-out faces. "
       "cross/in: the cross-source NME over the in-source NME of the same runs. vs native: the "
       "cross-source NME over the NME of the same arm and seed trained on those faces' own "
       "source (the other direction's in-source figure, on the same faces). Δ: the paired "
-      "change of the NME from the reference arm, seed by seed."]
+      "change of the NME from the reference arm, seed by seed. wall s/run: one run's seconds "
+      "(training and scoring), on this machine, beside whatever else ran then."]
   tuned = results.get("finetune_summary", {})
   if tuned:
     recipes = "; ".join(f"{name}: " + ", ".join(
@@ -392,7 +395,7 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
   data = source_files(mtfl_csv, os.path.join(scratch, "data"))
   kept = _kept(out)
   results = {"config": config_path, "epochs": epochs, "seeds": list(seeds), "arms": list(ARMS),
-             "command": command, "runs": {}, "finetune": {},
+             "command": command, "runs": {}, "finetune": {}, "parameters": {},
              "finetune_recipes": FINETUNE_RECIPES,
              "data": f"{os.path.basename(mtfl_csv)}, per source (LFW rows 1-"
                      f"{ship_model.LFW_ROWS}, web rows {ship_model.LFW_ROWS + 1}-) "
@@ -409,6 +412,8 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
         if train:
           config_lib.check_config(config, 1)  # A bad arm fails here, before any run starts.
         plan.append((direction, arm, seed, config, train))
+        if arm not in results["parameters"]:
+          results["parameters"][arm] = resnet.parameter_count(resnet.create_model(config))
   # Finished runs first, so that every write while the others train keeps their figures.
   for direction, arm, seed, config, train in sorted(plan, key=lambda p: p[4]):
     src, dst = DIRECTIONS[direction]

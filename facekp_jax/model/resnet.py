@@ -24,7 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from facekp_jax.core import keypoints
 from facekp_jax.model import heads
@@ -188,3 +190,11 @@ def create_model(config, dtype=jnp.float32) -> ResNet:
       fast_ops=m.fast_ops,
       layout=keypoints.get(config.data.keypoints).name,
       dtype=dtype)
+
+
+def parameter_count(model: nn.Module) -> int:
+  """The trainable parameters of ``model`` (from their shapes alone: nothing is computed)."""
+  size = keypoints.IMAGE_SIZE
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, size, size, 1)), train=False))
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes["params"])))

@@ -68,6 +68,8 @@ def test_runs_score_both_sources_write_table_and_plot_and_a_rerun_trains_nothing
   table = (out / "table.md").read_text()
   assert "| fast (`learning_rate=0.003`) | lfw-to-web |" in table
   assert "| fast | web-to-lfw |" in table
+  assert results["parameters"]["fast"] == results["parameters"]["default"] > 0
+  assert f"| {results['parameters']['fast'] / 1e6:.2f} M | 0 |" in table
   assert (out / "ced.png").stat().st_size > 0
   saved = json.loads((out / "results.json").read_text())
   assert saved["runs"]["default"]["web-to-lfw"]["0"]["cross"]["nme"] == pytest.approx(

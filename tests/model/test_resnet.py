@@ -18,7 +18,7 @@ def test_seed_variant_has_the_keras_parameter_count():
   model = models.create_model(config)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 96, 96, 1)),
                                              train=False))
-  assert _count(shapes["params"]) == 18_007_710
+  assert _count(shapes["params"]) == 18_007_710 == models.parameter_count(model)
   assert shapes["params"]["dense1"]["kernel"].shape == (2048, 4096)  # 2x2x512 after pooling.
 
 
