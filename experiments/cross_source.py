@@ -83,6 +83,10 @@ ARMS: dict[str, dict] = {
     # A long, low schedule (study defaults, at batch 32: 1.962 px).
     "lr3e-4-cosine": {"schedule": "cosine", "learning_rate": 3e-4, "warmup_epochs": 1.0,
                       "batch_size": 32},
+    # Losses that weigh small errors more than MSE (study 9, small model: Wing's NME 0.104 vs
+    # 0.113, but less robust to turns).
+    "wing": {"loss": "wing"},
+    "l1": {"loss": "l1"},
     # A longer run: twice the epochs (twice the time).
     "epochs50": {"num_epochs": 50},
     # Width (study 4: width pays at short budgets): 1.5x every stage's filters (~2.2x the time).
