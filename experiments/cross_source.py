@@ -83,6 +83,8 @@ ARMS: dict[str, dict] = {
     # A long, low schedule (study defaults, at batch 32: 1.962 px).
     "lr3e-4-cosine": {"schedule": "cosine", "learning_rate": 3e-4, "warmup_epochs": 1.0,
                       "batch_size": 32},
+    # The two that won their first seed, together.
+    "squeeze+stem-level": {"augment.squeeze_range": (0.7, 1.0), "model.heatmap_stages": 3},
     # Losses that weigh small errors more than MSE (study 9, small model: Wing's NME 0.104 vs
     # 0.113, but less robust to turns).
     "wing": {"loss": "wing"},
