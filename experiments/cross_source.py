@@ -43,8 +43,10 @@ one resumes from its checkpoint.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import sys
 
 import ml_collections
@@ -393,14 +395,16 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
   """Runs (or finishes) ``arms`` x ``directions`` x ``seeds``, then fine-tunes the runs of
   ``finetune_arms`` (default: the reference arm) on ``finetune`` faces of the other source
   under ``finetune_recipes`` (default: the first);
-  writes the table, plot and JSON of every finished run of any arm at ``seeds``
-  (``tables_only``: trains nothing). Returns the results.
+  writes the table, plot and JSON of every finished run of any arm at any seed (in the
+  committed results or the scratch folder; ``tables_only``: trains nothing). Returns the
+  results.
   """
   finetune_arms = finetune_arms or (next(iter(ARMS)),)
   finetune_recipes = finetune_recipes or (next(iter(FINETUNE_RECIPES)),)
   data = source_files(mtfl_csv, os.path.join(scratch, "data"))
   kept = _kept(out)
-  results = {"config": config_path, "epochs": epochs, "seeds": list(seeds), "arms": list(ARMS),
+  shown = sorted(set(seeds) | _seeds_seen(scratch, kept))
+  results = {"config": config_path, "epochs": epochs, "seeds": shown, "arms": list(ARMS),
              "command": command, "runs": {}, "finetune": {}, "parameters": {},
              "finetune_recipes": FINETUNE_RECIPES,
              "data": f"{os.path.basename(mtfl_csv)}, per source (LFW rows 1-"
@@ -412,9 +416,9 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
   plan = []  # (direction, arm, seed, config, train it): every arm is in the table.
   for direction in DIRECTIONS:
     for arm in ARMS:
-      for seed in seeds:
+      for seed in shown:
         config = run_config(base, arm, seed, data[DIRECTIONS[direction][0]][0], epochs)
-        train = not tables_only and arm in arms and direction in directions
+        train = not tables_only and arm in arms and direction in directions and seed in seeds
         if train:
           config_lib.check_config(config, 1)  # A bad arm fails here, before any run starts.
         plan.append((direction, arm, seed, config, train))
@@ -478,6 +482,17 @@ def _kept(out: str) -> dict[str, dict]:
 
   walk({k: saved.get(k, {}) for k in ("runs", "finetune")})
   return {r["run"]: r for r in records}
+
+
+_RUN = re.compile(r"runs/[^/]+/[^/]+/seed(\d+)-[0-9a-f]+")  # A run's key; fine-tunes' differ.
+
+
+def _seeds_seen(scratch: str, kept: dict) -> set[int]:
+  """The seeds of the runs (not fine-tuned ones) in the committed results or under
+  ``scratch``: each stays in the table, whichever seeds a command trains."""
+  keys = list(kept) + [os.path.relpath(p, scratch) for p in
+                       glob.glob(os.path.join(scratch, "runs", "*", "*", "seed*"))]
+  return {int(m.group(1)) for m in map(_RUN.fullmatch, keys) if m}
 
 
 def _run_or_read(config, workdir: str, scratch: str, kept: dict, train: bool,

@@ -118,6 +118,11 @@ def test_runs_score_both_sources_write_table_and_plot_and_a_rerun_trains_nothing
   assert set(saved["runs"]["fast"]["lfw-to-web"]) == {"0", "1"}
   assert set(saved["runs"]["default"]["web-to-lfw"]) == {"0"}
   assert "8" in saved["finetune"]["default"]["lfw-to-web"]["mixed"]
+  # A command for other seeds keeps the finished ones in the table.
+  cross_source.benchmark(base, **dict(kwargs, seeds=[2], tables_only=True), log=logs.append)
+  saved = json.loads((out / "results.json").read_text())
+  assert set(saved["runs"]["default"]["lfw-to-web"]) == {"0"} and saved["seeds"] == [0, 1, 2]
+  assert set(saved["runs"]["fast"]["lfw-to-web"]) == {"0", "1"}
 
 
 def test_tables_only_without_finished_runs_is_refused(tmp_path, two_sources):

@@ -90,11 +90,17 @@ def test_fast_ops_path_is_the_same_function_with_the_same_parameters(conv_bias):
                          rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
     return jnp.mean(jnp.square(out - 40.0)), out
 
-  (_, out_ref), g_ref = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(v["params"])
-  (_, out_fast), g_fast = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(v["params"])
+  # Jitted, as training runs them (op by op, the reference path alone took over a minute).
+  def grad(model):
+    return jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(v["params"])
+
+  def infer(model):
+    return jax.jit(lambda v: model.apply(v, x, train=False))(v)
+
+  (_, out_ref), g_ref = grad(ref)
+  (_, out_fast), g_fast = grad(fast)
   np.testing.assert_allclose(out_fast, out_ref, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(fast.apply(v, x, train=False), ref.apply(v, x, train=False),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(infer(fast), infer(ref), rtol=1e-4, atol=1e-4)
   # Relative to each leaf's largest gradient, floored for the biases before batch norm, whose
   # gradient is zero in exact arithmetic and pure rounding noise in float32.
   floor = 1e-2 * max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g_ref))
