@@ -178,6 +178,12 @@ def mtfl_subset(path: str, faces: int | None, folder: str) -> str:
   return out
 
 
+def split_paths(folder: str, tag: str) -> tuple[str, str]:
+  """(training-pool CSV, held-out CSV) of the split of the faces named ``tag`` under
+  ``folder``: ``heldout_files``' names."""
+  return os.path.join(folder, f"{tag}-pool.csv"), os.path.join(folder, f"{tag}-heldout.csv")
+
+
 def heldout_files(base, dataset: str, folder: str, val_fraction: float,
                   partial: bool = False) -> tuple[str, str]:
   """Splits the budget's faces once: (training-pool CSV, held-out CSV) under ``folder``.
@@ -192,7 +198,7 @@ def heldout_files(base, dataset: str, folder: str, val_fraction: float,
     tag = f"synthetic-{d.synthetic_n}-seed{d.synthetic_seed}" + ("-missing" * d.synthetic_missing)
   else:
     tag = os.path.basename(csv_stem(d.train_csv)) + ("-partial70" if partial else "")
-  pool, held = (os.path.join(folder, f"{tag}-{part}.csv") for part in ("pool", "heldout"))
+  pool, held = split_paths(folder, tag)
   if os.path.exists(pool) and os.path.exists(held):
     return pool, held
   if dataset == "synthetic":

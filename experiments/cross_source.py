@@ -121,11 +121,36 @@ def source_files(mtfl_csv: str, folder: str) -> dict[str, tuple[str, str]]:
   os.makedirs(folder, exist_ok=True)
   out = {}
   for name, rows in SOURCES.items():
-    whole = ship_model.rows_file(mtfl_csv, rows, os.path.join(folder, f"mtfl-{name}.csv"))
+    whole = ship_model.rows_file(mtfl_csv, rows, os.path.join(folder, f"{_stem(name)}.csv"))
     base = config_lib.defaults()
     base.data.train_csv = whole
     out[name] = ablate.heldout_files(base, "mtfl", folder, ablate.HELDOUT_FRACTION)
   return out
+
+
+def _stem(source: str) -> str:
+  return f"mtfl-{source}"
+
+
+def heldout_csv(scratch: str, source: str) -> str:
+  """``source``'s held-out faces under ``scratch``, as ``source_files`` names them."""
+  return ablate.split_paths(os.path.join(scratch, "data"), _stem(source))[1]
+
+
+def finished_runs(scratch: str) -> list[dict]:
+  """Every finished run under ``scratch`` (fine-tuned ones left out): direction, arm, seed,
+  workdir and the two held-out files it is scored on ("in", "cross")."""
+  runs = []
+  for done in sorted(glob.glob(os.path.join(scratch, "runs", "*", "*", "seed*", "ablate.json"))):
+    workdir = os.path.dirname(done)
+    found = _RUN.fullmatch(os.path.relpath(workdir, scratch).replace(os.sep, "/"))
+    if not found or found["direction"] not in DIRECTIONS:
+      continue
+    src, dst = DIRECTIONS[found["direction"]]
+    runs.append({"direction": found["direction"], "arm": found["arm"],
+                 "seed": int(found["seed"]), "workdir": workdir,
+                 "scored": {"in": heldout_csv(scratch, src), "cross": heldout_csv(scratch, dst)}})
+  return runs
 
 
 def few_faces(pool: str, faces: int, folder: str) -> str:
@@ -484,7 +509,8 @@ def _kept(out: str) -> dict[str, dict]:
   return {r["run"]: r for r in records}
 
 
-_RUN = re.compile(r"runs/[^/]+/[^/]+/seed(\d+)-[0-9a-f]+")  # A run's key; fine-tunes' differ.
+# A run's key (its workdir under the scratch folder, ``_workdir``); fine-tunes' differ.
+_RUN = re.compile(r"runs/(?P<direction>[^/]+)/(?P<arm>[^/]+)/seed(?P<seed>\d+)-[0-9a-f]+")
 
 
 def _seeds_seen(scratch: str, kept: dict) -> set[int]:
@@ -492,7 +518,7 @@ def _seeds_seen(scratch: str, kept: dict) -> set[int]:
   ``scratch``: each stays in the table, whichever seeds a command trains."""
   keys = list(kept) + [os.path.relpath(p, scratch) for p in
                        glob.glob(os.path.join(scratch, "runs", "*", "*", "seed*"))]
-  return {int(m.group(1)) for m in map(_RUN.fullmatch, keys) if m}
+  return {int(m["seed"]) for m in map(_RUN.fullmatch, keys) if m}
 
 
 def _run_or_read(config, workdir: str, scratch: str, kept: dict, train: bool,

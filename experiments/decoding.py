@@ -19,7 +19,6 @@ from soft-argmax, per direction) and ``results.json`` (every run's figures).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 
@@ -33,7 +32,6 @@ from facekp_jax import cli
 from facekp_jax.core import files
 from facekp_jax.model import apply, heads, resnet
 from facekp_jax.serving import predictor, scoring
-from facekp_jax.training import config as config_lib
 
 DEFAULT_OUT = os.path.join(cross_source.HERE, "results", "decoding")
 
@@ -116,24 +114,6 @@ def decoded(model: predictor.Predictor, decode) -> predictor.Predictor:
   return dataclasses.replace(model, inference=inference)
 
 
-def finished_runs(scratch: str, arms) -> list[dict]:
-  """cross_source's finished runs under ``scratch`` (fine-tuned ones left out): direction, arm,
-  seed, workdir and the two held-out sets it is scored on."""
-  runs = []
-  for done in sorted(glob.glob(os.path.join(scratch, "runs", "*", "*", "seed*-*", "ablate.json"))):
-    workdir = os.path.dirname(done)
-    direction, arm = workdir.split(os.sep)[-3:-1]
-    if direction not in cross_source.DIRECTIONS or (arms and arm not in arms):
-      continue
-    src, dst = cross_source.DIRECTIONS[direction]
-    data = os.path.join(scratch, "data")
-    runs.append({"direction": direction, "arm": arm,
-                 "seed": config_lib.read_config(workdir).seed, "workdir": workdir,
-                 "scored": {"in": os.path.join(data, f"mtfl-{src}-heldout.csv"),
-                            "cross": os.path.join(data, f"mtfl-{dst}-heldout.csv")}})
-  return runs
-
-
 def score_run(run: dict) -> dict[str, dict[str, float]]:
   """{read-out: {"in": NME, "cross": NME}} of one run (its final state, EMA, TTA), cached in
   its workdir."""
@@ -190,7 +170,8 @@ def main(argv=None) -> list[dict]:
   flags.DEFINE_string("out", DEFAULT_OUT, "where table.md and results.json go", flag_values=fv)
   cli.parse(fv, "python -m experiments.decoding", __doc__.split("\n\n")[0], argv)
   cli.quiet_libraries()
-  runs = finished_runs(fv.scratch, fv.arms)
+  runs = [run for run in cross_source.finished_runs(fv.scratch)
+          if not fv.arms or run["arm"] in fv.arms]
   if not runs:
     cli.usage_error(f"no finished cross_source run under {fv.scratch}: run "
                     "`python -m experiments.cross_source` first")
