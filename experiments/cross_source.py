@@ -91,6 +91,11 @@ ARMS: dict[str, dict] = {
     # 0.113, but less robust to turns).
     "wing": {"loss": "wing"},
     "l1": {"loss": "l1"},
+    # Wing (its first seed: -14 % cross NME LFW to web) with the other levers; a sharper
+    # log region (curvature 1 px against 2: small errors weigh more).
+    "wing+stem-level": {"loss": "wing", "model.heatmap_stages": 3},
+    "wing+epochs50": {"loss": "wing", "num_epochs": 50},
+    "wing-eps1": {"loss": "wing", "wing_epsilon": 1.0},
     # A longer run: twice the epochs (twice the time).
     "epochs50": {"num_epochs": 50},
     # Width (study 4: width pays at short budgets): 1.5x every stage's filters (~2.2x the time).
