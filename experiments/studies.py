@@ -350,7 +350,11 @@ STUDIES: dict[str, Study] = {
                                "batch_size": 64, "warmup_epochs": 0.0}),
               # Today's (configs/resnet.py): batch 16, the rise over a tenth of an epoch.
               Arm("onecycle-b16", {"model.head": "heatmap", **_HEATMAP_UNUSED, **{
-                  k: config_lib.value(_TODAY, k) for k in STUDY_RECIPE}})),
+                  k: config_lib.value(_TODAY, k) for k in STUDY_RECIPE}}),
+              # Today's with the wing loss (issue 26: it won cross_source's first seed both
+              # ways; study 9 found it less robust to turns on the small model).
+              Arm("onecycle-b16-wing", {"model.head": "heatmap", **_HEATMAP_UNUSED, **{
+                  k: config_lib.value(_TODAY, k) for k in STUDY_RECIPE}, "loss": "wing"})),
         budgets={"mtfl": Budget("full", 25, 0)},
         datasets=("mtfl",), heldout=True, robustness=True,
         note="The protocol of study `defaults` (run with --set data.val_fraction=0): its "
