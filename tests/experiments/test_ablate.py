@@ -169,11 +169,13 @@ def test_studies_run_the_recipe_their_figures_ran_and_study_schedule_todays(tmp_
   small = ablate.budget_config(ablate.Budget("small", 1, 64), "synthetic", "", [])
   assert (small.schedule, small.learning_rate) == ("constant", 1e-3)  # The size's own rate.
   study = ablate.STUDIES["schedule"]
-  before, batch64, now = (ablate.arm_config(full, study, "mtfl", arm, 0)[0]
-                          for arm in study.arms)
+  before, batch64, now, wing = (ablate.arm_config(full, study, "mtfl", arm, 0)[0]
+                                for arm in study.arms)
   assert [before[k] for k in recipe] == [full[k] for k in recipe]
   assert [batch64[k] for k in recipe] == ["onecycle", 4e-3, 64, 0.0]  # What its figure ran.
   assert [now[k] for k in recipe] == [today[k] for k in recipe]
+  assert [wing[k] for k in recipe] == [today[k] for k in recipe]  # Today's, but for the loss.
+  assert (now.loss, wing.loss) == (today.loss, "wing") and today.loss != "wing"
   defaults_study = ablate.STUDIES["defaults"]
   new_default = ablate.arm_config(full, defaults_study, "mtfl", defaults_study.arms[1], 0)[0]
   assert ablate.config_hash(new_default) == ablate.config_hash(before)  # One run, two studies.
