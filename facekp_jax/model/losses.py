@@ -13,11 +13,20 @@ trains the model; the loss itself is only the gradient's shape.
               C = w - w ln(1 + w / epsilon) so that the two pieces meet (Feng et al.,
               "Wing loss for robust facial landmark localisation with CNNs", CVPR 2018).
               Its log region amplifies small and medium errors, which MSE all but ignores.
+
+The heatmap head's maps may also be pulled toward a Gaussian at each label (``map_kl``), added
+to the coordinate loss with its weight: DSNT's regularisation of soft-argmax maps (Nibali et
+al., "Numerical coordinate regression with convolutional neural networks", 2018), here as the
+KL divergence of the map from the target. The soft-argmax alone fixes only a map's
+expectation; the divergence also makes its mass compact, one mode at the label.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+
+from facekp_jax.model import heads
 
 LOSSES = ("mse", "l1", "smooth_l1", "wing")
 
@@ -58,5 +67,53 @@ def masked_sum(config):
     # Masked coordinates get a zero error (not just a zero weight): no NaN or slope leaks.
     error = jnp.where(mask > 0, jnp.abs(predictions - targets), 0.0)
     return jnp.sum(mask * per_coordinate(error)), jnp.sum(mask)
+
+  return loss
+
+
+def gaussian_log_maps(targets, size: int, margin: float, sigma: float):
+  """(B, 2K) pixel labels -> (B, H, W, K) log-probabilities of Gaussians of ``sigma`` px over
+  the cells of a heatmap head's maps (``heads.cell_centres``), each normalised over the cells
+  (the softmax's support)."""
+  b, k = targets.shape[0], targets.shape[1] // 2
+  centres = heads.cell_centres(size, margin)
+  points = targets.reshape(b, k, 2)
+  gx = -jnp.square(centres[None, :, None] - points[:, None, :, 0]) / (2 * sigma ** 2)  # (B,W,K)
+  gy = -jnp.square(centres[None, :, None] - points[:, None, :, 1]) / (2 * sigma ** 2)  # (B,H,K)
+  logits = (gy[:, :, None, :] + gx[:, None, :, :]).reshape(b, size * size, k)
+  return jax.nn.log_softmax(logits, axis=1).reshape(b, size, size, k)
+
+
+def map_kl(logits, targets, mask, *, sigma: float, margin: float = 0.0):
+  """Returns (sum over present keypoints of KL(q || p), in nats, their count): q a Gaussian of
+  ``sigma`` px at the label over the map's cells, p the map's softmax.
+
+  That is the maps' cross-entropy against Gaussian targets less the targets' own entropy (0
+  when a map is its target); its gradient on the logits is p - q, which does not vanish while
+  the map is still diffuse (the Jensen-Shannon divergence's does: at ln 2 it is flat).
+  ``logits``: (B, H, W, K) maps over the frame and ``margin`` px beyond (the head's sown
+  ``heads.LOGITS``); ``mask``: (B, 2K), a keypoint present when both its coordinates are.
+  """
+  b, h, w, k = logits.shape
+  log_p = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32).reshape(b, h * w, k), axis=1)
+  # A missing label's coordinates may be anything: a Gaussian anywhere, masked out below.
+  safe = jnp.where(mask > 0, targets, 0.0)
+  log_q = gaussian_log_maps(safe, h, margin, sigma).reshape(b, h * w, k)
+  kl = jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=1)
+  present = mask[:, 0::2] * mask[:, 1::2]  # (B, K)
+  return jnp.sum(present * kl), jnp.sum(present)
+
+
+def map_sum(config):
+  """``(logits, targets, mask) -> (weighted divergence sum, keypoints)`` for
+  ``config.heatmap_loss`` (its weight), or None when it is 0."""
+  weight = config.heatmap_loss
+  if not weight:
+    return None
+
+  def loss(logits, targets, mask):
+    total, count = map_kl(logits, targets, mask, sigma=config.heatmap_loss_sigma,
+                          margin=config.model.heatmap_margin)
+    return weight * total, count
 
   return loss

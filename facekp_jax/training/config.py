@@ -117,6 +117,11 @@ FIELDS: tuple[Field, ...] = (
           legacy=1.0),
     Field("wing_w", 10.0, "px: the wing loss's log region's width", legacy=10.0),
     Field("wing_epsilon", 2.0, "px: the wing loss's log region's curvature", legacy=2.0),
+    Field("heatmap_loss", 0.0, "heatmap head: weight of its maps' KL divergence from a Gaussian "
+          "at each label (model/losses.py; 0: off)", _at_least(0.0),
+          legacy=0.0),
+    Field("heatmap_loss_sigma", 2.0, "px: that Gaussian's standard deviation", _positive,
+          legacy=2.0),
     Field("ema_decay", 0.999, "parameter EMA (0: off); what validation, checkpoints' scores, "
           "evaluate, predict and export use", _unit, legacy=0.0),
     Field("data.train_csv", "", "a CSV of a layout's columns and Image, or a folder of .pts "
@@ -327,6 +332,13 @@ def _wing_problems(config, num_devices: int) -> list[str]:
   return []
 
 
+def _map_loss_problems(config, num_devices: int) -> list[str]:
+  if config.heatmap_loss and config.model.head != "heatmap":
+    return [f"heatmap_loss={config.heatmap_loss} needs the heatmap head's maps, but "
+            f"model.head is {config.model.head!r}: set heatmap_loss=0"]
+  return []
+
+
 def _layout_problems(config, num_devices: int) -> list[str]:
   d = config.data
   if d.train_csv or keypoints.problem(d.keypoints):
@@ -346,8 +358,8 @@ def _validation_problems(config, num_devices: int) -> list[str]:
 
 
 # The checks that join several fields: (config, number of devices) -> problems.
-RULES = (_batch_problems, _schedule_problems, _wing_problems, _model_problems, _layout_problems,
-         _validation_problems)
+RULES = (_batch_problems, _schedule_problems, _wing_problems, _map_loss_problems,
+         _model_problems, _layout_problems, _validation_problems)
 
 
 def value(config, dotted: str):

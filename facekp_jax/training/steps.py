@@ -16,7 +16,7 @@ import numpy as np
 
 from facekp_jax.core import keypoints, sharding
 from facekp_jax.data import on_device
-from facekp_jax.model import apply, losses, resnet
+from facekp_jax.model import apply, heads, losses, resnet
 from facekp_jax.training import state as state_lib
 
 
@@ -36,7 +36,7 @@ def head_reach(m) -> float | None:
 
 def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *,
                loss_sum=losses.masked_sse, ema_decay: float = 0.0,
-               reach: float | None = None) -> tuple[state_lib.TrainState, dict]:
+               reach: float | None = None, map_sum=None) -> tuple[state_lib.TrainState, dict]:
   """One optimizer step on the masked mean loss of a global batch.
 
   Args:
@@ -48,6 +48,8 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *,
     reach: None (every label counts), or how many pixels beyond the frame the model can place
       a keypoint (the heatmap head's margin): labels further out leave the loss, since its
       maps cannot reach them; ``count`` then omits them.
+    map_sum: None, or ``(logits, targets, mask) -> (sum, count)`` on the heatmap head's maps
+      (``losses.map_sum``), whose mean is added to the coordinate loss.
 
   Returns:
     The new state and ``{"sse", "count"}`` of this batch (on device): the squared error in
@@ -59,10 +61,16 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *,
   def loss_fn(params):
     predictions, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, batch["images"], train=True,
-        rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        rngs={"dropout": dropout_key},
+        mutable=["batch_stats"] + (["intermediates"] if map_sum else []))
     total, count = loss_sum(predictions, batch["targets"], mask)
+    loss = total / jnp.maximum(count, 1.0)
+    if map_sum:
+      (logits,) = updates["intermediates"]["heatmap"][heads.LOGITS]
+      map_total, map_count = map_sum(logits, batch["targets"], mask)
+      loss = loss + map_total / jnp.maximum(map_count, 1.0)
     sse, _ = losses.masked_sse(predictions, batch["targets"], mask)
-    return total / jnp.maximum(count, 1.0), (updates["batch_stats"], sse, count)
+    return loss, (updates["batch_stats"], sse, count)
 
   grads, (batch_stats, sse, count) = jax.grad(loss_fn, has_aux=True)(state.params)
   with jax.named_scope("optimizer"):  # Names a profile's ops (experiments/op_profile.py).
@@ -85,7 +93,7 @@ class Trainer:
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     step = functools.partial(train_step, loss_sum=losses.masked_sum(config),
                              ema_decay=config.ema_decay,
-                             reach=head_reach(config.model))
+                             reach=head_reach(config.model), map_sum=losses.map_sum(config))
     self.train_step = jax.jit(step, in_shardings=(rep, shard), out_shardings=(rep, rep),
                               donate_argnums=0)
     # Input on the devices: several steps per call over a device copy of the training split.

@@ -87,3 +87,27 @@ def test_ema_lives_in_the_state_follows_the_steps_and_round_trips(tmp_path):
   ckpt.close()
   for x, y in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(restored.ema_params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_map_divergence_is_zero_at_the_labels_gaussian_and_grows_away_from_it():
+  from facekp_jax.model import heads
+  targets = jnp.array([[30.0, 40.0, 61.3, 52.7, 10.0, 80.0]])  # Three keypoints.
+  mask = jnp.array([[1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])  # The third is missing.
+  at = lambda t: losses.gaussian_log_maps(t, 48, 0.0, 2.0)
+  np.testing.assert_allclose(heads.soft_argmax(at(targets))[0, :4], targets[0, :4], atol=1e-3)
+  kl = lambda t: losses.map_kl(at(t), targets, mask, sigma=2.0)
+  total, count = kl(targets)
+  assert float(count) == 2 and float(total) == pytest.approx(0.0, abs=1e-5)
+  near, far = (float(kl(targets + jnp.array([[d, 0, 0, 0, 0, 0]]))[0]) for d in (2.0, 8.0))
+  assert 0 < near < far
+  # Between Gaussians of one sigma: d^2 / (2 sigma^2) nats, away from the frame's edge.
+  assert near == pytest.approx(4 / 8, rel=1e-3) and far == pytest.approx(64 / 8, rel=1e-3)
+  # The missing keypoint's label and map change nothing.
+  moved = targets.at[0, 4].set(1e4)
+  assert float(losses.map_kl(at(targets + 3.0), moved, mask, sigma=2.0)[0]) == pytest.approx(
+      float(losses.map_kl(at(targets + 3.0), targets, mask, sigma=2.0)[0]), abs=1e-6)
+  assert losses.map_sum(_config("mse", heatmap_loss=0.0)) is None
+  weighted = losses.map_sum(_config("mse", heatmap_loss=3.0, heatmap_loss_sigma=2.0,
+                                    model=dict(heatmap_margin=0.0)))
+  assert float(weighted(at(targets + 2.0), targets, mask)[0]) == pytest.approx(
+      3 * float(kl(targets + 2.0)[0]), rel=1e-5)

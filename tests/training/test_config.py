@@ -98,3 +98,14 @@ def _flat_dict(d, prefix=""):
     else:
       out[f"{prefix}{key}"] = value
   return out
+
+
+def test_the_map_loss_needs_the_heatmap_head():
+  config = config_lib.defaults()
+  config.heatmap_loss = 1.0
+  assert config_lib.problems(config) == []
+  config.model.head = "regression"
+  assert any("heatmap_loss=1.0 needs the heatmap head" in p for p in config_lib.problems(config))
+  config.heatmap_loss, config.heatmap_loss_sigma = -1.0, 0.0
+  found = " ".join(config_lib.problems(config))
+  assert "heatmap_loss must be >= 0.0" in found and "heatmap_loss_sigma must be > 0" in found
