@@ -106,9 +106,7 @@ def decoded(model: predictor.Predictor, decode) -> predictor.Predictor:
   margin = model.config.model.heatmap_margin
 
   def forward(variables, images):
-    _, sown = net.apply(variables, images, train=False, mutable=["intermediates"])
-    (logits,) = sown["intermediates"]["heatmap"][heads.LOGITS]
-    return decode(jnp.asarray(logits, jnp.float32), margin)
+    return decode(jnp.asarray(apply.heatmap_logits(net, variables, images), jnp.float32), margin)
 
   inference = apply.Inference(net, model.inference.mesh, model.config.eval_batch_size, forward)
   return dataclasses.replace(model, inference=inference)

@@ -12,7 +12,21 @@ import jax
 import numpy as np
 
 from facekp_jax.core import faces, keypoints, sharding
-from facekp_jax.model import tta
+from facekp_jax.model import heads, tta
+
+
+def heatmap_logits(model, variables, images):
+  """The heatmap head's maps (B, H, W, K) of ``images`` (its sown ``heads.LOGITS``)."""
+  _, sown = model.apply(variables, images, train=False, mutable=["intermediates"])
+  (logits,) = sown["intermediates"]["heatmap"][heads.LOGITS]
+  return logits
+
+
+def confidence_forward(model, margin: float):
+  """``(variables, images) -> (B, K)``: each keypoint's ``heads.confidence``, for
+  ``Inference(forward=...)``."""
+  return lambda variables, images: heads.confidence(heatmap_logits(model, variables, images),
+                                                    margin)
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -37,6 +37,7 @@ from facekp_jax.core import keypoints
 
 HEADS = ("regression", "heatmap")
 LOGITS = "logits"  # The maps' name among the head's sown intermediates.
+CONFIDENCE_RADIUS = 8.0  # px: ``confidence``'s disc (experiments/README.md, confidence).
 
 
 def cell_centres(size: int, margin: float = 0.0) -> jnp.ndarray:
@@ -69,6 +70,29 @@ def soft_argmax(logits: jnp.ndarray, margin: float = 0.0) -> jnp.ndarray:
   x = jnp.einsum("bhwk,w->bk", p, cell_centres(w, margin))
   y = jnp.einsum("bhwk,h->bk", p, cell_centres(h, margin))
   return jnp.stack([x, y], axis=-1).reshape(b, 2 * k)
+
+
+def confidence(logits: jnp.ndarray, margin: float = 0.0,
+               radius: float = CONFIDENCE_RADIUS) -> jnp.ndarray:
+  """How sure each map is of its keypoint: the share of its softmax's mass within ``radius``
+  pixels of its soft-argmax (1: all of it there; a diffuse or many-peaked map, less).
+
+  Args:
+    logits: (B, H, W, K) maps over the frame and ``margin`` pixels beyond (``LOGITS``).
+    margin: the maps' margin beyond the frame, in pixels.
+    radius: the disc's radius in pixels.
+
+  Returns:
+    (B, K) float32 in [0, 1].
+  """
+  b, h, w, k = logits.shape
+  p = jax.nn.softmax(jnp.asarray(logits, jnp.float32).reshape(b, h * w, k), axis=1)
+  p = p.reshape(b, h, w, k)
+  xy = soft_argmax(logits, margin).reshape(b, k, 2)
+  dx = cell_centres(w, margin)[None, None, :, None] - xy[:, None, None, :, 0]  # (B, 1, W, K)
+  dy = cell_centres(h, margin)[None, :, None, None] - xy[:, None, None, :, 1]  # (B, H, 1, K)
+  near = (jnp.square(dx) + jnp.square(dy)) <= radius ** 2
+  return jnp.clip(jnp.sum(jnp.where(near, p, 0.0), axis=(1, 2)), 0.0, 1.0)  # Float sums.
 
 
 class HeatmapHead(nn.Module):

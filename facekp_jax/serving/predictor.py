@@ -14,12 +14,15 @@ The API::
 
   p = Predictor.load()                 # the shipped model; or Predictor.load(workdir)
   for face in p.find("photo.jpg"):     # a path or any array: H x W (x 3 or 4), uint8 or float
-    print(face.box, face.score, face.keypoints["left_eye_center"])
+    print(face.box, face.score, face.keypoints["left_eye_center"],
+          face.confidence["left_eye_center"])
 
 ``find`` detects the faces (``detect``), reads each in its aligned crop and returns boxes,
 scores and named keypoints in the photo's own pixels; ``keypoints`` reads faces already in the
 model's 96x96 frame. Both follow the run's TTA setting unless told; bad arrays are a
-``ValueError`` naming the problem.
+``ValueError`` naming the problem. A heatmap model also says how sure it is of each keypoint
+(``confidences``, ``FoundFace.confidence``: ``model.heads.confidence`` of the face as it is,
+in [0, 1]); a regression model has no such score and says None.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class Predictor:
     mean_shape: (K, 2) the layout's mean keypoints in the frame, what a photo's second crop
       is fitted to (``detect.shape_transform``): Kaggle's mean shape for layouts of Kaggle's
       points, else the training split's (``workdir.mean_shape``).
+    scorer: the jitted per-keypoint confidence (``apply.confidence_forward``) of a heatmap
+      model; None for a regression model.
   """
 
   workdir: str
@@ -67,6 +72,7 @@ class Predictor:
   checkpoint: str
   trained: np.ndarray
   mean_shape: np.ndarray | None = None
+  scorer: apply.Inference | None = None
 
   @property
   def eval_batch_size(self) -> int:
@@ -115,19 +121,23 @@ class Predictor:
       ValueError: another shape or dtype, no faces, non-finite values, or floats outside
         [0, 1]; the message names the problem.
     """
-    x = np.asarray(faces)
-    if x.ndim == 2:
-      x = x[None]
-    if x.ndim == 4 and x.shape[-1] == 1:
-      x = x[..., 0]
-    if x.ndim != 3 or x.shape[1:] != (keypoints.IMAGE_SIZE, keypoints.IMAGE_SIZE):
-      raise ValueError(f"faces must be 96 x 96, N x 96 x 96 or N x 96 x 96 x 1 (use find() for "
-                       f"photos); got shape {np.shape(faces)}")
-    if len(x) == 0:
-      raise ValueError("no faces given (an empty array)")
-    x = np.stack([images.as_picture(face) for face in x])[..., None]
+    x = _frames(faces)
     coords = self.only_trained(self.predict(x, tta=self.use_tta(tta)))
     return coords.reshape(len(x), -1, 2)
+
+  def confidences(self, faces) -> np.ndarray | None:
+    """How sure the model is of each keypoint of faces framed as ``keypoints`` takes them:
+    (N, K) in [0, 1] (``model.heads.confidence`` of the face as it is, whatever the TTA), NaN
+    for keypoints the run never trained; None for a regression model, which has no score.
+
+    Raises:
+      ValueError: as ``keypoints``.
+    """
+    x = _frames(faces)
+    if self.scorer is None:
+      return None
+    scores = self.scorer(self.variables, x)
+    return np.where(self.trained[::2] > 0, scores.astype(np.float64), np.nan)
 
   def find(self, photo, tta: bool | None = None, refine: bool = True) -> list[FoundFace]:
     """Every face of a photo (a path, or an H x W, H x W x 1, 3 or 4 array of uint8, uint16 or
@@ -145,13 +155,20 @@ class Predictor:
     tta = self.use_tta(tta)
     found = detect.find_keypoints(lambda x: self.only_trained(self.predict(x, tta=tta)), grey,
                                   refine=refine, mean_shape=self.mean_shape)
+    scores = None
+    if found and self.scorer is not None:  # Each face's last crop, scored.
+      crops = np.stack([detect.crop(grey, k.transform) for k in found])[..., None]
+      scores = self.confidences(crops)
     trained = self.trained_names()
     out = []
-    for k in found:
+    for i, k in enumerate(found):
       xy = k.keypoints.reshape(-1, 2)
       named = {n: (float(x), float(y)) for n, (x, y) in zip(self.layout.names, xy)
                if n in trained}
-      out.append(FoundFace(tuple(float(v) for v in k.face.box), float(k.face.score), named))
+      sure = None if scores is None else {
+          n: float(c) for n, c in zip(self.layout.names, scores[i]) if n in trained}
+      out.append(FoundFace(tuple(float(v) for v in k.face.box), float(k.face.score), named,
+                           sure))
     return out
 
   def describe(self, tta: bool) -> str:
@@ -164,12 +181,14 @@ class Predictor:
 @dataclasses.dataclass(frozen=True)
 class FoundFace:
   """One face ``Predictor.find`` found: ``box`` (x, y, width, height) and the detector's
-  ``score`` (larger: more face-like; not a probability), and ``keypoints``: name -> (x, y) in
-  the photo's pixels, the run's trained keypoints in its layout's order."""
+  ``score`` (larger: more face-like; not a probability), ``keypoints``: name -> (x, y) in
+  the photo's pixels, the run's trained keypoints in its layout's order, and ``confidence``:
+  name -> how sure the model is of each (``Predictor.confidences``; None: a regression model)."""
 
   box: tuple[float, float, float, float]
   score: float
   keypoints: dict[str, tuple[float, float]]
+  confidence: dict[str, float] | None = None
 
   def array(self) -> np.ndarray:
     """The keypoints as a (K, 2) array, in ``keypoints``' order."""
@@ -201,9 +220,29 @@ def load(workdir: str | None = None, which: str = "best", ema: bool = True) -> P
   model = resnet.create_model(config, dtype=resnet.compute_dtype(config))
   layout = keypoints.get(config.data.keypoints)
   variables, step, which = weights.read(workdir, config, model, mesh, which, ema)
+  scorer = None
+  if config.model.head == "heatmap":
+    scorer = apply.Inference(model, mesh, config.eval_batch_size,
+                             apply.confidence_forward(model, config.model.heatmap_margin))
   return Predictor(workdir, config, variables,
                    apply.Inference(model, mesh, config.eval_batch_size), step, which,
-                   workdir_lib.trained_keypoints(workdir, layout), _mean_shape(workdir, layout))
+                   workdir_lib.trained_keypoints(workdir, layout), _mean_shape(workdir, layout),
+                   scorer)
+
+
+def _frames(faces) -> np.ndarray:
+  """``Predictor.keypoints``' faces as (N, 96, 96, 1) float in [0, 1], or ValueError."""
+  x = np.asarray(faces)
+  if x.ndim == 2:
+    x = x[None]
+  if x.ndim == 4 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 3 or x.shape[1:] != (keypoints.IMAGE_SIZE, keypoints.IMAGE_SIZE):
+    raise ValueError(f"faces must be 96 x 96, N x 96 x 96 or N x 96 x 96 x 1 (use find() for "
+                     f"photos); got shape {np.shape(faces)}")
+  if len(x) == 0:
+    raise ValueError("no faces given (an empty array)")
+  return np.stack([images.as_picture(face) for face in x])[..., None]
 
 
 def pack(model: Predictor, out_dir: str, note: dict | None = None) -> None:

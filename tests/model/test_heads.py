@@ -211,3 +211,25 @@ def test_two_stage_heatmaps_add_the_finer_stage_and_are_checked():
   for stages, ok in ((1, True), (2, True), (3, True), (0, False), (4, False)):
     problems = config_lib.problems(_heatmap_config(heatmap_stages=stages))
     assert (not problems) == ok, (stages, problems)
+
+
+def test_confidence_is_the_maps_mass_near_its_soft_argmax():
+  size, k = 48, 2
+  centres = np.asarray(heads.cell_centres(size))
+  peaked = np.full((1, size, size, k), -50.0, np.float32)
+  peaked[0, 20, 30, 0] = 50.0  # All the mass on one cell: sure.
+  peaked[0, 5, 5, 1] = peaked[0, 40, 40, 1] = 50.0  # Two far peaks: the mean lies between.
+  got = np.asarray(heads.confidence(jnp.asarray(peaked)))
+  assert got[0, 0] == pytest.approx(1.0, abs=1e-5) and got[0, 1] == pytest.approx(0.0, abs=1e-5)
+  # A flat map: the share of the cells whose centres lie within the radius of the frame's
+  # centre (where its soft-argmax is).
+  flat = np.zeros((1, size, size, 1), np.float32)
+  mid = (centres[0] + centres[-1]) / 2
+  for radius in (4.0, 8.0, 20.0):
+    inside = ((centres[None] - mid) ** 2 + (centres[:, None] - mid) ** 2) <= radius ** 2
+    assert float(heads.confidence(jnp.asarray(flat), radius=radius)[0, 0]) == pytest.approx(
+        inside.mean(), rel=1e-5)
+  # With a margin, the cells beyond the frame count too.
+  wide = np.zeros((1, size + 8, size + 8, 1), np.float32)
+  assert float(heads.confidence(jnp.asarray(wide), margin=8.0, radius=200.0)[0, 0]) == (
+      pytest.approx(1.0))

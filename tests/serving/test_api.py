@@ -40,6 +40,22 @@ def test_the_shipped_model_puts_the_astronauts_eyes_where_they_are(shipped):
   bx, by, bw, bh = face.box
   assert all(bx <= x <= bx + bw and by <= y <= by + bh for x, y in face.keypoints.values())
   assert face.array().shape == (5, 2)
+  # A heatmap model says how sure it is of each keypoint: sure of these.
+  assert list(face.confidence) == list(face.keypoints)
+  assert all(0.8 < c <= 1.0 for c in face.confidence.values()), face.confidence
+
+
+def test_confidences_are_high_on_a_face_and_low_on_noise(shipped):
+  face = shipped.find(skimage_data.astronaut())[0]
+  noise = np.random.default_rng(0).integers(0, 256, (4, 96, 96), dtype=np.uint8)
+  grey = np.full((96, 96), 128, np.uint8)
+  for nothing in (noise, grey):
+    scores = shipped.confidences(nothing)
+    assert scores.shape == (len(np.atleast_3d(nothing).reshape(-1, 96, 96)), 5)
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert scores.mean(axis=1).max() < 0.7 < min(face.confidence.values())
+  partial = dataclasses.replace(shipped, trained=np.repeat([1.0, 1.0, 1.0, 1.0, 0.0], 2))
+  assert np.isnan(partial.confidences(noise)[:, 4]).all()
 
 
 def test_find_takes_every_form_of_the_same_photo_alike(shipped, tmp_path):
@@ -95,8 +111,11 @@ def test_keypoints_reads_framed_faces_follows_the_runs_tta_and_hides_untrained(t
   out = partial.keypoints(faces)
   assert np.isnan(out[:, :2]).all() and np.isfinite(out[:, 2:]).all()
   for bad, problem in ((np.zeros((2, 64, 64)), "got shape"), (np.zeros((0, 96, 96)), "no faces")):
-    with pytest.raises(ValueError, match=problem):
-      tiny_model.keypoints(bad)
+    for read in (tiny_model.keypoints, tiny_model.confidences):
+      with pytest.raises(ValueError, match=problem):
+        read(bad)
+  # A regression model has no keypoint confidence, and says so.
+  assert tiny_model.config.model.head == "regression" and tiny_model.confidences(faces) is None
 
 
 def test_a_packed_model_predicts_as_its_workdir_did(tiny_model, tmp_path):
