@@ -184,6 +184,36 @@ def test_photos_give_a_row_per_face_and_one_line_for_a_photo_without(loaded, pho
   assert single["photos"][1]["faces"][0]["box"] == face["box"]
 
 
+def test_photos_read_by_a_heatmap_model_carry_each_keypoints_confidence(photos, tmp_path):
+  """The shipped model scores each keypoint: a column each in the CSV, a map in the JSON, the
+  model's confidences on the face's last crop; unsure keypoints are drawn as rings."""
+  astronaut = str(photos / "astronaut.png")
+  out_dir = tmp_path / "out"
+  predict.main([f"--out_dir={out_dir}", astronaut])  # No --workdir: the shipped model.
+  shipped = predictor.load()
+  names = list(shipped.layout.names)
+  table = pd.read_csv(out_dir / "faces.csv")
+  assert list(table.columns)[-5:] == [f"{n}_confidence" for n in names]
+  face = json.loads((out_dir / "faces.json").read_text())["photos"][0]["faces"][0]
+  crop = detect.crop(images.to_grey(images.read_picture(astronaut)),
+                     np.array(face["crop_transform"]))
+  want = shipped.confidences(crop)[0]
+  np.testing.assert_allclose([face["confidence"][n] for n in names], want, atol=1e-4)
+  np.testing.assert_allclose(table[[f"{n}_confidence" for n in names]].to_numpy()[0], want,
+                             atol=1e-4)
+  # The overlay: the keypoint below UNSURE is a ring, the others are filled.
+  found = detect.Keypoints(detect.Face((10.0, 10.0, 60.0, 60.0), 1.0), np.eye(2, 3),
+                           np.arange(10, dtype=np.float64) * 5 + 20,
+                           np.array([0.9, 0.9, pictures.UNSURE - 0.01, 0.9, 0.9]))
+  photo = pictures.Photo("x.png", 100, 100, [found], np.zeros((100, 100), np.float32))
+  fig = pictures.plot_photo(photo, shipped.layout)
+  drawn = [(tuple(np.round(line.get_xydata().ravel(), 3)), line.get_markerfacecolor())
+           for line in fig.axes[0].lines if line.get_marker() == "o"]
+  rings = [xy for xy, face_colour in drawn if face_colour == "none"]
+  assert rings == [(40.0, 45.0)] and len(drawn) == 5  # Keypoint 2 (nose tip) at (40, 45).
+  plt.close(fig)
+
+
 @pytest.mark.parametrize("crop", pictures.CROPS)
 @pytest.mark.parametrize("shape", [(120, 200), (200, 120), (50, 70)])
 def test_framing_maps_a_spot_back_where_it_was(shape, crop):

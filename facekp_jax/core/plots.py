@@ -43,20 +43,27 @@ def keypoint_groups(layout: keypoints.Layout) -> list[tuple[str, list[int]]]:
 
 
 def draw_keypoints(ax, xy: np.ndarray, layout: keypoints.Layout, size: float = 6.0,
-                   legend: bool = True, lines: bool = True) -> None:
+                   legend: bool = True, lines: bool = True, hollow=None) -> None:
   """Draws one face's keypoints (K, 2) on ``ax``: a colour per ``keypoint_groups`` entry, the
-  layout's lines, a legend; NaN keypoints (untrained) are left out."""
+  layout's lines, a legend; NaN keypoints (untrained) are left out, and those where ``hollow``
+  (K,) is true (the model unsure of them) are drawn as rings."""
   colours = pyplot().get_cmap("tab20" if len(keypoint_groups(layout)) > 10 else "tab10")
   finite = np.isfinite(xy).all(axis=1)
   if lines:
     for run in layout.lines:
       run = [k for k in run if finite[k]]
       ax.plot(xy[run, 0], xy[run, 1], "-", lw=max(0.5, size / 8), color="white", alpha=0.6)
+  hollow = np.zeros(len(xy), bool) if hollow is None else np.asarray(hollow, bool)
   for g, (name, index) in enumerate(keypoint_groups(layout)):
     index = [k for k in index if finite[k]]
-    if index:
-      ax.plot(xy[index, 0], xy[index, 1], "o", ms=size, mec="black", mew=max(0.4, size / 12),
-              color=colours(g % colours.N), label=name, ls="none")
+    colour = colours(g % colours.N)
+    for ring in (False, True):
+      part = [k for k in index if hollow[k] == ring]
+      if part:
+        ax.plot(xy[part, 0], xy[part, 1], "o", ms=size, mec=colour if ring else "black",
+                mew=max(0.4, size / 12) * (2 if ring else 1), color=colour,
+                mfc="none" if ring else colour, label=name if part[0] == index[0] else None,
+                ls="none")
   if legend and ax.get_legend_handles_labels()[0]:
     ax.legend(loc="upper right", fontsize=max(5.0, size * 1.2), framealpha=0.7,
               markerscale=1.0)

@@ -69,11 +69,13 @@ class Face:
 @dataclasses.dataclass
 class Keypoints:
   """One face's result: its ``face``, the crop map ``transform`` (2x3, photo -> crop)
-  the prediction was made in, and ``keypoints`` (2K,) in the photo's pixels."""
+  the prediction was made in, ``keypoints`` (2K,) in the photo's pixels, and ``confidence``
+  (K,): how sure the model is of each in that crop (None: not scored)."""
 
   face: Face
   transform: np.ndarray
   keypoints: np.ndarray
+  confidence: np.ndarray | None = None
 
 
 _cascade = None
@@ -222,7 +224,8 @@ def predict_in_crops(predict: Predict,
 
 
 def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None = None,
-                   refine: bool = True, mean_shape: np.ndarray | None = None) -> list[Keypoints]:
+                   refine: bool = True, mean_shape: np.ndarray | None = None,
+                   score: Predict | None = None) -> list[Keypoints]:
   """The keypoints of every face in a grey float (H, W) photo, in its pixels.
 
   Args:
@@ -232,13 +235,15 @@ def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None 
     refine: crop each face a second time, from the keypoints the first pass found
       (``shape_transform``: upright, to scale), and predict again there.
     mean_shape: (K, 2) the layout's mean shape in the frame (default: Kaggle's 15).
+    score: None, or the model's confidence on aligned crops, (N, 96, 96, 1) -> (N, K)
+      (``Predictor.confidences``), read in each face's last crop.
   """
-  return find_keypoints_in(predict, [(grey, faces)], refine, mean_shape)[0]
+  return find_keypoints_in(predict, [(grey, faces)], refine, mean_shape, score)[0]
 
 
 def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face] | None]],
-                      refine: bool = True,
-                      mean_shape: np.ndarray | None = None) -> list[list[Keypoints]]:
+                      refine: bool = True, mean_shape: np.ndarray | None = None,
+                      score: Predict | None = None) -> list[list[Keypoints]]:
   """``find_keypoints`` of several (grey photo, faces or None) at once: every face of every
   photo goes into the same batch (one model call per pass, not one per photo)."""
   photos = [(grey, detect(grey) if found is None else found) for grey, found in photos]
@@ -251,7 +256,12 @@ def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face
     second = predict_in_crops(predict, [(owners[i][0], again[i]) for i in redo])
     for i, c in zip(redo, second):
       transforms[i], coords[i] = again[i], c
-  results = iter(Keypoints(f, t, c) for (_, f), t, c in zip(owners, transforms, coords))
+  sure = [None] * len(owners)
+  if score is not None and owners:
+    sure = list(np.asarray(score(np.stack([crop(grey, t) for (grey, _), t
+                                           in zip(owners, transforms)])[..., None])))
+  results = iter(Keypoints(f, t, c, s)
+                 for (_, f), t, c, s in zip(owners, transforms, coords, sure))
   return [[next(results) for _ in found] for _, found in photos]
 
 

@@ -169,7 +169,8 @@ class Photo:
 
 def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str],
                    refine: bool = True, chunk: int = 16,
-                   mean_shape: np.ndarray | None = None) -> Iterator[Photo]:
+                   mean_shape: np.ndarray | None = None,
+                   score: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Photo]:
   """Finds and reads every face of each image file (``detect.find_keypoints_in``), the faces of
   ``chunk`` photos at a time in one batch.
 
@@ -179,6 +180,7 @@ def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str]
     refine: a second, upright crop from the first pass's keypoints.
     chunk: photos read together.
     mean_shape: what the second crop fits to (``Predictor.mean_shape``; default Kaggle's).
+    score: None, or each keypoint's confidence on aligned crops (``Predictor.confidences``).
 
   Raises:
     DataError: a missing or undecodable file.
@@ -186,14 +188,19 @@ def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str]
   for start in range(0, len(paths), chunk):
     batch = [(path, images.read_picture(path)) for path in paths[start:start + chunk]]
     found = detect.find_keypoints_in(predict, [(images.to_grey(p), None) for _, p in batch], refine,
-                                     mean_shape)
+                                     mean_shape, score)
     for (path, picture), keypoints_ in zip(batch, found):
       yield Photo(path, picture.shape[0], picture.shape[1], keypoints_, preview_of(picture))
 
 
+# A keypoint whose confidence is below this is drawn hollow: under half its map's mass lies
+# near it (model.heads.confidence).
+UNSURE = 0.5
+
+
 def plot_photo(p: Photo, layout: keypoints.Layout):
   """The photo, at its resolution, with each face's box (yellow, numbered) and keypoints (a
-  colour each, joined by the layout's lines; a legend)."""
+  colour each, joined by the layout's lines; a legend; hollow: confidence under ``UNSURE``)."""
   fig, ax, size = _overlay_axes(p.preview, p.height, p.width)
   plt = plots.pyplot()
   for i, k in enumerate(p.faces):
@@ -202,7 +209,8 @@ def plot_photo(p: Photo, layout: keypoints.Layout):
                                lw=max(1.0, size / 4)))
     ax.text(x - 0.5, y - 1.5, str(i), color="yellow", fontsize=max(8.0, size * 1.5),
             va="bottom")
-    plots.draw_keypoints(ax, k.keypoints.reshape(-1, 2), layout, size, legend=i == 0)
+    plots.draw_keypoints(ax, k.keypoints.reshape(-1, 2), layout, size, legend=i == 0,
+                         hollow=None if k.confidence is None else k.confidence < UNSURE)
   ax.set_xlim(-0.5, p.width - 0.5)
   ax.set_ylim(p.height - 0.5, -0.5)
   return fig
@@ -222,8 +230,12 @@ def face_lines(p: Photo, layout: keypoints.Layout) -> str:
     eyes = (f"; {layout.names[a]} ({xy[a, 0]:.1f}, {xy[a, 1]:.1f}) {layout.names[b]} "
             f"({xy[b, 0]:.1f}, {xy[b, 1]:.1f})"
             if np.isfinite(xy[[a, b]]).all() else "")  # NaN: eyes never trained.
+    sure = ""
+    if k.confidence is not None and np.isfinite(k.confidence).any():
+      sure = (f"; keypoint confidence {np.nanmean(k.confidence):.2f} mean, "
+              f"{np.nanmin(k.confidence):.2f} least")
     lines.append(f"  face {i}: box x {x:.0f} y {y:.0f} w {w:.0f} h {h:.0f}, score "
-                 f"{k.face.score:.1f}{eyes}")
+                 f"{k.face.score:.1f}{eyes}{sure}")
   return "\n".join(lines)
 
 
@@ -254,26 +266,35 @@ PHOTO_COLUMNS = ("file", "face", "box_x", "box_y", "box_width", "box_height", "s
 
 def photo_table(photos: list[Photo], layout: keypoints.Layout,
                 names: list[str] | None = None) -> pd.DataFrame:
-  """One row per face: file, face index, box (x, y, width, height), score, and the x, y of
-  each keypoint of ``names`` (default: all of ``layout``'s; a model's trained ones)."""
+  """One row per face: file, face index, box (x, y, width, height), score, the x, y of each
+  keypoint of ``names`` (default: all of ``layout``'s; a model's trained ones), then, where
+  the faces were scored, each one's confidence (``<name>_confidence``)."""
   names = layout.names if names is None else names
   cols = np.array([2 * layout.index(n) + a for n in names for a in (0, 1)], np.int64)
-  rows = [(p.path, i, *k.face.box, k.face.score, *np.asarray(k.keypoints)[cols])
-          for p in photos for i, k in enumerate(p.faces)]
+  index = np.array([layout.index(n) for n in names], np.int64)
+  faces = [(p, i, k) for p in photos for i, k in enumerate(p.faces)]
+  scored = bool(faces) and all(k.confidence is not None for _, _, k in faces)
+  rows = [(p.path, i, *k.face.box, k.face.score, *np.asarray(k.keypoints)[cols],
+           *(np.asarray(k.confidence)[index] if scored else ())) for p, i, k in faces]
   columns = [f"{n}_{a}" for n in names for a in ("x", "y")]
+  columns += [f"{n}_confidence" for n in names] if scored else []
   frame = pd.DataFrame(rows, columns=[*PHOTO_COLUMNS, *columns])
   return frame.astype({"face": np.int64})
 
 
 def photo_record(p: Photo, layout: keypoints.Layout) -> dict:
-  """A photo's JSON entry: its size and, per face, box, score, crop map and keypoints."""
+  """A photo's JSON entry: its size and, per face, box, score, crop map, keypoints and (where
+  scored) their confidences."""
   return {"file": p.path, "width": p.width, "height": p.height, "faces": [
       {"face": i, "box": [round(float(v), 2) for v in k.face.box],
        "score": round(k.face.score, 4),
        "crop_transform": k.transform.tolist(),
        "keypoints": {name: [round(float(x), 4), round(float(y), 4)] for name, (x, y) in
                      zip(layout.names, k.keypoints.reshape(-1, 2))
-                     if np.isfinite(x)}}  # NaN: untrained, left out.
+                     if np.isfinite(x)},  # NaN: untrained, left out.
+       **({} if k.confidence is None else {"confidence": {
+           name: round(float(c), 4) for name, c in zip(layout.names, k.confidence)
+           if np.isfinite(c)}})}
       for i, k in enumerate(p.faces)]}
 
 
@@ -292,7 +313,8 @@ def run_photos(model: predictor.Predictor, paths: list[str], out_dir: str, tta: 
   def read(images):  # Untrained keypoints are NaN from the start: refine fits trained ones.
     return model.only_trained(model.predict(images, tta=tta))
 
-  for p in predict_photos(read, paths, refine, mean_shape=model.mean_shape):
+  for p in predict_photos(read, paths, refine, mean_shape=model.mean_shape,
+                          score=model.scorer and model.confidences):
     print(face_lines(p, model.layout))
     if p.faces:
       overlay = overlay_path(out_dir, p.path)

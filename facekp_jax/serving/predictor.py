@@ -154,19 +154,16 @@ class Predictor:
     grey = images.to_grey(images.as_picture(photo))
     tta = self.use_tta(tta)
     found = detect.find_keypoints(lambda x: self.only_trained(self.predict(x, tta=tta)), grey,
-                                  refine=refine, mean_shape=self.mean_shape)
-    scores = None
-    if found and self.scorer is not None:  # Each face's last crop, scored.
-      crops = np.stack([detect.crop(grey, k.transform) for k in found])[..., None]
-      scores = self.confidences(crops)
+                                  refine=refine, mean_shape=self.mean_shape,
+                                  score=self.scorer and self.confidences)
     trained = self.trained_names()
     out = []
-    for i, k in enumerate(found):
+    for k in found:
       xy = k.keypoints.reshape(-1, 2)
       named = {n: (float(x), float(y)) for n, (x, y) in zip(self.layout.names, xy)
                if n in trained}
-      sure = None if scores is None else {
-          n: float(c) for n, c in zip(self.layout.names, scores[i]) if n in trained}
+      sure = None if k.confidence is None else {
+          n: float(c) for n, c in zip(self.layout.names, k.confidence) if n in trained}
       out.append(FoundFace(tuple(float(v) for v in k.face.box), float(k.face.score), named,
                            sure))
     return out
