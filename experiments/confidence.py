@@ -104,8 +104,8 @@ def measure(model_path: str | None, folder: str, radii) -> dict:
   nme = point_error.mean(axis=1)
   mesh = model.inference.mesh
   shown = os.path.relpath(model.workdir, ablate.ROOT)  # The shipped one: the package's path.
-  record = {"model": model.workdir if shown.startswith("..") else shown, "faces": len(names), "tta": tta,
-            "nme": float(nme.mean()), "fr": float(np.mean(nme > FAILURE)), "radii": {}}
+  record = {"model": model.workdir if shown.startswith("..") else shown, "faces": len(names),
+            "tta": tta, "nme": float(nme.mean()), "fr": float(np.mean(nme > FAILURE)), "radii": {}}
   x = images[..., None].astype(np.float32) / 255.0
   for radius in radii:
     scorer = apply.Inference(_network(model), mesh, model.config.eval_batch_size,
