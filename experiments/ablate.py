@@ -488,15 +488,39 @@ def run_study(name: str, dataset: str, budget: Budget, seeds: list[int], *, sett
           + (f", rot+-20 x{record['ratio_rot+-20']:.2f}, rot+-30 x{record['ratio_rot+-30']:.2f}"
              if study.robustness else "") + f" ({status})")
       entry["runs"].append(dict(record, seed=seed, run=os.path.relpath(workdir, scratch)))
-  summarise(results["arms"])
   folder = os.path.join(out, name, dataset)
   os.makedirs(folder, exist_ok=True)
+  results = with_earlier_arms(results, os.path.join(folder, "results.json"),
+                              [a.name for a in study.arms])
+  summarise(results["arms"])  # Paired with the first arm, earlier arms included.
   files.write_json(os.path.join(folder, "results.json"), files.jsonable(results))
   with open(os.path.join(folder, "table.md"), "w") as f:
     f.write(markdown(results))
   plots.save_figure(plot(results), os.path.join(folder, "rmse_nme.png"))
   log(f"wrote {folder}/table.md, rmse_nme.png, results.json")
   return results
+
+
+def with_earlier_arms(results: dict, path: str, order: list[str]) -> dict:
+  """``results`` with the arms that an earlier results file at ``path`` holds and this run did
+  not (a run of some arms, ``--arms``, keeps the others' figures), all in the study's ``order``;
+  only when that file is of the same study, data, budget, settings and held-out faces. Its
+  command is kept beside this one's."""
+  if not os.path.exists(path):
+    return results
+  with open(path) as f:
+    earlier = json.load(f)
+  same = ("study", "dataset", "budget", "settings", "heldout_faces")
+  if any(files.jsonable(results.get(k)) != earlier.get(k) for k in same):
+    return results
+  ran = {a["name"] for a in results["arms"]}
+  kept = [a for a in earlier["arms"] if a["name"] not in ran]
+  if not kept:
+    return results
+  arms = sorted(results["arms"] + kept,
+                key=lambda a: order.index(a["name"]) if a["name"] in order else len(order))
+  commands = [c for c in earlier.get("command", "").split("; ") + [results["command"]] if c]
+  return dict(results, arms=arms, command="; ".join(dict.fromkeys(commands)))
 
 
 def _same_run(scratch: str, dataset: str, seed: int, config, robustness: bool,

@@ -200,3 +200,25 @@ def test_seeds_are_a_count_or_a_list_and_none_is_refused():
   for bad in ("0", ",", "-1,", "x"):
     with pytest.raises(ValueError):
       ablate.parse_seeds(bad)
+
+
+def test_a_run_of_some_arms_keeps_the_others_figures(tmp_path):
+  """``--arms`` runs some arms: the results file keeps the arms it did not run, in the study's
+  order, when it is of the same study, data and budget; else this run's figures alone."""
+  path = str(tmp_path / "results.json")
+  head = {"study": "s", "dataset": "mtfl", "budget": {"model": "full", "epochs": 25, "faces": 0},
+          "settings": {}, "heldout_faces": 1530}
+  arm = lambda name: {"name": name, "runs": [{"seed": 0, "rmse": float(len(name))}]}
+  earlier = dict(head, command="run a; run b", arms=[arm("a"), arm("bb")])
+  with open(path, "w") as f:
+    json.dump(earlier, f)
+  now = dict(head, command="run c", arms=[arm("ccc")])
+  merged = ablate.with_earlier_arms(now, path, ["a", "ccc", "bb"])
+  assert [a["name"] for a in merged["arms"]] == ["a", "ccc", "bb"]
+  assert merged["command"] == "run a; run b; run c"
+  rerun = ablate.with_earlier_arms(dict(head, command="run b", arms=[arm("bb")]), path,
+                                   ["a", "ccc", "bb"])
+  assert [a["name"] for a in rerun["arms"]] == ["a", "bb"] and rerun["command"] == "run a; run b"
+  other = dict(now, budget={"model": "full", "epochs": 50, "faces": 0})
+  assert ablate.with_earlier_arms(other, path, ["a", "ccc", "bb"]) is other
+  assert ablate.with_earlier_arms(now, str(tmp_path / "none.json"), []) is now
