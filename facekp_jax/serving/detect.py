@@ -13,11 +13,15 @@ ship inside ``opencv-python-headless`` (4.x; 5.0 dropped the cascades, hence ``<
 Weighed against: OpenCV's YuNet (``cv2.FaceDetectorYN``: better on turned and small
 faces, but its ONNX weights are not in the wheel and would have to be fetched),
 scikit-image's LBP cascade (ships in the wheel, same family, no confidence score),
-dlib's HOG detector (no wheels; builds from source) and MediaPipe / RetinaFace /
-InsightFace (large dependencies, or weights downloaded at run time). On 600 MTFL faces
-(placed in a larger canvas) ``alt2`` found 97 % with no false box, ``default`` 95.5 % with
-4 false boxes, ``alt`` 95 % at twice the time (``experiments/faces_align.py``). Haar
-finds frontal, upright faces; profiles and strongly tilted heads are missed.
+dlib's HOG detector (``pip install dlib-bin``: a wheel now, Boost licence; its sub-detectors
+reach faces turned ~27 degrees, to be measured against this path in the photo benchmark,
+issue 29) and MediaPipe / RetinaFace / InsightFace (large dependencies, or weights downloaded
+at run time). On 600 MTFL faces (placed in a larger canvas) ``alt2`` found 97 % with no false
+box, ``default`` 95.5 % with 4 false boxes, ``alt`` 95 % at twice the time
+(``experiments/faces_align.py``). Haar finds frontal faces within about 20 degrees of
+upright, so ``detect`` also searches the photo turned by each of ``ROLLS`` (at ``VIEW_SCALE``
+of its size), maps each box back and keeps the best-scored box of each face; the view's turn
+is the face's ``roll``, which the first crop undoes (``box_transform``). Profiles are missed.
 
 From a box, the eyes are placed where they lie in ``alt2``'s boxes on those faces (median
 midpoint at (0.497, 0.389) of the box, distance 0.377 of its width). That guess is rough (the
@@ -51,6 +55,14 @@ BOX_EYE_MIDPOINT = (0.497, 0.389)
 BOX_EYE_DISTANCE = 0.377
 _DETECT_SIDE = 1280  # Photos are searched at most this large (longest side); boxes scaled back.
 _MIN_FACE = 24  # Smallest face searched for, pixels of the searched image.
+# The rolls (degrees) searched beside the upright photo, and the turned views' size (a share
+# of the searched photo's: their canvases are larger, and half the size costs a quarter).
+# Haar finds faces within about 20 degrees of upright; on the astronaut turned by -45 .. 60
+# degrees, +-40 at half size found every turn at 1.6x the upright search's time (+-30 and +-60
+# at full size: 6x). Faces under 48 px are found upright only.
+ROLLS = (-40.0, 40.0)
+VIEW_SCALE = 0.5
+SAME_FACE = 0.3  # Boxes from two views overlapping by more: one face.
 
 # (N, 96, 96, 1) in [0, 1] -> (N, 2K) crop pixels (NaN: a keypoint the model does not read).
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -59,11 +71,16 @@ Predict = Callable[[np.ndarray], np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Face:
   """A detected face: ``box`` (x, y, width, height) in photo pixels (x, y: its top-left
-  pixel's centre) and the detector's ``score`` (the cascade's last-stage weight: larger is
-  more face-like, not a probability; NaN for a box given by hand)."""
+  pixel's centre), the detector's ``score`` (the cascade's last-stage weight: larger is
+  more face-like, not a probability; NaN for a box given by hand) and ``roll`` (degrees): how
+  far the face leans, as the view it was found in said (the eye line's angle from the x axis,
+  y pointing down: positive is clockwise as the photo is shown). A face leaning by ``roll``
+  stands upright in the photo turned by ``roll`` (``turned_view``); its box there, turned back
+  about its centre, is ``box``: the box's size about that centre, before the turn."""
 
   box: tuple[float, float, float, float]
   score: float = math.nan
+  roll: float = 0.0
 
 
 @dataclasses.dataclass
@@ -96,10 +113,54 @@ def to_uint8(grey: np.ndarray) -> np.ndarray:
   return np.round(np.clip(grey, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def detect(grey: np.ndarray) -> list[Face]:
+def _search(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The cascade's boxes (N, 4) and scores (N,) in a uint8 image."""
+  boxes, _, weights = _detector().detectMultiScale3(
+      image, scaleFactor=1.1, minNeighbors=5, minSize=(_MIN_FACE, _MIN_FACE),
+      outputRejectLevels=True)
+  return np.reshape(boxes, (-1, 4)).astype(np.float64), np.reshape(weights, -1)
+
+
+def turned_view(image: np.ndarray, angle: float,
+                scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+  """``image`` turned by ``angle`` degrees (positive: counter-clockwise as shown) about its
+  centre and scaled by ``scale``, onto a canvas that holds all of it (edges repeated), and
+  the map (2x3, image -> view) of its pixel centres."""
+  if scale < 1.0:  # Shrink first (area filter), then turn: no aliasing.
+    small = cv2.resize(image, (max(1, round(image.shape[1] * scale)),
+                               max(1, round(image.shape[0] * scale))),
+                       interpolation=cv2.INTER_AREA)
+    view, turn = turned_view(small, angle)
+    sx, sy = small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]
+    shrink = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+    return view, turn @ shrink
+  h, w = image.shape
+  turn = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
+  c, s = abs(turn[0, 0]), abs(turn[0, 1])
+  vw, vh = int(math.ceil(w * c + h * s)), int(math.ceil(w * s + h * c))
+  turn[:, 2] += ((vw - 1) / 2.0 - (w - 1) / 2.0, (vh - 1) / 2.0 - (h - 1) / 2.0)
+  view = cv2.warpAffine(image, turn, (vw, vh), flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+  return view, turn
+
+
+def overlap(a, b) -> float:
+  """Intersection over union of two boxes (x, y, w, h)."""
+  w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+  h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+  inter = w * h
+  return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def detect(grey: np.ndarray, rolls=ROLLS, view_scale: float = VIEW_SCALE) -> list[Face]:
   """The frontal faces of a grey (H, W) photo (uint8, or float in [0, 1]), left to right.
 
-  Photos longer than 1280 px are searched at that size; boxes are in the photo's pixels.
+  The photo is searched as it is and turned by each angle of ``rolls`` (degrees; a face
+  leaning by about ``a`` is upright in the photo turned by ``a``): a face found in several
+  views is kept once, from the view whose box scores highest (boxes overlapping by more than
+  ``SAME_FACE`` of their union). The turned views are searched at ``view_scale`` of the
+  photo's size (their canvases are larger: a cost). Photos longer than 1280 px are searched at
+  that size; boxes are in the photo's pixels.
   """
   image = grey if grey.dtype == np.uint8 else to_uint8(grey)
   shrink = min(1.0, _DETECT_SIDE / max(image.shape))
@@ -107,15 +168,24 @@ def detect(grey: np.ndarray) -> list[Face]:
     image = cv2.resize(image, (max(1, round(image.shape[1] * shrink)),
                                max(1, round(image.shape[0] * shrink))),
                        interpolation=cv2.INTER_AREA)
-  boxes, _, weights = _detector().detectMultiScale3(
-      image, scaleFactor=1.1, minNeighbors=5, minSize=(_MIN_FACE, _MIN_FACE),
-      outputRejectLevels=True)
-  faces = []
-  for (x, y, w, h), score in zip(np.reshape(boxes, (-1, 4)), np.reshape(weights, -1)):
-    # The searched image's pixel centres -> the photo's: u -> (u + 0.5) / shrink - 0.5.
-    faces.append(Face(((x + 0.5) / shrink - 0.5, (y + 0.5) / shrink - 0.5, w / shrink,
-                       h / shrink), float(score)))
-  return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+  found = []
+  for roll in (0.0, *rolls):
+    view, turn = (image, np.eye(2, 3)) if roll == 0.0 else turned_view(image, roll, view_scale)
+    back = cv2.invertAffineTransform(turn)
+    boxes, scores = _search(view)
+    size = math.sqrt(abs(np.linalg.det(back[:, :2])))  # View pixels -> image pixels.
+    for (x, y, w, h), score in zip(boxes, scores):
+      cx, cy = back @ np.array([x + (w - 1) / 2.0, y + (h - 1) / 2.0, 1.0])
+      w, h = w * size, h * size
+      # The searched image's pixel centres -> the photo's: u -> (u + 0.5) / shrink - 0.5.
+      cx, cy, w, h = (cx + 0.5) / shrink - 0.5, (cy + 0.5) / shrink - 0.5, w / shrink, h / shrink
+      found.append(Face((cx - (w - 1) / 2.0, cy - (h - 1) / 2.0, w, h), float(score),
+                        float(roll)))
+  kept = []
+  for face in sorted(found, key=lambda f: -f.score):  # The best view of each face.
+    if all(overlap(face.box, k.box) <= SAME_FACE for k in kept):
+      kept.append(face)
+  return sorted(kept, key=lambda f: (f.box[0], f.box[1]))
 
 
 def eye_transform(midpoint, distance: float, roll: float = 0.0) -> np.ndarray:
@@ -131,11 +201,16 @@ def eye_transform(midpoint, distance: float, roll: float = 0.0) -> np.ndarray:
   return np.concatenate([linear, shift[:, None]], axis=1)
 
 
-def box_transform(box) -> np.ndarray:
-  """The crop map guessed from a detector box (x, y, w, h): eyes where alt2's boxes have them."""
+def box_transform(box, roll: float = 0.0) -> np.ndarray:
+  """The crop map guessed from a detector box (x, y, w, h) of a face leaning by ``roll``
+  degrees (``Face.roll``): eyes where alt2's boxes have them, the box turned about its centre."""
   x, y, w, h = box
-  midpoint = (x + BOX_EYE_MIDPOINT[0] * w, y + BOX_EYE_MIDPOINT[1] * h)
-  return eye_transform(midpoint, BOX_EYE_DISTANCE * w)
+  centre = np.array([x + (w - 1) / 2.0, y + (h - 1) / 2.0])
+  offset = np.array([BOX_EYE_MIDPOINT[0] * w - (w - 1) / 2.0,
+                     BOX_EYE_MIDPOINT[1] * h - (h - 1) / 2.0])
+  r = math.radians(roll)
+  turn = np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
+  return eye_transform(centre + turn @ offset, BOX_EYE_DISTANCE * w, r)
 
 
 def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -248,7 +323,7 @@ def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face
   photo goes into the same batch (one model call per pass, not one per photo)."""
   photos = [(grey, detect(grey) if found is None else found) for grey, found in photos]
   owners = [(grey, f) for grey, found in photos for f in found]
-  transforms = [box_transform(f.box) for _, f in owners]
+  transforms = [box_transform(f.box, f.roll) for _, f in owners]
   coords = predict_in_crops(predict, [(grey, t) for (grey, _), t in zip(owners, transforms)])
   if refine and owners:
     again = [_refined(t, c, mean_shape) for t, c in zip(transforms, coords)]

@@ -43,6 +43,46 @@ def test_astronaut_gives_one_face_whose_box_holds_the_eyes(astronaut):
   assert 0.75 * detect.EYE_DISTANCE < distance < 1.4 * detect.EYE_DISTANCE, distance
 
 
+@pytest.mark.parametrize("turn", [-45.0, 30.0, 60.0])
+def test_a_leaning_face_is_found_in_a_turned_view_and_its_first_crop_stands_it_up(astronaut,
+                                                                                  turn):
+  """The astronaut turned by ``turn`` degrees (counter-clockwise as shown): upright search
+  misses it; the turned views find one face, leaning by about -turn, and the box's crop puts
+  the eyes, upright, about where the upright photo's box puts them."""
+  h, w = astronaut.shape
+  m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), turn, 1.0)
+  photo = cv2.warpAffine(astronaut, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+  assert detect.detect(photo, rolls=()) == []
+  found = detect.detect(photo)
+  assert len(found) == 1, found
+  face = found[0]
+  assert abs(face.roll + turn) <= 25.0, face  # The nearest view, within Haar's reach.
+  eyes = np.array([ASTRONAUT_EYES["left_eye_center"], ASTRONAUT_EYES["right_eye_center"]])
+  turned = eyes @ m[:, :2].T + m[:, 2]
+  x, y, bw, bh = face.box
+  assert all(x < ex < x + bw and y < ey < y + bh for ex, ey in turned)
+  in_crop = detect.to_crop(detect.box_transform(face.box, face.roll), turned.ravel())
+  in_crop = in_crop.reshape(-1, 2)
+  lean = math.degrees(math.atan2(*(in_crop[0] - in_crop[1])[::-1]))
+  assert abs(lean) <= 25.0, lean  # Within Haar's reach of upright: the refinement's to finish.
+  assert np.hypot(*(in_crop.mean(0) - detect.EYE_MIDPOINT)) < 8.0, in_crop
+
+
+def test_a_turned_view_maps_back_to_the_photo():
+  yy, xx = np.mgrid[:50, :80]
+  image = (2 * xx + yy).astype(np.uint8)  # Smooth: interpolation keeps a pixel's value.
+  for angle, scale in ((30.0, 1.0), (-40.0, 0.5), (90.0, 1.0)):
+    view, turn = detect.turned_view(image, angle, scale)
+    # Every corner of the photo lands inside the view, and a pixel's value travels with it.
+    corners = np.array([[0, 0], [79, 0], [0, 49], [79, 49]], np.float64)
+    at = corners @ turn[:, :2].T + turn[:, 2]
+    assert (at >= -0.5).all() and (at[:, 0] <= view.shape[1] - 0.5).all()
+    assert (at[:, 1] <= view.shape[0] - 0.5).all()
+    for x, y in ((40, 20), (10, 40), (70, 5)):
+      vx, vy = turn @ np.array([x, y, 1.0])
+      assert abs(float(view[round(vy), round(vx)]) - float(image[y, x])) <= 3 / scale
+
+
 def test_a_picture_without_a_face_has_none():
   rng = np.random.default_rng(0)
   assert detect.detect(np.full((300, 400), 0.5, np.float32)) == []
