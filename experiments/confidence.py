@@ -43,26 +43,37 @@ FROM_300W = ((42, 43, 44, 45, 46, 47), (36, 37, 38, 39, 40, 41), (30,), (54,), (
 FAILURE = metrics.FAILURE_THRESHOLD
 
 
-def read_w300_as_mtfl5(folder: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """Every image with a 68-point .pts beside it under ``folder``: (N, 96, 96) uint8 faces
-  framed as MTFL's, (N, 5, 2) their 5 points in the frame, and the files' relative paths."""
+def image_files(folder: str) -> list[str]:
+  """The images under ``folder`` with a .pts beside them, relative paths, sorted."""
   names = sorted(os.path.relpath(p, folder)
                  for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
                  if p.lower().endswith(pts.IMAGE_EXTENSIONS)
                  and os.path.exists(os.path.splitext(p)[0] + ".pts"))
   if not names:
     raise DataError(f"{folder}: no image with a .pts beside it")
+  return names
+
+
+def read_300w_five(folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+  """One 300W photo as uint8 grey and its 68 points as MTFL's 5 (``FROM_300W``), (5, 2) in
+  its pixels."""
+  path = os.path.join(folder, name)
+  image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+  if image is None:
+    raise DataError(f"{path}: not an image OpenCV can read")
+  p68 = pts.read_pts(os.path.splitext(path)[0] + ".pts")
+  if len(p68) != 68:
+    raise DataError(f"{os.path.splitext(path)[0]}.pts: {len(p68)} points, not 300W's 68")
+  return image, np.array([p68[list(group)].mean(axis=0) for group in FROM_300W])
+
+
+def read_w300_as_mtfl5(folder: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Every image with a 68-point .pts beside it under ``folder``: (N, 96, 96) uint8 faces
+  framed as MTFL's, (N, 5, 2) their 5 points in the frame, and the files' relative paths."""
+  names = image_files(folder)
   images, points = [], []
   for name in names:
-    path = os.path.join(folder, name)
-    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if image is None:
-      raise DataError(f"{path}: not an image OpenCV can read")
-    p68 = pts.read_pts(os.path.splitext(path)[0] + ".pts")
-    if len(p68) != 68:
-      raise DataError(f"{os.path.splitext(path)[0]}.pts: {len(p68)} points, not 300W's 68")
-    five = np.array([p68[list(group)].mean(axis=0) for group in FROM_300W])
-    framed, at = pts.frame_face(image, five, "mtfl5")
+    framed, at = pts.frame_face(*read_300w_five(folder, name), "mtfl5")
     images.append(framed)
     points.append(at)
   return np.stack(images), np.stack(points), names

@@ -139,13 +139,15 @@ class Predictor:
     scores = self.scorer(self.variables, x)
     return np.where(self.trained[::2] > 0, scores.astype(np.float64), np.nan)
 
-  def find(self, photo, tta: bool | None = None, refine: bool = True) -> list[FoundFace]:
+  def find(self, photo, tta: bool | None = None, refine: bool = True,
+           rolls=None) -> list[FoundFace]:
     """Every face of a photo (a path, or an H x W, H x W x 1, 3 or 4 array of uint8, uint16 or
     float in [0, 1], any size), left to right: its box and detector score, and its named
     keypoints in the photo's pixels (pixel (row i, column j) centred at (x=j, y=i)).
 
     ``tta=None``: the run's ``config.tta``; ``refine``: read each face a second time in a crop
-    fitted to the first reading (``detect.find_keypoints``).
+    fitted to the first reading (``detect.find_keypoints``); ``rolls``: the turned views
+    searched beside the upright photo (None: ``detect.ROLLS``; ``()``: upright only).
 
     Raises:
       ValueError: an array of the wrong rank, channels or dtype, empty, or non-finite.
@@ -153,8 +155,9 @@ class Predictor:
     """
     grey = images.to_grey(images.as_picture(photo))
     tta = self.use_tta(tta)
+    faces = detect.detect(grey, detect.ROLLS if rolls is None else rolls)
     found = detect.find_keypoints(lambda x: self.only_trained(self.predict(x, tta=tta)), grey,
-                                  refine=refine, mean_shape=self.mean_shape,
+                                  faces, refine=refine, mean_shape=self.mean_shape,
                                   score=self.scorer and self.confidences)
     trained = self.trained_names()
     out = []
