@@ -62,7 +62,7 @@ _MIN_FACE = 24  # Smallest face searched for, pixels of the searched image.
 # at full size: 6x). Faces under 48 px are found upright only.
 ROLLS = (-40.0, 40.0)
 VIEW_SCALE = 0.5
-SAME_FACE = 0.3  # Boxes from two views overlapping by more: one face.
+SAME_FACE = 0.5  # Boxes from two views overlapping by more (of the smaller one): one face.
 
 # (N, 96, 96, 1) in [0, 1] -> (N, 2K) crop pixels (NaN: a keypoint the model does not read).
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -145,11 +145,11 @@ def turned_view(image: np.ndarray, angle: float,
 
 
 def overlap(a, b) -> float:
-  """Intersection over union of two boxes (x, y, w, h)."""
+  """The share of the smaller of two boxes (x, y, w, h) that lies inside the other (a box
+  inside a face's box is a part of that face, whatever their sizes)."""
   w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
   h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-  inter = w * h
-  return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+  return w * h / min(a[2] * a[3], b[2] * b[3])
 
 
 def detect(grey: np.ndarray, rolls=ROLLS, view_scale: float = VIEW_SCALE) -> list[Face]:
@@ -158,7 +158,7 @@ def detect(grey: np.ndarray, rolls=ROLLS, view_scale: float = VIEW_SCALE) -> lis
   The photo is searched as it is and turned by each angle of ``rolls`` (degrees; a face
   leaning by about ``a`` is upright in the photo turned by ``a``): a face found in several
   views is kept once, from the view whose box scores highest (boxes overlapping by more than
-  ``SAME_FACE`` of their union). The turned views are searched at ``view_scale`` of the
+  ``SAME_FACE`` of the smaller one). The turned views are searched at ``view_scale`` of the
   photo's size (their canvases are larger: a cost). Photos longer than 1280 px are searched at
   that size; boxes are in the photo's pixels.
   """

@@ -68,6 +68,14 @@ def test_a_leaning_face_is_found_in_a_turned_view_and_its_first_crop_stands_it_u
   assert np.hypot(*(in_crop.mean(0) - detect.EYE_MIDPOINT)) < 8.0, in_crop
 
 
+def test_boxes_are_one_face_when_the_smaller_lies_mostly_inside_the_other():
+  face, mouth = (100, 100, 100, 100), (140, 160, 40, 40)  # A part of the face, found too.
+  assert detect.overlap(face, mouth) == detect.overlap(mouth, face) == 1.0
+  assert detect.overlap(face, (300, 100, 100, 100)) == 0.0
+  assert detect.overlap(face, (150, 100, 100, 100)) == 0.5
+  assert detect.SAME_FACE < detect.overlap(face, mouth)
+
+
 def test_a_turned_view_maps_back_to_the_photo():
   yy, xx = np.mgrid[:50, :80]
   image = (2 * xx + yy).astype(np.uint8)  # Smooth: interpolation keeps a pixel's value.
