@@ -158,7 +158,8 @@ def arm_config(base, study: Study, dataset: str, arm: Arm, seed: int):
 
 
 def config_hash(config) -> str:
-  return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:10]
+  """A run's name: the hash of ``config_lib.identity``."""
+  return hashlib.sha1(config_lib.identity(config).encode()).hexdigest()[:10]
 
 
 # ----------------------------------------------------------------------------- data

@@ -98,6 +98,7 @@ ARMS: dict[str, dict] = {
     "wing-eps1": {"loss": "wing", "wing_epsilon": 1.0},
     # Wing with DSNT's map regularisation: each map pulled toward a Gaussian (2 px) at its label.
     "wing+maps": {"loss": "wing", "heatmap_loss": 1.0},
+    "wing+maps+stem-level": {"loss": "wing", "heatmap_loss": 1.0, "model.heatmap_stages": 3},
     # A longer run: twice the epochs (twice the time).
     "epochs50": {"num_epochs": 50},
     # Width (study 4: width pays at short budgets): 1.5x every stage's filters (~2.2x the time).

@@ -43,6 +43,9 @@ class Field:
   doc: str
   check: Callable[[Any], str | None] | None = None
   legacy: Any = _ALWAYS
+  # Added after experiments began naming runs by a hash of their config: left out of
+  # ``identity`` at its legacy value, so that earlier runs keep their names.
+  late: bool = False
 
 
 def _one_of(choices) -> Callable:
@@ -119,9 +122,9 @@ FIELDS: tuple[Field, ...] = (
     Field("wing_epsilon", 2.0, "px: the wing loss's log region's curvature", legacy=2.0),
     Field("heatmap_loss", 0.0, "heatmap head: weight of its maps' KL divergence from a Gaussian "
           "at each label (model/losses.py; 0: off)", _at_least(0.0),
-          legacy=0.0),
+          legacy=0.0, late=True),
     Field("heatmap_loss_sigma", 2.0, "px: that Gaussian's standard deviation", _positive,
-          legacy=2.0),
+          legacy=2.0, late=True),
     Field("ema_decay", 0.999, "parameter EMA (0: off); what validation, checkpoints' scores, "
           "evaluate, predict and export use", _unit, legacy=0.0),
     Field("data.train_csv", "", "a CSV of a layout's columns and Image, or a folder of .pts "
@@ -245,6 +248,21 @@ def _tuples(value):
   if isinstance(value, list):
     return tuple(_tuples(v) for v in value)
   return value
+
+
+def identity(config) -> str:
+  """``config`` as sorted JSON without its ``late`` fields that are at their legacy value:
+  what names a run (``experiments/ablate.config_hash``). Such a field does what the project
+  did before it existed, so a config with it is the same run as one from before."""
+  plain = config.to_dict()
+  for f in FIELDS:
+    if f.late and value(config, f.name) == f.legacy:
+      node = plain
+      *parents, last = f.name.split(".")
+      for part in parents:
+        node = node[part]
+      del node[last]
+  return json.dumps(plain, sort_keys=True, default=list)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

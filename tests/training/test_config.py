@@ -109,3 +109,23 @@ def test_the_map_loss_needs_the_heatmap_head():
   config.heatmap_loss, config.heatmap_loss_sigma = -1.0, 0.0
   found = " ".join(config_lib.problems(config))
   assert "heatmap_loss must be >= 0.0" in found and "heatmap_loss_sigma must be > 0" in found
+
+
+def test_a_late_field_at_its_legacy_value_leaves_a_runs_identity_as_it_was():
+  """Experiments name runs by ``identity``'s hash: a field added later (``late``) that does
+  what the project did before it existed leaves the name of every earlier run unchanged."""
+  config = config_lib.defaults()
+  late = [f for f in config_lib.FIELDS if f.late]
+  assert late and all(f.legacy is not None for f in late)
+  before = config.to_dict()
+  for f in late:
+    *parents, last = f.name.split(".")
+    node = before
+    for part in parents:
+      node = node[part]
+    del node[last]  # As a config from before these fields existed.
+  assert config_lib.identity(config) == json.dumps(before, sort_keys=True, default=list)
+  config.heatmap_loss = 1.0  # Not at its legacy value: another run.
+  assert '"heatmap_loss": 1.0' in config_lib.identity(config)
+  config.heatmap_loss, config.seed = 0.0, 5  # Other fields always count.
+  assert '"seed": 5' in config_lib.identity(config)
