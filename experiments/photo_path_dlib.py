@@ -4,6 +4,9 @@ Runs in a throw-away environment with dlib (no JAX, no facekp_jax), started by
 experiments/photo_path.py:
 
   python3 -m venv /tmp/peers/venv-dlib && /tmp/peers/venv-dlib/bin/pip install dlib-bin numpy
+  /tmp/peers/venv-dlib/bin/pip download --no-deps face-recognition-models -d /tmp/peers
+  tar xzf /tmp/peers/face_recognition_models-0.3.0.tar.gz -C /tmp/peers --strip-components=3 \
+      face_recognition_models-0.3.0/face_recognition_models/models/shape_predictor_5_face_landmarks.dat
   /tmp/peers/venv-dlib/bin/python experiments/photo_path_dlib.py --photos photos.npz \
       --predictor /tmp/peers/shape_predictor_5_face_landmarks.dat --out dlib.json
 
