@@ -32,7 +32,7 @@ from facekp_jax import cli
 from facekp_jax.core import files, metrics, plots
 from facekp_jax.core.errors import DataError
 from facekp_jax.data import pts
-from facekp_jax.model import apply, heads
+from facekp_jax.model import apply, resnet
 from facekp_jax.serving import predictor
 
 W300 = os.path.join(ablate.ROOT, "..", "shared", "data", "w300_train")
@@ -113,14 +113,14 @@ def measure(model_path: str | None, folder: str, radii) -> dict:
   eyes = np.linalg.norm(points[:, 0] - points[:, 1], axis=1)
   point_error = np.linalg.norm(coords - points, axis=2) / eyes[:, None]  # (N, 5)
   nme = point_error.mean(axis=1)
-  mesh = model.inference.mesh
-  shown = os.path.relpath(model.workdir, ablate.ROOT)  # The shipped one: the package's path.
-  record = {"model": model.workdir if shown.startswith("..") else shown, "faces": len(names),
-            "tta": tta, "nme": float(nme.mean()), "fr": float(np.mean(nme > FAILURE)), "radii": {}}
+  record = {"model": shown(model), "faces": len(names), "tta": tta,
+            "nme": float(nme.mean()), "fr": float(np.mean(nme > FAILURE)), "radii": {}}
   x = images[..., None].astype(np.float32) / 255.0
+  net = resnet.create_model(model.config, dtype=resnet.compute_dtype(model.config))
   for radius in radii:
-    scorer = apply.Inference(_network(model), mesh, model.config.eval_batch_size,
-                             _forward(model, radius))
+    scorer = apply.Inference(net, model.inference.mesh, model.config.eval_batch_size,
+                             apply.confidence_forward(net, model.config.model.heatmap_margin,
+                                                      radius))
     scores = np.asarray(scorer(model.variables, x), np.float64)  # (N, 5)
     face = calibration(scores.mean(axis=1), nme)
     face_min = calibration(scores.min(axis=1), nme)
@@ -132,16 +132,10 @@ def measure(model_path: str | None, folder: str, radii) -> dict:
   return record
 
 
-def _network(model: predictor.Predictor):
-  from facekp_jax.model import resnet
-  return resnet.create_model(model.config, dtype=resnet.compute_dtype(model.config))
-
-
-def _forward(model: predictor.Predictor, radius: float):
-  net = _network(model)
-  margin = model.config.model.heatmap_margin
-  return lambda variables, images: heads.confidence(
-      apply.heatmap_logits(net, variables, images), margin, radius)
+def shown(model: predictor.Predictor) -> str:
+  """A model's path as a table shows it: the package's own relative to the repository."""
+  path = os.path.relpath(model.workdir, ablate.ROOT)
+  return model.workdir if path.startswith("..") else path
 
 
 def write(record: dict, out: str, command: str) -> None:

@@ -260,9 +260,8 @@ def main(argv=None) -> dict:
     paths = {name: summary(samples, r) for name, r in runs.items()}
     for s in fv.min_scores:
       paths[f"facekp_jax, face score >= {s}"] = summary(samples, runs["facekp_jax"], float(s))
-    shown = os.path.relpath(model.workdir, ablate.ROOT)
     record = {"faces": fv.faces, "free": len(FACE_FREE), "seed": fv.seed,
-              "model": model.workdir if shown.startswith("..") else shown,
+              "model": confidence.shown(model),
               "machine": f"{os.cpu_count()} CPUs",
               "command": " ".join(["python -m experiments.photo_path",
                                    *(sys.argv[1:] if argv is None else argv)]),

@@ -22,11 +22,11 @@ def heatmap_logits(model, variables, images):
   return logits
 
 
-def confidence_forward(model, margin: float):
-  """``(variables, images) -> (B, K)``: each keypoint's ``heads.confidence``, for
-  ``Inference(forward=...)``."""
+def confidence_forward(model, margin: float, radius: float = heads.CONFIDENCE_RADIUS):
+  """``(variables, images) -> (B, K)``: each keypoint's ``heads.confidence`` (a disc of
+  ``radius`` px), for ``Inference(forward=...)``."""
   return lambda variables, images: heads.confidence(heatmap_logits(model, variables, images),
-                                                    margin)
+                                                    margin, radius)
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -113,6 +113,12 @@ def to_uint8(grey: np.ndarray) -> np.ndarray:
   return np.round(np.clip(grey, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def _resized(image: np.ndarray, scale: float) -> np.ndarray:
+  """``image`` shrunk by ``scale`` (area filter), at least one pixel a side."""
+  return cv2.resize(image, (max(1, round(image.shape[1] * scale)),
+                            max(1, round(image.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+
+
 def _search(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """The cascade's boxes (N, 4) and scores (N,) in a uint8 image."""
   boxes, _, weights = _detector().detectMultiScale3(
@@ -127,9 +133,7 @@ def turned_view(image: np.ndarray, angle: float,
   centre and scaled by ``scale``, onto a canvas that holds all of it (edges repeated), and
   the map (2x3, image -> view) of its pixel centres."""
   if scale < 1.0:  # Shrink first (area filter), then turn: no aliasing.
-    small = cv2.resize(image, (max(1, round(image.shape[1] * scale)),
-                               max(1, round(image.shape[0] * scale))),
-                       interpolation=cv2.INTER_AREA)
+    small = _resized(image, scale)
     view, turn = turned_view(small, angle)
     sx, sy = small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]
     shrink = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
@@ -165,9 +169,7 @@ def detect(grey: np.ndarray, rolls=ROLLS, view_scale: float = VIEW_SCALE) -> lis
   image = grey if grey.dtype == np.uint8 else to_uint8(grey)
   shrink = min(1.0, _DETECT_SIDE / max(image.shape))
   if shrink < 1.0:
-    image = cv2.resize(image, (max(1, round(image.shape[1] * shrink)),
-                               max(1, round(image.shape[0] * shrink))),
-                       interpolation=cv2.INTER_AREA)
+    image = _resized(image, shrink)
   found = []
   for roll in (0.0, *rolls):
     view, turn = (image, np.eye(2, 3)) if roll == 0.0 else turned_view(image, roll, view_scale)
