@@ -99,6 +99,13 @@ ARMS: dict[str, dict] = {
     # Wing with DSNT's map regularisation: each map pulled toward a Gaussian (2 px) at its label.
     "wing+maps": {"loss": "wing", "heatmap_loss": 1.0},
     "wing+maps+stem-level": {"loss": "wing", "heatmap_loss": 1.0, "model.heatmap_stages": 3},
+    # The best of those with the maps pulled harder (weight 3) or toward narrower Gaussians
+    # (1 px), or trained twice as long.
+    "wing+maps3+stem-level": {"loss": "wing", "heatmap_loss": 3.0, "model.heatmap_stages": 3},
+    "wing+maps-s1+stem-level": {"loss": "wing", "heatmap_loss": 1.0, "heatmap_loss_sigma": 1.0,
+                                "model.heatmap_stages": 3},
+    "wing+maps+stem-level+epochs50": {"loss": "wing", "heatmap_loss": 1.0,
+                                      "model.heatmap_stages": 3, "num_epochs": 50},
     # A longer run: twice the epochs (twice the time).
     "epochs50": {"num_epochs": 50},
     # Width (study 4: width pays at short budgets): 1.5x every stage's filters (~2.2x the time).
