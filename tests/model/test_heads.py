@@ -17,6 +17,7 @@ from facekp_jax.model import heads, losses
 from facekp_jax.model import resnet as models
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import steps
+from tests.conftest import init_jitted
 
 K = keypoints.KAGGLE
 
@@ -44,7 +45,7 @@ def _gradients(model, variables, faces):
                          rngs={"dropout": jax.random.key(1)})
     return losses.masked_mse(out, faces.targets, faces.mask)
 
-  return jax.grad(loss)(variables["params"])
+  return jax.jit(jax.grad(loss))(variables["params"])
 
 
 def test_cell_centres_follow_the_pixel_centre_convention():
@@ -106,10 +107,10 @@ def test_a_margin_lets_an_edge_peak_reach_the_frame_and_keeps_the_interior():
 def test_heatmap_margin_model_shapes_and_its_config_check():
   model = models.create_model(_heatmap_config(heatmap_margin=16.0))
   x = jnp.asarray(np.random.default_rng(0).random((2, 96, 96, 1), np.float32))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = init_jitted(model, x, train=False)
   assert variables["params"]["heatmap"]["keypoint_maps"]["kernel"].shape == (
       16, K.num_keypoints)  # The margin adds no parameters.
-  out = np.asarray(model.apply(variables, x, train=False))
+  out = np.asarray(jax.jit(lambda v: model.apply(v, x, train=False))(variables))
   assert out.shape == (2, K.num_coords)
   assert np.all((out > -16.5) & (out < 111.5))  # An expectation over frame and margin.
   for margin, ok in ((8.0, True), (3.0, False), (-2.0, False)):  # Whole 2 px cells only.
@@ -127,11 +128,11 @@ def test_a_mirrored_map_gives_the_mirrored_x():
 def test_heatmap_model_shapes_and_parameters():
   model = models.create_model(_heatmap_config())
   x = jnp.asarray(np.random.default_rng(0).random((3, 96, 96, 1), np.float32))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = init_jitted(model, x, train=False)
   params = variables["params"]
   assert "heatmap" in params and "output" not in params and "dense1" not in params
   assert params["heatmap"]["keypoint_maps"]["kernel"].shape == (16, K.num_keypoints)
-  out = model.apply(variables, x, train=False)
+  out = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
   assert out.shape == (3, K.num_coords) and out.dtype == jnp.float32
   assert np.all((out >= 0) & (out <= keypoints.IMAGE_SIZE - 1))  # An expectation over the image.
 
@@ -154,7 +155,7 @@ def test_heatmap_gradients_are_finite_and_reach_the_stem():
   model = models.create_model(_heatmap_config())
   images, coords = synthetic.generate(4, seed=3)
   faces = faces_lib.from_arrays(images, coords)
-  variables = model.init(jax.random.key(0), faces.images, train=False)
+  variables = init_jitted(model, faces.images, train=False)
 
   grads = _gradients(model, variables, faces)
   leaves = jax.tree.leaves(grads)
@@ -195,17 +196,20 @@ def test_two_stage_heatmaps_add_the_finer_stage_and_are_checked():
   model = models.create_model(config)
   images, coords = synthetic.generate(2, seed=6)
   faces = faces_lib.from_arrays(images, coords)
-  variables = model.init(jax.random.key(0), faces.images, train=False)
+  variables = init_jitted(model, faces.images, train=False)
   maps = variables["params"]["heatmap"]
   stage1_channels = config.model.stage_filters[0][-1]
   assert maps["finer_maps1"]["kernel"].shape == (stage1_channels, K.num_keypoints)
-  assert "finer_maps1" not in models.create_model(_heatmap_config()).init(
-      jax.random.key(0), faces.images, train=False)["params"]["heatmap"]  # tiny: last only.
+
+  def shapes(config):  # Traced, never compiled.
+    model = models.create_model(config)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), faces.images, train=False))
+
+  assert "finer_maps1" not in shapes(_heatmap_config())["params"]["heatmap"]  # tiny: last only.
 
   grads = _gradients(model, variables, faces)
   assert float(jnp.abs(grads["heatmap"]["finer_maps1"]["kernel"]).max()) > 0  # It is used.
-  stem = models.create_model(_heatmap_config(heatmap_stages=3)).init(
-      jax.random.key(0), faces.images, train=False)["params"]["heatmap"]  # tiny: 2 stages.
+  stem = shapes(_heatmap_config(heatmap_stages=3))["params"]["heatmap"]  # tiny: 2 stages.
   assert stem["finer_maps2"]["kernel"].shape == (config.model.stem_filters,
                                                  K.num_keypoints)  # The stem's map.
   for stages, ok in ((1, True), (2, True), (3, True), (0, False), (4, False)):

@@ -6,6 +6,7 @@ import pytest
 from configs import resnet, tiny
 from facekp_jax.model import resnet as models
 from facekp_jax.training import config as config_lib
+from tests.conftest import init_jitted
 
 
 def test_seed_variant_has_the_keras_parameter_count():
@@ -21,15 +22,15 @@ def test_seed_variant_has_the_keras_parameter_count():
 def test_tiny_variant_shapes_and_batch_stats():
   model = models.create_model(tiny.get_config())
   x = jnp.asarray(np.random.default_rng(0).random((3, 96, 96, 1), np.float32))
-  variables = model.init(jax.random.key(0), x, train=False)
-  out, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)},
-                             mutable=["batch_stats"])
+  variables = init_jitted(model, x, train=False)
+  out, updates = jax.jit(lambda v: model.apply(v, x, train=True, rngs={
+      "dropout": jax.random.key(1)}, mutable=["batch_stats"]))(variables)
   assert out.shape == (3, 30) and out.dtype == jnp.float32
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
                          updates["batch_stats"])
   assert all(jax.tree.leaves(changed))
-  eval_out = model.apply(variables, x, train=False)
-  np.testing.assert_allclose(eval_out, model.apply(variables, x, train=False))
+  infer = jax.jit(lambda v: model.apply(v, x, train=False))
+  np.testing.assert_allclose(infer(variables), infer(variables))
 
 
 def test_output_is_linear_in_pixels_by_default_and_relu_on_request():
@@ -37,15 +38,16 @@ def test_output_is_linear_in_pixels_by_default_and_relu_on_request():
   config.model.head = "regression"
   x = jnp.zeros((2, 96, 96, 1))
   lin = models.create_model(config)
-  variables = lin.init(jax.random.key(0), x, train=False)
+  variables = init_jitted(lin, x, train=False)
   # Push the output layer's bias far negative: a linear head follows it, a ReLU head clamps it.
   params = jax.tree.map(lambda a: a, variables["params"])
   params["output"]["bias"] = params["output"]["bias"] - 10.0
   v = {"params": params, "batch_stats": variables["batch_stats"]}
-  out = lin.apply(v, x, train=False)
+  out = jax.jit(lambda v: lin.apply(v, x, train=False))(v)
   assert float(out.max()) < 48.0 - 48.0 * 9
   config.model.output_activation = "relu"
-  out_relu = models.create_model(config).apply(v, x, train=False)
+  relu = models.create_model(config)
+  out_relu = jax.jit(lambda v: relu.apply(v, x, train=False))(v)
   np.testing.assert_allclose(out_relu, 48.0)  # ReLU(negative) * 48 + 48: a dead output.
 
 
@@ -61,11 +63,13 @@ def test_depth_width_and_third_stage_come_from_config():
   config = tiny.get_config()
   config.model.stage_filters = ((4, 4, 8), (8, 8, 16), (8, 8, 32))
   config.model.stage_blocks = (1, 2, 1)
-  model = models.create_model(config)
-  v = model.init(jax.random.key(0), jnp.zeros((1, 96, 96, 1)), train=False)
+  model = models.create_model(config)  # Shapes only: traced, never compiled.
+  v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 96, 96, 1)),
+                                        train=False))
   assert {"stage3_block1", "stage2_block2"} <= set(v["params"])
   assert "stage2_block3" not in v["params"]
-  assert model.apply(v, jnp.zeros((2, 96, 96, 1)), train=False).shape == (2, 30)
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 96, 96, 1)), train=False), v)
+  assert out.shape == (2, 30)
 
 
 @pytest.mark.parametrize("conv_bias", [False, True])

@@ -16,8 +16,11 @@ from facekp_jax.training import checkpoint, steps
 from facekp_jax.training import config as config_lib
 from tests.conftest import kaggle_frame, random_faces
 
+# One worker runs this module (`--dist loadgroup`), so its module fixtures train once.
+pytestmark = pytest.mark.xdist_group("checkpoint")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EPOCHS = 6
+EPOCHS = 4  # Of 4 steps (32 training faces, batch 8), a checkpoint after each.
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,7 @@ def _assert_same_run(a, b):
 
 def test_sigkill_twice_then_resume_is_bit_identical(csv, uninterrupted, tmp_path):
   workdir = tmp_path / "killed"  # (test_many_random_sigkills_still_bit_identical: -m slow)
-  for after_step, delay in ((3, 0.0), (13, 0.11)):
+  for after_step, delay in ((3, 0.0), (9, 0.11)):
     rc, _ = _start_and_signal(csv, workdir, after_step, signal.SIGKILL, delay)
     assert rc == -signal.SIGKILL
   assert max(_steps(workdir)) < EPOCHS * 4  # Killed before the end each time.
@@ -130,7 +133,7 @@ def test_a_second_training_on_a_busy_workdir_is_refused_at_once(csv, uninterrupt
   assert after == before  # The refused run wrote nothing.
   _, err = first.communicate(timeout=240)
   assert first.returncode == 0, err
-  _assert_same_run(uninterrupted, workdir)  # The first is unaffected: same state, 6 epochs.
+  _assert_same_run(uninterrupted, workdir)  # The first is unaffected: same state, every epoch.
 
 
 def test_sigterm_saves_exits_cleanly_and_resumes(csv, uninterrupted, tmp_path):
@@ -315,7 +318,7 @@ def test_a_damaged_latest_checkpoint_is_passed_over_by_readers_and_resume(csv, u
     _damage(workdir, s)
   with pytest.raises(WorkdirError, match="every checkpoint is damaged"):
     checkpoint.restore_trained(str(workdir), _target(workdir))
-  proc = _run(csv, workdir, "--config.num_epochs=7", "--allow_config_change")
+  proc = _run(csv, workdir, f"--config.num_epochs={EPOCHS + 1}", "--allow_config_change")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert "every checkpoint is damaged" in proc.stderr.strip().splitlines()[-1]
 

@@ -36,11 +36,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(workdir, processes, cache=None, flags=FLAGS):
-  """Starts one run: ``processes`` processes of one device each, or one process of two."""
+def _start(workdir, processes, flags=FLAGS):
+  """Starts one run: ``processes`` processes of one device each, or one process of two.
+
+  Every start shares the test session's compilation cache (conftest's, in the environment):
+  a second start of a run, and the other tests' pairs, reuse the compiled steps.
+  """
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  if cache:  # The second start of a run reuses the first one's compiled steps.
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   if processes == 1:
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     commands = [[]]
@@ -123,8 +125,8 @@ def _assert_same_run(a, b):
 
 
 def test_two_processes_killed_and_resumed_end_like_one_uninterrupted_process(tmp_path):
-  one, two, cache = tmp_path / "one", tmp_path / "two", tmp_path / "cache"
-  reference, pair = _start(one, 1), _start(two, 2, cache=cache)
+  one, two = tmp_path / "one", tmp_path / "two"
+  reference, pair = _start(one, 1), _start(two, 2)
   try:
     deadline = time.time() + 240
     while not _steps(two) and all(p.poll() is None for p, _ in pair):
@@ -134,7 +136,7 @@ def test_two_processes_killed_and_resumed_end_like_one_uninterrupted_process(tmp
       _finish(pair)  # Fails with the processes' output.
       pytest.fail("the run ended before it could be killed")
     _kill(pair)  # SIGKILL, at the first checkpoint: the run has to come back from there.
-    log = _finish(_start(two, 2, cache=cache))  # The same command again, compiled steps cached.
+    log = _finish(_start(two, 2))  # The same command again.
     _finish(reference)
   finally:
     _kill(reference + pair)
