@@ -18,7 +18,7 @@ from absl import flags
 
 from facekp_jax import cli
 from facekp_jax.core import errors, host_memory
-from facekp_jax.serving import images, pictures, predictor, submission
+from facekp_jax.serving import detect, images, pictures, predictor, submission
 
 
 def main(argv=None) -> None:
@@ -34,6 +34,9 @@ def main(argv=None) -> None:
                     "per picture", flag_values=fv)
   flags.DEFINE_bool("refine", True, "photos: crop each face again from the first pass's "
                     "keypoints", flag_values=fv)
+  flags.DEFINE_float("min_face_score", detect.MIN_FACE_SCORE, "photos: drop the faces whose "
+                     "keypoints' mean confidence is under this (heatmap models; 0 keeps every "
+                     "face the detector finds)", lower_bound=0.0, upper_bound=1.0, flag_values=fv)
   flags.DEFINE_enum("crop", None, pictures.CROPS, "--nodetect: pad to a square (none, default) "
                     "or keep the centre square", flag_values=fv)
   flags.DEFINE_string("out_dir", None, "pictures: where overlays go (default: the workdir; "
@@ -73,7 +76,7 @@ def main(argv=None) -> None:
     if fv.csv:
       submission.run_csv(model, fv.csv, fv.out, fv.lookup, tta, lookup, fv.allow_untrained)
     elif fv.detect:
-      pictures.run_photos(model, paths, out_dir, tta, fv.refine, fv.out)
+      pictures.run_photos(model, paths, out_dir, tta, fv.refine, fv.out, fv.min_face_score)
     else:
       pictures.run_pictures(model, paths, out_dir, fv.crop or "none", tta)
 

@@ -22,6 +22,8 @@ box, ``default`` 95.5 % with 4 false boxes, ``alt`` 95 % at twice the time
 upright, so ``detect`` also searches the photo turned by each of ``ROLLS`` (at ``VIEW_SCALE``
 of its size), maps each box back and keeps the best-scored box of each face; the view's turn
 is the face's ``roll``, which the first crop undoes (``box_transform``). Profiles are missed.
+The cascade's false boxes are dropped once the model has read them: a face whose keypoints'
+mean confidence is under ``MIN_FACE_SCORE`` is not a face (``find_keypoints``).
 
 From a box, the eyes are placed where they lie in ``alt2``'s boxes on those faces (median
 midpoint at (0.497, 0.389) of the box, distance 0.377 of its width). That guess is rough (the
@@ -57,12 +59,21 @@ _DETECT_SIDE = 1280  # Photos are searched at most this large (longest side); bo
 _MIN_FACE = 24  # Smallest face searched for, pixels of the searched image.
 # The rolls (degrees) searched beside the upright photo, and the turned views' size (a share
 # of the searched photo's: their canvases are larger, and half the size costs a quarter).
-# Haar finds faces within about 20 degrees of upright; on the astronaut turned by -45 .. 60
-# degrees, +-40 at half size found every turn at 1.6x the upright search's time (+-30 and +-60
-# at full size: 6x). Faces under 48 px are found upright only.
-ROLLS = (-40.0, 40.0)
+# Haar finds faces within about 15 degrees of upright. On 100 300W faces placed in photos
+# (experiments/photo_path.py's draw, detection alone), found at rolls 0/15/30/45/60:
+# upright only 91/59/12/1/0 %; +-40: 93/69/84/83/40 % (1.9x the upright search's time); +-30:
+# 94/84/92/57/13 % (1.9x); +-20 and +-45: 94/95/89/93/58 % (2.6x); the same at 0.4 of the
+# size, or searched in coarser steps (scale factor 1.2), lose 5-10 points at 30 degrees for
+# ~20 % of the time. Faces under 48 px are found upright only.
+ROLLS = (-45.0, -20.0, 20.0, 45.0)
 VIEW_SCALE = 0.5
 SAME_FACE = 0.5  # Boxes from two views overlapping by more (of the smaller one): one face.
+# A face whose keypoints' mean confidence (its face score) is under this is dropped, where the
+# model scores them (a heatmap head). The cascade's own score does not tell faces from the
+# rest (the 5th percentile of true faces' scores, 55.2, is the median of the false boxes'),
+# the model's does: on experiments/photo_path.py's photos (seed 0) it keeps 98.8 % of the
+# faces found and drops every box found on the face-free pictures (the highest scored 0.67).
+MIN_FACE_SCORE = 0.7
 
 # (N, 96, 96, 1) in [0, 1] -> (N, 2K) crop pixels (NaN: a keypoint the model does not read).
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -93,6 +104,16 @@ class Keypoints:
   transform: np.ndarray
   keypoints: np.ndarray
   confidence: np.ndarray | None = None
+
+  @property
+  def face_score(self) -> float | None:
+    """The mean confidence of the keypoints the model reads (None: not scored)."""
+    return None if self.confidence is None else face_score(self.confidence)
+
+
+def face_score(confidence: np.ndarray) -> float:
+  """A face's score from its keypoints' confidences (K,): their mean, NaN (untrained) left out."""
+  return float(np.nanmean(np.asarray(confidence, np.float64)))
 
 
 _cascade = None
@@ -302,7 +323,8 @@ def predict_in_crops(predict: Predict,
 
 def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None = None,
                    refine: bool = True, mean_shape: np.ndarray | None = None,
-                   score: Predict | None = None) -> list[Keypoints]:
+                   score: Predict | None = None,
+                   min_score: float = MIN_FACE_SCORE) -> list[Keypoints]:
   """The keypoints of every face in a grey float (H, W) photo, in its pixels.
 
   Args:
@@ -314,13 +336,16 @@ def find_keypoints(predict: Predict, grey: np.ndarray, faces: list[Face] | None 
     mean_shape: (K, 2) the layout's mean shape in the frame (default: Kaggle's 15).
     score: None, or the model's confidence on aligned crops, (N, 96, 96, 1) -> (N, K)
       (``Predictor.confidences``), read in each face's last crop.
+    min_score: with ``score``, the faces whose ``face_score`` is under this are dropped
+      (``MIN_FACE_SCORE``; 0 keeps every face).
   """
-  return find_keypoints_in(predict, [(grey, faces)], refine, mean_shape, score)[0]
+  return find_keypoints_in(predict, [(grey, faces)], refine, mean_shape, score, min_score)[0]
 
 
 def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face] | None]],
                       refine: bool = True, mean_shape: np.ndarray | None = None,
-                      score: Predict | None = None) -> list[list[Keypoints]]:
+                      score: Predict | None = None,
+                      min_score: float = MIN_FACE_SCORE) -> list[list[Keypoints]]:
   """``find_keypoints`` of several (grey photo, faces or None) at once: every face of every
   photo goes into the same batch (one model call per pass, not one per photo)."""
   photos = [(grey, detect(grey) if found is None else found) for grey, found in photos]
@@ -339,7 +364,9 @@ def find_keypoints_in(predict: Predict, photos: list[tuple[np.ndarray, list[Face
                                            in zip(owners, transforms)])[..., None])))
   results = iter(Keypoints(f, t, c, s)
                  for (_, f), t, c, s in zip(owners, transforms, coords, sure))
-  return [[next(results) for _ in found] for _, found in photos]
+  read = [[next(results) for _ in found] for _, found in photos]
+  return [[k for k in faces if k.confidence is None or k.face_score >= min_score]
+          for faces in read]
 
 
 # Fewest keypoints a second crop is fitted to (a similarity needs 2; 3 tolerate one bad point).

@@ -170,7 +170,8 @@ class Photo:
 def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str],
                    refine: bool = True, chunk: int = 16,
                    mean_shape: np.ndarray | None = None,
-                   score: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Photo]:
+                   score: Callable[[np.ndarray], np.ndarray] | None = None,
+                   min_score: float = detect.MIN_FACE_SCORE) -> Iterator[Photo]:
   """Finds and reads every face of each image file (``detect.find_keypoints_in``), the faces of
   ``chunk`` photos at a time in one batch.
 
@@ -181,6 +182,7 @@ def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str]
     chunk: photos read together.
     mean_shape: what the second crop fits to (``Predictor.mean_shape``; default Kaggle's).
     score: None, or each keypoint's confidence on aligned crops (``Predictor.confidences``).
+    min_score: with ``score``, faces of a lower face score are dropped (``detect``).
 
   Raises:
     DataError: a missing or undecodable file.
@@ -188,7 +190,7 @@ def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str]
   for start in range(0, len(paths), chunk):
     batch = [(path, images.read_picture(path)) for path in paths[start:start + chunk]]
     found = detect.find_keypoints_in(predict, [(images.to_grey(p), None) for _, p in batch], refine,
-                                     mean_shape, score)
+                                     mean_shape, score, min_score)
     for (path, picture), keypoints_ in zip(batch, found):
       yield Photo(path, picture.shape[0], picture.shape[1], keypoints_, preview_of(picture))
 
@@ -299,8 +301,10 @@ def photo_record(p: Photo, layout: keypoints.Layout) -> dict:
 
 
 def run_photos(model: predictor.Predictor, paths: list[str], out_dir: str, tta: bool = False,
-               refine: bool = True, out: str | None = None) -> list[Photo]:
+               refine: bool = True, out: str | None = None,
+               min_score: float = detect.MIN_FACE_SCORE) -> list[Photo]:
   """Finds and reads every face of each photo; writes overlays, ``out`` (CSV) and its JSON.
+  ``min_score``: faces of a lower face score are dropped (a heatmap model's; ``detect``).
 
   ``out`` defaults to ``<out_dir>/faces.csv``; the JSON is ``out`` with ``.json`` for ``.csv``.
   """
@@ -314,7 +318,7 @@ def run_photos(model: predictor.Predictor, paths: list[str], out_dir: str, tta: 
     return model.only_trained(model.predict(images, tta=tta))
 
   for p in predict_photos(read, paths, refine, mean_shape=model.mean_shape,
-                          score=model.scorer and model.confidences):
+                          score=model.scorer and model.confidences, min_score=min_score):
     print(face_lines(p, model.layout))
     if p.faces:
       overlay = overlay_path(out_dir, p.path)
@@ -328,6 +332,7 @@ def run_photos(model: predictor.Predictor, paths: list[str], out_dir: str, tta: 
   files.write_json(json_path, {
       "workdir": os.path.abspath(model.workdir), "checkpoint": model.checkpoint,
       "step": model.step, "tta": tta, "refine": refine, "detector": detect.CASCADE,
+      "min_face_score": min_score if model.scorer else None,
       "keypoints": model.layout.name, "photos": [photo_record(p, model.layout) for p in done]})
   without = sum(not p.faces for p in done)
   print(f"{len(table)} faces in {len(done) - without} of {len(done)} photos: wrote {out}, "

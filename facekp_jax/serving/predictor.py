@@ -140,14 +140,16 @@ class Predictor:
     return np.where(self.trained[::2] > 0, scores.astype(np.float64), np.nan)
 
   def find(self, photo, tta: bool | None = None, refine: bool = True,
-           rolls=None) -> list[FoundFace]:
+           rolls=None, min_score: float = detect.MIN_FACE_SCORE) -> list[FoundFace]:
     """Every face of a photo (a path, or an H x W, H x W x 1, 3 or 4 array of uint8, uint16 or
     float in [0, 1], any size), left to right: its box and detector score, and its named
     keypoints in the photo's pixels (pixel (row i, column j) centred at (x=j, y=i)).
 
     ``tta=None``: the run's ``config.tta``; ``refine``: read each face a second time in a crop
     fitted to the first reading (``detect.find_keypoints``); ``rolls``: the turned views
-    searched beside the upright photo (None: ``detect.ROLLS``; ``()``: upright only).
+    searched beside the upright photo (None: ``detect.ROLLS``; ``()``: upright only);
+    ``min_score``: a heatmap model drops the faces whose ``face_score`` is under this (0 keeps
+    every face the detector finds).
 
     Raises:
       ValueError: an array of the wrong rank, channels or dtype, empty, or non-finite.
@@ -158,7 +160,8 @@ class Predictor:
     faces = detect.detect(grey, detect.ROLLS if rolls is None else rolls)
     found = detect.find_keypoints(lambda x: self.only_trained(self.predict(x, tta=tta)), grey,
                                   faces, refine=refine, mean_shape=self.mean_shape,
-                                  score=self.scorer and self.confidences)
+                                  score=self.scorer and self.confidences,
+                                  min_score=min_score)
     trained = self.trained_names()
     out = []
     for k in found:
@@ -189,6 +192,13 @@ class FoundFace:
   score: float
   keypoints: dict[str, tuple[float, float]]
   confidence: dict[str, float] | None = None
+
+  @property
+  def face_score(self) -> float | None:
+    """The mean of the keypoints' confidences (None: a regression model): how face-like the
+    model found it; ``Predictor.find`` drops faces under ``detect.MIN_FACE_SCORE``."""
+    return None if self.confidence is None else detect.face_score(
+        list(self.confidence.values()))
 
   def array(self) -> np.ndarray:
     """The keypoints as a (K, 2) array, in ``keypoints``' order."""

@@ -57,8 +57,8 @@ def test_the_command_writes_its_table_plot_and_figures(tmp_path):
   _w300_like(tmp_path / "faces", n=2)
   record = photo_path.main([f"--w300={tmp_path / 'faces'}", "--faces=1", "--rolls=0",
                             "--nodlib", f"--out={tmp_path / 'out'}"])
-  assert set(record["paths"]) == {"facekp_jax", "facekp_jax-upright",
-                                  "facekp_jax, face score >= 0.5"}
+  assert set(record["paths"]) == {"facekp_jax", "facekp_jax, no face-score filter",
+                                  "facekp_jax-upright"}
   row = record["paths"]["facekp_jax"]["0"]
   assert row["faces"] == 1 and row["free_photos"] == len(photo_path.FACE_FREE)
   table = (tmp_path / "out" / "table.md").read_text()

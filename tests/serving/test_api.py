@@ -3,13 +3,14 @@
 import dataclasses
 import os
 
+import cv2
 import numpy as np
 import pytest
 from skimage import data as skimage_data
 
 import facekp_jax
 from facekp_jax.core import keypoints
-from facekp_jax.serving import predictor
+from facekp_jax.serving import detect, predictor
 
 # skimage.data.astronaut() (512x512): the eye centres (pupils), read off the picture at 10x.
 ASTRONAUT_EYES = {"right_eye_center": (202.5, 100.5), "left_eye_center": (246.5, 102.0)}
@@ -56,6 +57,18 @@ def test_confidences_are_high_on_a_face_and_low_on_noise(shipped):
     assert scores.mean(axis=1).max() < 0.7 < min(face.confidence.values())
   partial = dataclasses.replace(shipped, trained=np.repeat([1.0, 1.0, 1.0, 1.0, 0.0], 2))
   assert np.isnan(partial.confidences(noise)[:, 4]).all()
+
+
+def test_find_drops_what_the_model_does_not_read_as_a_face(shipped):
+  """A face-free photo's cascade boxes are read and dropped by their face score; the same
+  boxes come back with ``min_score=0``."""
+  coins = cv2.resize(skimage_data.coins(), (640, 480), interpolation=cv2.INTER_AREA)
+  every = shipped.find(coins, min_score=0.0)  # Haar finds a 'face' among these coins.
+  assert every and all(f.face_score < detect.MIN_FACE_SCORE for f in every)
+  assert shipped.find(coins) == []
+  face = shipped.find(skimage_data.astronaut())[0]
+  assert face.face_score == pytest.approx(np.mean(list(face.confidence.values())))
+  assert face.face_score >= detect.MIN_FACE_SCORE
 
 
 def test_find_takes_every_form_of_the_same_photo_alike(shipped, tmp_path):

@@ -225,3 +225,24 @@ def test_the_second_crop_is_fitted_to_the_trained_keypoints_only():
   fitted = detect.shape_transform(np.where(five, truth, np.nan))
   np.testing.assert_allclose(detect.to_crop(got.transform, truth),
                              detect.to_crop(fitted, truth), atol=0.2)
+
+
+def test_faces_the_model_scores_under_the_face_score_are_dropped():
+  """With a ``score``, a face whose keypoints' mean confidence (NaN left out) is under
+  ``min_score`` is not returned; without one, or at 0, every face is."""
+  photos = [_paste(2.5, 0.0, (170.0, 150.0)), _paste(1.6, 14.0, (300.0, 200.0))]
+  per_face = iter([[0.9, 0.8, np.nan], [0.6, 0.7, np.nan]])  # Face scores 0.85 and 0.65.
+
+  def score(crops):
+    return np.array([next(per_face) for _ in crops])
+
+  def found(min_score, scorer):
+    return [[k.face_score for k in faces] for faces in detect.find_keypoints_in(
+        _dot_finder, [(p[0], [detect.Face(p[2])]) for p in photos], score=scorer,
+        min_score=min_score)]
+
+  assert found(0.7, score) == [[pytest.approx(0.85)], []]
+  per_face = iter([[0.9, 0.8, np.nan], [0.6, 0.7, np.nan]])
+  assert found(0.0, score) == [[pytest.approx(0.85)], [pytest.approx(0.65)]]
+  assert found(0.99, None) == [[None], [None]]  # Not scored: nothing to drop by.
+  assert detect.face_score(np.array([0.2, np.nan, 0.4])) == pytest.approx(0.3)
