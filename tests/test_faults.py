@@ -30,9 +30,6 @@ from configs import tiny
 from facekp_jax import evaluate, export, main, predict
 from tests.conftest import kaggle_frame, random_faces
 
-# One worker runs this module (`--dist loadgroup`), so its module fixtures train once.
-pytestmark = pytest.mark.xdist_group("faults")
-
 EPOCHS, FACES = 2, 24  # 19 training faces, batch 8: 2 steps an epoch, checkpoints at 2 and 4.
 
 

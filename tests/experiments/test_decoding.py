@@ -14,9 +14,6 @@ from facekp_jax.serving import predictor
 from facekp_jax.training import loop
 from tests.conftest import kaggle_frame, random_faces, tiny_config
 
-# One worker runs this module (`--dist loadgroup`), so its module fixtures train once.
-pytestmark = pytest.mark.xdist_group("decoding")
-
 SIZE = 24  # Cells a side; 4 px each over the 96-px frame.
 
 

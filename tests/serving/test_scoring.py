@@ -21,9 +21,6 @@ from facekp_jax.serving import predictor, robustness, scoring
 from facekp_jax.training import loop
 from tests.conftest import kaggle_frame, random_faces
 
-# One worker runs this module (`--dist loadgroup`), so its module fixtures train once.
-pytestmark = pytest.mark.xdist_group("scoring")
-
 K = keypoints.KAGGLE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
