@@ -16,9 +16,6 @@ from facekp_jax.training import checkpoint, steps
 from facekp_jax.training import config as config_lib
 from tests.conftest import kaggle_frame, random_faces
 
-# One worker runs this module (`--dist loadgroup`), so its module fixtures train once.
-pytestmark = pytest.mark.xdist_group("checkpoint")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EPOCHS = 4  # Of 4 steps (32 training faces, batch 8), a checkpoint after each.
 
