@@ -63,8 +63,8 @@ _MIN_FACE = 24  # Smallest face searched for, pixels of the searched image.
 # (experiments/photo_path.py's draw, detection alone), found at rolls 0/15/30/45/60:
 # upright only 91/59/12/1/0 %; +-40: 93/69/84/83/40 % (1.9x the upright search's time); +-30:
 # 94/84/92/57/13 % (1.9x); +-20 and +-45: 94/95/89/93/58 % (2.6x); the same at 0.4 of the
-# size, or searched in coarser steps (scale factor 1.2), lose 5-10 points at 30 degrees for
-# ~20 % of the time. Faces under 48 px are found upright only.
+# size, or searched in coarser steps (scale factor 1.15-1.2), lose 2-11 points at 30-45
+# degrees. Faces under 48 px are found upright only.
 ROLLS = (-45.0, -20.0, 20.0, 45.0)
 VIEW_SCALE = 0.5
 SAME_FACE = 0.5  # Boxes from two views overlapping by more (of the smaller one): one face.
