@@ -33,7 +33,8 @@ def get_config():
   config.augment.geometry_prob = 0.0  # The seed had no geometric augmentation,
   config.ema_decay = 0.0  # no weight averaging,
   config.tta = False  # and no test-time flips.
-  config.model.head = "regression"  # The seed's dense layers.
+  config.model.head = "regression"  # The seed's dense layers,
+  config.loss = "mse"  # trained on the mean squared error.
   config.model.output_activation = "relu"
   config.model.output_scale = 1.0
   config.model.output_offset = 0.0

@@ -16,10 +16,12 @@ in-source score of the other are on the same faces.
 Budget: ``--config`` (configs/resnet.py: today's default recipe; ``--config.FIELD=VALUE``
 overrides it as the main job's flags do) for ``--epochs`` (25) epochs of the pool, every pool
 face training (``data.val_fraction=0``), scored in its final state as the config scores (its
-EMA weights and TTA). Arms (``ARMS``) are overrides on top of it; the first is the reference.
+EMA weights and TTA). Arms (``ARMS``) are overrides on top of it and of ``SCREENED_ON`` (the
+loss and map levels it had before issue 26, when the arms were screened; the arm
+``wing+maps3+stem-level`` is today's default); the first is the reference.
 
-Fine-tuning (``--finetune``, 100 and 500 faces): each run of ``--finetune_arms`` (the
-reference arm) is then
+Fine-tuning (``--finetune``, 100 and 500 faces): each run of ``--finetune_arms`` (today's
+default) is then
 adapted to the other source the way a researcher would, in one config line: ``config.init_from``
 = its workdir (weights only; a fresh optimizer and schedule), trained on that many faces drawn
 once from the other source's pool under a recipe (``FINETUNE_RECIPES``, ``--finetune_recipes``:
@@ -72,10 +74,14 @@ DEFAULT_OUT = os.path.join(HERE, "results", "cross_source")
 SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "cross_source")
 # Arms: overrides of --config, the first the reference. Figures of the older studies at the
 # real budget (held-out MTFL, seed 0) in comments.
+# What the arms are overrides of, beside --config: the loss and map levels of configs/resnet.py
+# before issue 26 (MSE, no map loss, two levels), on which the arms were screened.
+SCREENED_ON = ablate.STUDY_LOSS
 APPEARANCE = {"augment.contrast_prob": 0.5, "augment.gamma_prob": 0.5, "augment.blur_prob": 0.3,
               "augment.noise_prob": 0.3, "augment.occlude_prob": 0.3}
 ARMS: dict[str, dict] = {
-    "default": {},
+    # configs/resnet.py before issue 26 (``SCREENED_ON`` as it is): the reference.
+    "before-26": {},
     # Camera variety: contrast, gamma, blur, noise, a grey patch (labels kept).
     "appearance": APPEARANCE,
     # Out-of-plane pose, roughly: the upright face squeezed horizontally inside the warp.
@@ -101,6 +107,7 @@ ARMS: dict[str, dict] = {
     "wing+maps+stem-level": {"loss": "wing", "heatmap_loss": 1.0, "model.heatmap_stages": 3},
     # The best of those with the maps pulled harder (weight 3) or toward narrower Gaussians
     # (1 px), or trained twice as long.
+    # Today's default (configs/resnet.py since issue 26), its values written out.
     "wing+maps3+stem-level": {"loss": "wing", "heatmap_loss": 3.0, "model.heatmap_stages": 3},
     "wing+maps-s1+stem-level": {"loss": "wing", "heatmap_loss": 1.0, "heatmap_loss_sigma": 1.0,
                                 "model.heatmap_stages": 3},
@@ -111,6 +118,7 @@ ARMS: dict[str, dict] = {
     # Width (study 4: width pays at short budgets): 1.5x every stage's filters (~2.2x the time).
     "wide": {"model.stage_filters": ((96, 96, 384), (192, 192, 768))},
 }
+TODAY = "wing+maps3+stem-level"  # The arm that is configs/resnet.py as it is.
 FIGURES = ("rmse", "nme", "fr", "auc")
 # Fine-tuning a finished run on a few faces of the other source (``config.init_from``): faces
 # drawn from that source's pool (a fixed draw), and the recipes, each overrides of the run's
@@ -194,11 +202,11 @@ def mixed_faces(pool: str, own_pool: str, faces: int, folder: str) -> str:
 
 
 def run_config(base, arm: str, seed: int, pool: str, epochs: int):
-  """The resolved config of one run: ``base`` for ``epochs``, the arm's overrides (which may
-  set ``num_epochs`` too), the pool, every face training."""
+  """The resolved config of one run: ``base`` for ``epochs``, ``SCREENED_ON`` and the arm's
+  overrides (which may set ``num_epochs`` too), the pool, every face training."""
   config = base.copy_and_resolve_references()
   config.num_epochs = epochs
-  for path, value in ARMS[arm].items():
+  for path, value in {**SCREENED_ON, **ARMS[arm]}.items():
     ablate.set_field(config, path, value)
   config.seed = seed
   config.data.train_csv = pool
@@ -319,7 +327,9 @@ def markdown(results: dict) -> str:
   lines = [
       "# Cross-source accuracy (MTFL: LFW photographs and web photographs)", "",
       f"- data: {results['data']}",
-      f"- budget: `{results['config']}` as it is, {results['epochs']} epochs of the training "
+      f"- budget: `{results['config']}` with the loss and map levels it had before issue 26 "
+      f"({', '.join(f'`{k}={ablate.fmt_value(v)}`' for k, v in SCREENED_ON.items())}; the "
+      f"arms override them), {results['epochs']} epochs of the training "
       f"source's pool (every pool face trains), final state scored as the config scores; "
       f"seeds {results['seeds']}",
       f"- NME: {results['normaliser']} distance; FR: share of faces with NME > 0.10; AUC of "
@@ -433,13 +443,13 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
               finetune_recipes: tuple[str, ...] = (), tables_only: bool = False,
               log=print) -> dict:
   """Runs (or finishes) ``arms`` x ``directions`` x ``seeds``, then fine-tunes the runs of
-  ``finetune_arms`` (default: the reference arm) on ``finetune`` faces of the other source
+  ``finetune_arms`` (default: today's default) on ``finetune`` faces of the other source
   under ``finetune_recipes`` (default: the first);
   writes the table, plot and JSON of every finished run of any arm at any seed (in the
   committed results or the scratch folder; ``tables_only``: trains nothing). Returns the
   results.
   """
-  finetune_arms = finetune_arms or (next(iter(ARMS)),)
+  finetune_arms = finetune_arms or (TODAY,)
   finetune_recipes = finetune_recipes or (next(iter(FINETUNE_RECIPES)),)
   data = source_files(mtfl_csv, os.path.join(scratch, "data"))
   kept = _kept(out)
@@ -575,7 +585,7 @@ def main(argv=None) -> dict:
   flags.DEFINE_list("finetune", [str(f) for f in FINETUNE_FACES], "fine-tune the runs of "
                     "--finetune_arms on this many faces of the other source (empty: none)",
                     flag_values=fv)
-  flags.DEFINE_list("finetune_arms", [next(iter(ARMS))], "the arms whose runs are fine-tuned",
+  flags.DEFINE_list("finetune_arms", [TODAY], "the arms whose runs are fine-tuned",
                     flag_values=fv)
   flags.DEFINE_list("finetune_recipes", [next(iter(FINETUNE_RECIPES))],
                     f"of {list(FINETUNE_RECIPES)}", flag_values=fv)

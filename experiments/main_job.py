@@ -8,7 +8,7 @@ all of them), each a fresh ``python -m facekp_jax.main --config=configs/resnet.p
 with its own workdir, timed from the process's start to its exit (imports, data, compilation,
 every epoch, the final test-time-augmented evaluation and the plots). The arms (``ARMS``):
 
-- ``before``: the main job before issue 27 (50 epochs of constant Adam 1e-4 at batch 32), with
+- ``before``: the main job before issue 27 (50 epochs of constant Adam 1e-4 at batch 32, MSE), with
   no persistent compilation cache;
 - ``cold``: today's command with an empty compilation cache (a first run on a machine);
 - ``warm``: today's command again, finding the programs that ``cold`` compiled in the cache
@@ -34,14 +34,15 @@ import time
 from absl import flags
 
 from experiments import time_to_accuracy
-from experiments.studies import STUDY_RECIPE
+from experiments.studies import STUDY_LOSS, STUDY_RECIPE
 from facekp_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = [sys.executable, "-m", "facekp_jax.main", "--config=configs/resnet.py"]
 # The main job before issue 27: 50 epochs of its recipe (the one every study ran), and no
 # persistent compilation cache.
-BEFORE = ["--config.num_epochs=50", *(f"--config.{k}={v}" for k, v in STUDY_RECIPE.items())]
+BEFORE = ["--config.num_epochs=50",
+          *(f"--config.{k}={v}" for k, v in {**STUDY_RECIPE, **STUDY_LOSS}.items())]
 ARMS = {"before": BEFORE, "cold": [], "warm": []}
 
 

@@ -4,8 +4,9 @@
   python -m experiments.ship_model --mode=heldout  # the same recipe on 80 %, scored on the 20 %
   python -m experiments.ship_model --mode=cross    # trained on the LFW rows, scored on the web rows
 
-Every mode trains configs/resnet.py as it is (the default recipe: 50 epochs, batch 32, the
-heatmap head, EMA, flip and turned-view TTA) on ../shared/data/mtfl_train.csv.gz, whose Kaggle
+Every mode trains configs/resnet.py as it is (the default recipe: one-cycle Adam at batch 16,
+the wing loss and the map loss, the heatmap head on three levels, EMA, flip and turned-view
+TTA) for 25 epochs on ../shared/data/mtfl_train.csv.gz, whose Kaggle
 columns hold MTFL's 5 points only, so the run's layout is ``mtfl5`` (10 outputs). No face is
 set aside for validation (``data.val_fraction=0``): the model is the last checkpoint, in every
 mode alike. ``ship`` packs it (``serving.predictor.pack``: float16 weights, ~2 MB) into
@@ -24,7 +25,7 @@ import pandas as pd
 from absl import flags
 
 from experiments import ablate
-from experiments.studies import STUDY_RECIPE
+from experiments.studies import STUDY_LOSS, STUDY_RECIPE
 from facekp_jax import cli
 from facekp_jax.core import files
 from facekp_jax.serving import predictor, scoring
@@ -33,7 +34,8 @@ from facekp_jax.training import loop
 
 MODES = ("ship", "heldout", "cross")
 LFW_ROWS = 4151  # Data rows 1-4151 of mtfl_train are LFW photos, the rest web photos.
-SHIPPED_EPOCHS = 50  # The shipped model's budget: 50 epochs of every face.
+SHIPPED_EPOCHS = 25  # The shipped model's budget: 25 epochs of every face (the studies').
+BEFORE_26_EPOCHS = 50
 SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "ship_model")
 OUT = os.path.join(ablate.DEFAULT_OUT, "ship_model")
 
@@ -60,17 +62,16 @@ def data_files(mode: str, mtfl_csv: str, scratch: str) -> tuple[str, str | None]
           rows_file(mtfl_csv, slice(LFW_ROWS, None), os.path.join(folder, "mtfl-web.csv")))
 
 
-def recipe(train_csv: str, epochs: int | None = None):
-  """The shipped model's recipe on ``train_csv``, every face training (no validation split).
-
-  configs/resnet.py as it was when the model was trained: its 50 epochs of constant Adam 1e-4
-  at batch 32 (``studies.STUDY_RECIPE``) are pinned, so that this command still makes the
-  shipped model and its committed figures (today's default is a 20-epoch one-cycle run).
-  """
+def recipe(train_csv: str, epochs: int | None = None, before_26: bool = False):
+  """The shipped model's recipe on ``train_csv``, every face training (no validation split):
+  configs/resnet.py as it is, for the real-face budget of the studies (``SHIPPED_EPOCHS``).
+  ``before_26``: the recipe of the model shipped before issue 26 and of w300.py's committed
+  figures (50 epochs of constant Adam 1e-4 at batch 32 on the mean squared error)."""
   config = config_lib.defaults()
-  for path, value in STUDY_RECIPE.items():
-    ablate.set_field(config, path, value)
-  config.num_epochs = epochs or SHIPPED_EPOCHS
+  if before_26:
+    for path, value in {**STUDY_RECIPE, **STUDY_LOSS}.items():
+      ablate.set_field(config, path, value)
+  config.num_epochs = epochs or (BEFORE_26_EPOCHS if before_26 else SHIPPED_EPOCHS)
   config.data.train_csv = train_csv
   config.data.val_fraction = 0.0
   return config

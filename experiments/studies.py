@@ -189,6 +189,9 @@ OLD_DEFAULTS = {**{k: v for k, v in config_lib.LEGACY.items()
 # compares it with today's.
 STUDY_RECIPE = {"schedule": "constant", "learning_rate": 1e-4, "batch_size": 32,
                 "warmup_epochs": 0.0}
+# The loss and map levels every study ran with (configs/resnet.py's until issue 26 made the
+# default wing, the map loss at weight 3 and three levels): pinned beside ``STUDY_RECIPE``.
+STUDY_LOSS = {"loss": "mse", "heatmap_loss": 0.0, "model.heatmap_stages": 2}
 
 
 # Proposed budgets: about 25 minutes each on this 2-core CPU when it runs nothing else (the
@@ -354,7 +357,11 @@ STUDIES: dict[str, Study] = {
               # Today's with the wing loss (issue 26: it won cross_source's first seed both
               # ways; study 9 found it less robust to turns on the small model).
               Arm("onecycle-b16-wing", {"model.head": "heatmap", **_HEATMAP_UNUSED, **{
-                  k: config_lib.value(_TODAY, k) for k in STUDY_RECIPE}, "loss": "wing"})),
+                  k: config_lib.value(_TODAY, k) for k in STUDY_RECIPE}, "loss": "wing"}),
+              # Today's whole recipe (issue 26's default: wing, the map loss at weight 3, the
+              # stem's level: the best both ways across sources in cross_source.py).
+              Arm("today", {"model.head": "heatmap", **_HEATMAP_UNUSED, **{
+                  k: config_lib.value(_TODAY, k) for k in (*STUDY_RECIPE, *STUDY_LOSS)}})),
         budgets={"mtfl": Budget("full", 25, 0)},
         datasets=("mtfl",), heldout=True, robustness=True,
         note="The protocol of study `defaults` (run with --set data.val_fraction=0): its "

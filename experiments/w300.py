@@ -84,7 +84,7 @@ def run(heldout: str, w300: str, scratch: str, out: str, epochs: int | None = No
     train = at_resolution(train, resolution, os.path.join(folder, f"without-{heldout}"))
     scored = at_resolution(scored, resolution, os.path.join(folder, heldout))
     name = f"{name}-r{resolution}"
-  config = ship_model.recipe(train, epochs)  # The recipe its committed figures ran.
+  config = ship_model.recipe(train, epochs, before_26=True)  # What its committed figures ran.
   workdir = os.path.join(scratch, f"{name}-{config.num_epochs}ep")
   trained = loop.train_and_evaluate(config, workdir)
   model = predictor.load(workdir, "latest")

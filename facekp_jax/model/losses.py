@@ -106,9 +106,10 @@ def map_kl(logits, targets, mask, *, sigma: float, margin: float = 0.0):
 
 def map_sum(config):
   """``(logits, targets, mask) -> (weighted divergence sum, keypoints)`` for
-  ``config.heatmap_loss`` (its weight), or None when it is 0."""
+  ``config.heatmap_loss`` (its weight), or None when it is 0 or the head has no maps (the
+  regression head: like the other ``heatmap_*`` fields, the weight is the heatmap head's)."""
   weight = config.heatmap_loss
-  if not weight:
+  if not weight or config.model.head != "heatmap":
     return None
 
   def loss(logits, targets, mask):

@@ -114,13 +114,13 @@ FIELDS: tuple[Field, ...] = (
           legacy=False),
     Field("tta_rotations", (10.0,), "with tta, also the views turned by -a and +a degrees, "
           "each angle four more passes (model/tta.py)", _tta_rotations, legacy=()),
-    Field("loss", "mse", "the training loss on pixels (model/losses.py); figures stay in px",
+    Field("loss", "wing", "the training loss on pixels (model/losses.py); figures stay in px",
           _one_of(losses.LOSSES), legacy="mse"),
     Field("smooth_l1_beta", 1.0, "px: smooth_l1 is quadratic below, linear above", _positive,
           legacy=1.0),
     Field("wing_w", 10.0, "px: the wing loss's log region's width", legacy=10.0),
     Field("wing_epsilon", 2.0, "px: the wing loss's log region's curvature", legacy=2.0),
-    Field("heatmap_loss", 0.0, "heatmap head: weight of its maps' KL divergence from a Gaussian "
+    Field("heatmap_loss", 3.0, "heatmap head: weight of its maps' KL divergence from a Gaussian "
           "at each label (model/losses.py; 0: off)", _at_least(0.0),
           legacy=0.0, late=True),
     Field("heatmap_loss_sigma", 2.0, "px: that Gaussian's standard deviation", _positive,
@@ -194,7 +194,8 @@ FIELDS: tuple[Field, ...] = (
           legacy=48),
     Field("model.heatmap_margin", 0.0, "heatmap head: pixels its maps reach beyond the frame "
           "(whole cells)", legacy=0.0),
-    Field("model.heatmap_stages", 2, "heatmap head: how many of the last stages feed its maps",
+    Field("model.heatmap_stages", 3, "heatmap head: how many of the last feature levels feed "
+          "its maps (the stem's counts: 3 with two stages)",
           legacy=1),
     Field("model.output_activation", "linear", "regression head only: linear, or the seed's "
           "relu", _one_of(sorted(resnet.OUTPUT_ACTIVATIONS))),
@@ -350,13 +351,6 @@ def _wing_problems(config, num_devices: int) -> list[str]:
   return []
 
 
-def _map_loss_problems(config, num_devices: int) -> list[str]:
-  if config.heatmap_loss and config.model.head != "heatmap":
-    return [f"heatmap_loss={config.heatmap_loss} needs the heatmap head's maps, but "
-            f"model.head is {config.model.head!r}: set heatmap_loss=0"]
-  return []
-
-
 def _layout_problems(config, num_devices: int) -> list[str]:
   d = config.data
   if d.train_csv or keypoints.problem(d.keypoints):
@@ -376,7 +370,7 @@ def _validation_problems(config, num_devices: int) -> list[str]:
 
 
 # The checks that join several fields: (config, number of devices) -> problems.
-RULES = (_batch_problems, _schedule_problems, _wing_problems, _map_loss_problems,
+RULES = (_batch_problems, _schedule_problems, _wing_problems,
          _model_problems, _layout_problems, _validation_problems)
 
 

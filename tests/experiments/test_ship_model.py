@@ -8,6 +8,7 @@ import pandas as pd
 from experiments import ship_model, w300
 from facekp_jax.core import keypoints
 from facekp_jax.data import pts
+from facekp_jax.training import config as config_lib
 from tests.conftest import kaggle_frame, random_faces
 
 
@@ -22,9 +23,15 @@ def test_cross_trains_on_the_lfw_rows_and_scores_the_web_rows(tmp_path, monkeypa
   pd.testing.assert_frame_equal(pd.read_csv(scored), whole.iloc[6:].reset_index(drop=True))
   assert ship_model.data_files("ship", str(source), str(tmp_path / "s")) == (str(source), None)
   config = ship_model.recipe(train)
-  assert config.data.val_fraction == 0 and config.num_epochs == 50 and not config.data.keypoints
-  # The shipped model's recipe, whatever today's default.
-  assert (config.schedule, config.learning_rate, config.batch_size) == ("constant", 1e-4, 32)
+  assert config.data.val_fraction == 0 and config.num_epochs == 25 and not config.data.keypoints
+  # Today's default recipe otherwise.
+  today = config_lib.defaults()
+  assert (config.schedule, config.loss, config.heatmap_loss) == (
+      today.schedule, today.loss, today.heatmap_loss)
+  # The model shipped before issue 26 (and w300.py's committed figures), whatever today's.
+  before = ship_model.recipe(train, before_26=True)
+  assert (before.num_epochs, before.schedule, before.learning_rate, before.batch_size,
+          before.loss, before.heatmap_loss) == (50, "constant", 1e-4, 32, "mse", 0.0)
 
 
 def test_heldout_is_ablates_split_disjoint_and_whole(tmp_path):

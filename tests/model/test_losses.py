@@ -106,8 +106,10 @@ def test_the_map_divergence_is_zero_at_the_labels_gaussian_and_grows_away_from_i
   moved = targets.at[0, 4].set(1e4)
   assert float(losses.map_kl(at(targets + 3.0), moved, mask, sigma=2.0)[0]) == pytest.approx(
       float(losses.map_kl(at(targets + 3.0), targets, mask, sigma=2.0)[0]), abs=1e-6)
-  assert losses.map_sum(_config("mse", heatmap_loss=0.0)) is None
+  assert losses.map_sum(_config("mse", heatmap_loss=0.0, model=dict(head="heatmap"))) is None
+  # The regression head has no maps: the weight is the heatmap head's only.
+  assert losses.map_sum(_config("mse", heatmap_loss=3.0, model=dict(head="regression"))) is None
   weighted = losses.map_sum(_config("mse", heatmap_loss=3.0, heatmap_loss_sigma=2.0,
-                                    model=dict(heatmap_margin=0.0)))
+                                    model=dict(heatmap_margin=0.0, head="heatmap")))
   assert float(weighted(at(targets + 2.0), targets, mask)[0]) == pytest.approx(
       3 * float(kl(targets + 2.0)[0]), rel=1e-5)
