@@ -228,9 +228,9 @@ def finetune_config(run: ml_collections.ConfigDict, workdir: str, faces_csv: str
   return config
 
 
-def score(workdir: str, config, csv: str) -> dict:
-  """The run's final state on ``csv``, scored as ``config`` scores (EMA weights, its TTA)."""
-  model = predictor.load(workdir, "latest")
+def score(model: predictor.Predictor, config, csv: str) -> dict:
+  """A run's final state (``model``) on ``csv``, scored as ``config`` scores (EMA weights, its
+  TTA)."""
   tta = model.use_tta(config.tta, tuple(config.get("tta_rotations", ())))
   results, _, _ = scoring.evaluate(model, csv, tta=tta)
   return {"rmse": results["rmse"], "nme": results["nme"], "fr": results["fr_0.10"],
@@ -245,7 +245,8 @@ def run_one(config, workdir: str, scored: dict[str, str]) -> dict:
   record = ablate.run_one(config, workdir, None)
   path = os.path.join(workdir, f"cross_source-{ablate.scoring_tag(config)}.json")
   if not os.path.exists(path):
-    files.write_json(path, {k: score(workdir, config, csv) for k, csv in scored.items()})
+    model = predictor.load(workdir, "latest")
+    files.write_json(path, {k: score(model, config, csv) for k, csv in scored.items()})
   with open(path) as f:
     scores = json.load(f)
   return {"wall_seconds": record["wall_seconds"], "epoch_seconds": record["epoch_seconds"],
@@ -486,7 +487,8 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
         f"{record['cross']['nme']:.4f} ({status})")
     results["runs"].setdefault(arm, {}).setdefault(direction, {})[seed] = record
     results["normaliser"] = record["in"]["normaliser"]
-    write(results, out)
+    if status != DONE_BEFORE:  # Written at once, beside every figure read before it.
+      write(results, out)
     folder = os.path.join(scratch, "data")
     for recipe in FINETUNE_RECIPES:  # Adapted to the other source.
       for faces in sorted(set(finetune) | set(FINETUNE_FACES)):
@@ -505,9 +507,11 @@ def benchmark(base, config_path: str, arms: list[str], directions: list[str], se
             f"{record['cross']['nme']:.4f}, in NME {record['in']['nme']:.4f} ({status})")
         results["finetune"].setdefault(arm, {}).setdefault(direction, {}).setdefault(
             recipe, {}).setdefault(faces, {})[seed] = record
-        write(results, out)
+        if status != DONE_BEFORE:
+          write(results, out)
   if not results["runs"]:
     raise ValueError("no run has finished yet: run without --tables_only first")
+  write(results, out)
   log(f"wrote {out}/table.md, ced.png, results.json")
   return results
 
@@ -534,6 +538,7 @@ def _kept(out: str) -> dict[str, dict]:
   return {r["run"]: r for r in records}
 
 
+DONE_BEFORE = "done before"  # The status of a run read, not trained, by this command.
 # A run's key (its workdir under the scratch folder, ``_workdir``); fine-tunes' differ.
 _RUN = re.compile(r"runs/(?P<direction>[^/]+)/(?P<arm>[^/]+)/seed(?P<seed>\d+)-[0-9a-f]+")
 
@@ -558,7 +563,7 @@ def _run_or_read(config, workdir: str, scratch: str, kept: dict, train: bool,
   else:
     return None, ""
   record["run"] = key
-  return record, "done before" if record.pop("skipped") else f"{record['wall_seconds']:.0f}s"
+  return record, DONE_BEFORE if record.pop("skipped") else f"{record['wall_seconds']:.0f}s"
 
 
 def _workdir(scratch: str, direction: str, arm: str, seed: int, config) -> str:

@@ -321,7 +321,8 @@ def _model_problems(config, num_devices: int) -> list[str]:
     problems.append("model.heatmap_size, stem_filters, stage_filters, stage_blocks and "
                     "dense_sizes must be whole numbers >= 1")
   levels = len(m.stage_blocks) + 1  # The stem's map and each stage's.
-  if not (isinstance(m.heatmap_stages, int) and 1 <= m.heatmap_stages <= levels):
+  if m.head == "heatmap" and not (isinstance(m.heatmap_stages, int)
+                                  and 1 <= m.heatmap_stages <= levels):
     problems.append(f"model.heatmap_stages must be a whole number from 1 to the number of "
                     f"stages + 1 for the stem ({levels}), got {m.heatmap_stages!r}")
   cells = m.heatmap_margin * m.heatmap_size / keypoints.IMAGE_SIZE

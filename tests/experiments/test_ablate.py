@@ -168,14 +168,18 @@ def test_studies_run_the_recipe_their_figures_ran_and_study_schedule_todays(tmp_
   assert [today[k] for k in recipe] != [full[k] for k in recipe]  # Else the pin says nothing.
   small = ablate.budget_config(ablate.Budget("small", 1, 64), "synthetic", "", [])
   assert (small.schedule, small.learning_rate) == ("constant", 1e-3)  # The size's own rate.
+  # The loss and map levels every study ran (today's differ: else the pin says nothing).
+  loss = lambda c: (c.loss, c.heatmap_loss, c.model.heatmap_stages)
+  assert loss(full) == ("mse", 0.0, 2) and loss(today) != loss(full)
   study = ablate.STUDIES["schedule"]
-  before, batch64, now, wing = (ablate.arm_config(full, study, "mtfl", arm, 0)[0]
-                                for arm in study.arms)
+  before, batch64, now, wing, whole = (ablate.arm_config(full, study, "mtfl", arm, 0)[0]
+                                       for arm in study.arms)
   assert [before[k] for k in recipe] == [full[k] for k in recipe]
   assert [batch64[k] for k in recipe] == ["onecycle", 4e-3, 64, 0.0]  # What its figure ran.
   assert [now[k] for k in recipe] == [today[k] for k in recipe]
   assert [wing[k] for k in recipe] == [today[k] for k in recipe]  # Today's, but for the loss.
-  assert (now.loss, wing.loss) == (today.loss, "wing") and today.loss != "wing"
+  assert loss(now) == loss(full) and loss(wing) == ("wing", 0.0, 2)
+  assert [whole[k] for k in recipe] == [today[k] for k in recipe] and loss(whole) == loss(today)
   defaults_study = ablate.STUDIES["defaults"]
   new_default = ablate.arm_config(full, defaults_study, "mtfl", defaults_study.arms[1], 0)[0]
   assert ablate.config_hash(new_default) == ablate.config_hash(before)  # One run, two studies.

@@ -57,6 +57,11 @@ def test_a_bad_model_field_leaves_the_model_rules_out():
       "model.head must be one of ['regression', 'heatmap'], got 'dense'"]
   config.model.head = "heatmap"
   assert [p[:24] for p in config_lib.problems(config)] == ["model.heatmap_stages mus"]
+  # The regression head has no maps: a one-stage network takes the default levels.
+  config.model.head = "regression"
+  config.model.heatmap_stages = config_lib.defaults().model.heatmap_stages
+  config.model.stage_filters, config.model.stage_blocks = ((4, 4, 8),), (1,)
+  assert config.model.heatmap_stages > 2 and config_lib.problems(config) == []
 
 
 # What each field meant before it existed, as released: a legacy value never changes (old
