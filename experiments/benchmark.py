@@ -78,8 +78,8 @@ def _epoch(trainer, state, faces, dataset, epoch):
 def time_batch(config, batch_size: int, n: int, epochs: int) -> dict:
   config = config.copy_and_resolve_references()
   config.batch_size = batch_size
-  if FLAGS.seed_network:
-    config.model.head = "regression"
+  if FLAGS.seed_network:  # The benches' network and loss (../shared/bench: Adam, MSE).
+    config.model.head, config.loss = "regression", "mse"
   mesh = sharding.make_mesh()
   faces = _faces(n)
   n_steps = n // batch_size
