@@ -59,8 +59,7 @@ from experiments.studies import (
   MTFL_PARTIAL_SHARE,
   OLD_DEFAULTS,
   STUDIES,
-  STUDY_LOSS,
-  STUDY_RECIPE,
+  STUDY_PINNED,
   Arm,
   Budget,
   Study,
@@ -115,7 +114,7 @@ def budget_config(budget: Budget, dataset: str, train_csv: str, settings,
   """configs/resnet.py under a budget, on a data set, with ``--set`` settings (no arm yet);
   ``old_defaults``: the recipe before the accuracy studies (``OLD_DEFAULTS``) under them."""
   config = resnet.get_config()
-  _apply(config, {**STUDY_RECIPE, **STUDY_LOSS})
+  _apply(config, STUDY_PINNED)
   if old_defaults:
     _apply(config, OLD_DEFAULTS)
   for path, value in MODELS[budget.model].items():

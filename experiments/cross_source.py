@@ -58,6 +58,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import ablate, ship_model
+from experiments.studies import STUDY_LOSS
 from facekp_jax import cli
 from facekp_jax.core import files, plots
 from facekp_jax.model import resnet
@@ -76,7 +77,7 @@ SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "cross_s
 # real budget (held-out MTFL, seed 0) in comments.
 # What the arms are overrides of, beside --config: the loss and map levels of configs/resnet.py
 # before issue 26 (MSE, no map loss, two levels), on which the arms were screened.
-SCREENED_ON = ablate.STUDY_LOSS
+SCREENED_ON = STUDY_LOSS
 APPEARANCE = {"augment.contrast_prob": 0.5, "augment.gamma_prob": 0.5, "augment.blur_prob": 0.3,
               "augment.noise_prob": 0.3, "augment.occlude_prob": 0.3}
 ARMS: dict[str, dict] = {

@@ -34,15 +34,14 @@ import time
 from absl import flags
 
 from experiments import time_to_accuracy
-from experiments.studies import STUDY_LOSS, STUDY_RECIPE
+from experiments.studies import STUDY_PINNED
 from facekp_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = [sys.executable, "-m", "facekp_jax.main", "--config=configs/resnet.py"]
 # The main job before issue 27: 50 epochs of its recipe (the one every study ran), and no
 # persistent compilation cache.
-BEFORE = ["--config.num_epochs=50",
-          *(f"--config.{k}={v}" for k, v in {**STUDY_RECIPE, **STUDY_LOSS}.items())]
+BEFORE = ["--config.num_epochs=50", *(f"--config.{k}={v}" for k, v in STUDY_PINNED.items())]
 ARMS = {"before": BEFORE, "cold": [], "warm": []}
 
 

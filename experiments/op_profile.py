@@ -131,7 +131,7 @@ def profile_jax(config, batch: int, warmup: int, timed: int, profiled: int) -> d
   """The seed network's step in facekp_jax: wall ms per step and every op's time."""
   config = config.copy_and_resolve_references()
   # The benches' step: constant Adam 1e-4 on the mean squared error.
-  for path, value in {**ablate.STUDY_RECIPE, **ablate.STUDY_LOSS}.items():
+  for path, value in ablate.STUDY_PINNED.items():
     ablate.set_field(config, path, value)
   config.batch_size, config.model.head, config.ema_decay = batch, "regression", 0.0
   mesh = sharding.make_mesh()

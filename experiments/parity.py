@@ -151,7 +151,7 @@ def base_config(train_csv: str):
   config.data.keypoints = keypoints.KAGGLE.name  # As the parity runs were (before layouts).
   config.data.val_fraction = 0.0
   # Keras' step: constant Adam 1e-4 on the mean squared error.
-  for path, value in {**ablate.STUDY_RECIPE, **ablate.STUDY_LOSS}.items():
+  for path, value in ablate.STUDY_PINNED.items():
     ablate.set_field(config, path, value)
   config.batch_size = BATCH_SIZE
   for path, value in PINNED.items():

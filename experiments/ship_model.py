@@ -25,7 +25,7 @@ import pandas as pd
 from absl import flags
 
 from experiments import ablate
-from experiments.studies import STUDY_LOSS, STUDY_RECIPE
+from experiments.studies import STUDY_PINNED
 from facekp_jax import cli
 from facekp_jax.core import files
 from facekp_jax.serving import predictor, scoring
@@ -69,7 +69,7 @@ def recipe(train_csv: str, epochs: int | None = None, before_26: bool = False):
   figures (50 epochs of constant Adam 1e-4 at batch 32 on the mean squared error)."""
   config = config_lib.defaults()
   if before_26:
-    for path, value in {**STUDY_RECIPE, **STUDY_LOSS}.items():
+    for path, value in STUDY_PINNED.items():
       ablate.set_field(config, path, value)
   config.num_epochs = epochs or (BEFORE_26_EPOCHS if before_26 else SHIPPED_EPOCHS)
   config.data.train_csv = train_csv
