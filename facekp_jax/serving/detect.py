@@ -309,8 +309,11 @@ def crop(grey: np.ndarray, transform: np.ndarray) -> np.ndarray:
     region = cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
   local = transform.copy()
   local[:, 2] = transform[:, 2] + linear @ np.array([x0, y0], np.float64)
-  return cv2.warpAffine(region, local, (SIZE, SIZE), flags=cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REPLICATE)
+  out = cv2.warpAffine(region, local, (SIZE, SIZE), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+  # The blur and the taps only average the photo's [0, 1], but in float32 a white pixel can
+  # come out a rounding above 1, which the model's input check refuses.
+  return np.clip(out, 0.0, 1.0, out=out)
 
 
 def predict_in_crops(predict: Predict,
