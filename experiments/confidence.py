@@ -3,9 +3,11 @@
   python -m experiments.confidence                     # the shipped model, 300W's 2012 faces
   python -m experiments.confidence --model=WORKDIR     # a workdir or packed model of mtfl5
 
-A heatmap model scores each keypoint by ``model.heads.confidence``: the share of its map's mass
-within a disc about the soft-argmax (``--radii``: the disc radii compared; the package's is
-``heads.CONFIDENCE_RADIUS``). A face's score is the mean of its keypoints'. Scored here on the
+A heatmap model scores each keypoint by ``Predictor.confidences``: the share of its map's mass
+within a disc about the soft-argmax (``model.heads.confidence``, radius
+``heads.CONFIDENCE_RADIUS``) times how well the TTA's views agree on it
+(``model.tta.agreement``); ``--radii``: discs alone, compared. A face's score is the mean of
+its keypoints'. Scored here on the
 faces of ../shared/data/w300_train (Helen, LFPW, AFW: 2012 photos of sources the shipped model
 did not train on) through the 5 points they share with MTFL's layout: eye centres (the mean of
 each eye's 6 points), nose tip (point 30) and mouth corners (48, 54), each face framed as MTFL's
@@ -32,7 +34,7 @@ from facekp_jax import cli
 from facekp_jax.core import files, metrics, plots
 from facekp_jax.core.errors import DataError
 from facekp_jax.data import pts
-from facekp_jax.model import apply, resnet
+from facekp_jax.model import apply, heads, resnet
 from facekp_jax.serving import predictor
 
 W300 = os.path.join(ablate.ROOT, "..", "shared", "data", "w300_train")
@@ -115,6 +117,7 @@ def measure(model_path: str | None, folder: str, radii) -> dict:
   nme = point_error.mean(axis=1)
   record = {"model": shown(model), "faces": len(names), "tta": tta,
             "nme": float(nme.mean()), "fr": float(np.mean(nme > FAILURE)), "radii": {}}
+  record["package"] = scored(model.confidences(images), nme, point_error)
   x = images[..., None].astype(np.float32) / 255.0
   net = resnet.create_model(model.config, dtype=resnet.compute_dtype(model.config))
   for radius in radii:
@@ -122,14 +125,18 @@ def measure(model_path: str | None, folder: str, radii) -> dict:
                              apply.confidence_forward(net, model.config.model.heatmap_margin,
                                                       radius))
     scores = np.asarray(scorer(model.variables, x), np.float64)  # (N, 5)
-    face = calibration(scores.mean(axis=1), nme)
-    face_min = calibration(scores.min(axis=1), nme)
-    per_point = [rank_correlation(scores[:, k], point_error[:, k]) for k in range(5)]
-    record["radii"][f"{radius:g}"] = {"face_mean": face, "face_min": face_min,
-                                      "keypoint_spearman": per_point,
-                                      "keypoint_spearman_pooled": rank_correlation(
-                                          scores.ravel(), point_error.ravel())}
+    record["radii"][f"{radius:g}"] = scored(scores, nme, point_error)
   return record
+
+
+def scored(scores: np.ndarray, nme: np.ndarray, point_error: np.ndarray) -> dict:
+  """Calibration of keypoint scores (N, 5): the face's mean and least against its NME, and each
+  keypoint's against its own error."""
+  return {"face_mean": calibration(scores.mean(axis=1), nme),
+          "face_min": calibration(scores.min(axis=1), nme),
+          "keypoint_spearman": [rank_correlation(scores[:, k], point_error[:, k])
+                                for k in range(scores.shape[1])],
+          "keypoint_spearman_pooled": rank_correlation(scores.ravel(), point_error.ravel())}
 
 
 def shown(model: predictor.Predictor) -> str:
@@ -146,24 +153,28 @@ def write(record: dict, out: str, command: str) -> None:
       f"- model: `{record['model']}`; {record['faces']} faces; TTA {record['tta']}; "
       f"NME {record['nme']:.4f} (inter-pupil), FR@0.10 {record['fr']:.3f}",
       f"- command: `{command}`", "",
-      "| disc radius (px) | face score | Spearman (face score, NME) | failures | share of "
+      "| keypoint score | face score | Spearman (face score, NME) | failures | share of "
       "failures in the lowest-scored 10 % | Spearman per keypoint (pooled) |",
       "|---|---|---|---|---|---|"]
-  for radius, r in record["radii"].items():
+  rows = [("the package's (disc of "
+           f"{heads.CONFIDENCE_RADIUS:g} px x the views' agreement)", record["package"])]
+  rows += [(f"disc of {radius} px only", r) for radius, r in record["radii"].items()]
+  for name, r in rows:
     for kind in ("face_mean", "face_min"):
       f = r[kind]
-      lines.append(f"| {radius} | {kind.split('_')[1]} of its keypoints | {f['spearman']:+.3f} "
+      lines.append(f"| {name} | {kind.split('_')[1]} of its keypoints | {f['spearman']:+.3f} "
                    f"| {f['failures']} | {f['failures_in_lowest_10pct']:.2f} | "
                    f"{r['keypoint_spearman_pooled']:+.3f} |")
   with open(os.path.join(out, "table.md"), "w") as fh:
     fh.write("\n".join(lines) + "\n")
   plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for radius, r in record["radii"].items():
+  for name, r in [("the package's", record["package"]),
+                  *((f"disc {radius} px only", r) for radius, r in record["radii"].items())]:
     f = r["face_mean"]
     bins = range(1, len(f["decile_nme"]) + 1)
-    axes[0].plot(bins, f["decile_nme"], marker="o", label=f"disc {radius} px")
-    axes[1].plot(bins, f["decile_fr"], marker="o", label=f"disc {radius} px")
+    axes[0].plot(bins, f["decile_nme"], marker="o", label=name)
+    axes[1].plot(bins, f["decile_fr"], marker="o", label=name)
   axes[0].set(xlabel="face score decile (1: lowest)", ylabel="mean NME (inter-pupil)")
   axes[1].set(xlabel="face score decile (1: lowest)", ylabel=f"share with NME > {FAILURE}")
   axes[0].legend()
@@ -184,7 +195,9 @@ def main(argv=None) -> dict:
     record = measure(fv.model, fv.w300, [float(r) for r in fv.radii])
     write(record, fv.out, " ".join(["python -m experiments.confidence",
                                     *(sys.argv[1:] if argv is None else argv)]))
-  print({k: v for k, v in record.items() if k != "radii"})
+  print({k: v for k, v in record.items() if k not in ("radii", "package")})
+  print("package face score: Spearman", round(record["package"]["face_mean"]["spearman"], 3),
+        "lowest-10 % share of failures", record["package"]["face_mean"]["failures_in_lowest_10pct"])
   return record
 
 

@@ -195,8 +195,8 @@ def predict_photos(predict: Callable[[np.ndarray], np.ndarray], paths: list[str]
       yield Photo(path, picture.shape[0], picture.shape[1], keypoints_, preview_of(picture))
 
 
-# A keypoint whose confidence is below this is drawn hollow: under half its map's mass lies
-# near it (model.heads.confidence).
+# A keypoint whose confidence is below this is drawn hollow: its map's mass near it, times the
+# TTA views' agreement on it, is under a half (Predictor.confidences).
 UNSURE = 0.5
 
 

@@ -21,8 +21,8 @@ The API::
 scores and named keypoints in the photo's own pixels; ``keypoints`` reads faces already in the
 model's 96x96 frame. Both follow the run's TTA setting unless told; bad arrays are a
 ``ValueError`` naming the problem. A heatmap model also says how sure it is of each keypoint
-(``confidences``, ``FoundFace.confidence``: ``model.heads.confidence`` of the face as it is,
-in [0, 1]); a regression model has no such score and says None.
+(``confidences``, ``FoundFace.confidence`` in [0, 1]: the map's mass near the keypoint times
+how well the TTA's views agree on it); a regression model has no such score and says None.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 
 from facekp_jax.core import files, keypoints, sharding
 from facekp_jax.core.errors import WorkdirError
-from facekp_jax.model import apply, resnet
+from facekp_jax.model import apply, resnet, tta
 from facekp_jax.serving import detect, images
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import weights
@@ -127,8 +127,11 @@ class Predictor:
 
   def confidences(self, faces) -> np.ndarray | None:
     """How sure the model is of each keypoint of faces framed as ``keypoints`` takes them:
-    (N, K) in [0, 1] (``model.heads.confidence`` of the face as it is, whatever the TTA), NaN
-    for keypoints the run never trained; None for a regression model, which has no score.
+    (N, K) in [0, 1], the map's mass near its soft-argmax on the face as it is
+    (``model.heads.confidence``) times how well the TTA's views agree on the keypoint
+    (``model.tta.agreement`` of ``config.tta_rotations``' views, whatever the TTA asked of the
+    keypoints); NaN for keypoints the run never trained; None for a regression model, which
+    has no score.
 
     Raises:
       ValueError: as ``keypoints``.
@@ -136,8 +139,11 @@ class Predictor:
     x = _frames(faces)
     if self.scorer is None:
       return None
-    scores = self.scorer(self.variables, x)
-    return np.where(self.trained[::2] > 0, scores.astype(np.float64), np.nan)
+    mass = np.asarray(self.scorer(self.variables, x), np.float64)
+    every = [self.only_trained(v) for v in tta.views(
+        lambda v: self.inference(self.variables, v), x, self.layout, self.config.tta_rotations)]
+    scores = mass * tta.agreement(every, self.layout)
+    return np.where(self.trained[::2] > 0, scores, np.nan)
 
   def find(self, photo, tta: bool | None = None, refine: bool = True,
            rolls=None, min_score: float = detect.MIN_FACE_SCORE) -> list[FoundFace]:

@@ -68,3 +68,9 @@ def test_the_command_writes_its_table_plot_and_figures(tmp_path):
       record["radii"]["8"]["face_mean"]["decile_nme"])
   table = (tmp_path / "out" / "table.md").read_text()
   assert "--radii=4,8" in table and (tmp_path / "out" / "deciles.png").stat().st_size > 0
+  # The package's own score (disc times the views' agreement) is its first row, apart from
+  # the discs alone.
+  assert -1 <= record["package"]["face_mean"]["spearman"] <= 1
+  assert "| the package's (disc of 8 px x the views' agreement) | mean" in table
+  assert saved["package"]["keypoint_spearman"] == pytest.approx(
+      record["package"]["keypoint_spearman"])
