@@ -43,6 +43,10 @@ from facekp_jax.training import workdir as workdir_lib
 
 _BEST_METRIC = "val_rmse"
 _READ_TRIES = 5  # Times a reader lists the checkpoints again after one vanished under it.
+# What Orbax raises where a step it listed is deleted before it reads the step's metadata:
+# FileNotFoundError, or NotADirectoryError where the step was there when asked whether it
+# exists and gone when asked whether it is a directory.
+_DELETED_WHILE_LISTED = (FileNotFoundError, NotADirectoryError)
 # Times a training makes its manager again when Orbax's cleanup of a half-written step finds
 # files still appearing: a save that failed in this process (a notebook's earlier call) leaves
 # its writer threads finishing for a moment.
@@ -421,7 +425,7 @@ def restore_trained(workdir: str, target_fn, which: str = "best"):
       damaged = sorted(set(damaged) | {s for s in ckpt.passed_over if s > step}, reverse=True)
     except WorkdirError:
       raise
-    except FileNotFoundError:
+    except _DELETED_WHILE_LISTED:
       continue  # Listed, then deleted before Orbax read its metadata.
     except (CheckpointDamaged, CheckpointMisfit, ValueError, KeyError, TypeError) as e:
       if steps is None or _listing(ckpt) != steps:
@@ -460,5 +464,5 @@ def _listing(ckpt: Checkpointer | None) -> list[int] | None:
   not be made (so that a reader tries again)."""
   try:
     return ckpt.steps() if ckpt is not None else None
-  except FileNotFoundError:
+  except _DELETED_WHILE_LISTED:
     return None

@@ -350,6 +350,25 @@ def test_readers_beside_a_training_always_read_a_whole_checkpoint(csv, tmp_path)
   assert len(read) >= 10 and len(set(read)) >= 3, (read, none_yet)
 
 
+@pytest.mark.parametrize("race", [FileNotFoundError, NotADirectoryError])
+def test_a_step_deleted_while_orbax_lists_it_sends_the_reader_to_list_again(uninterrupted,
+                                                                            monkeypatch, race):
+  """The race the test above draws at random, drawn every time: Orbax finds a listed step
+  gone before it reads its metadata, as FileNotFoundError or, where the step vanished between
+  its "exists" and its "is a directory", as NotADirectoryError."""
+  listed, real = [], checkpoint.Checkpointer.steps
+
+  def racing(self):
+    listed.append(1)
+    if len(listed) == 1:
+      raise race(f"Path is not a directory: {uninterrupted}/checkpoints/3")
+    return real(self)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "steps", racing)
+  _, step = checkpoint.restore_trained(str(uninterrupted), _target(uninterrupted), "latest")
+  assert step == EPOCHS * 4 and len(listed) == 2
+
+
 def test_what_orbax_tasks_log_of_a_handled_read_failure_is_dropped_and_nothing_else():
   import logging
   noise = checkpoint._ReadNoise()
