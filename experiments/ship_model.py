@@ -3,6 +3,7 @@
   python -m experiments.ship_model                 # all 7650 faces -> facekp_jax/models/mtfl5
   python -m experiments.ship_model --mode=heldout  # the same recipe on 80 %, scored on the 20 %
   python -m experiments.ship_model --mode=cross    # trained on the LFW rows, scored on the web rows
+  python -m experiments.ship_model --mode=balanced # all faces, the two sources drawn equally often
 
 Every mode trains configs/resnet.py as it is (the default recipe: one-cycle Adam at batch 16,
 the wing loss and the map loss, the heatmap head on three levels, EMA, flip and turned-view
@@ -13,7 +14,11 @@ mode alike. ``ship`` packs it (``serving.predictor.pack``: float16 weights, ~2 M
 ``facekp_jax/models/mtfl5``, what ``predict`` and ``Predictor.load()`` use without a workdir.
 ``heldout`` holds out ablate's seeded 20 % (the 1530 faces every held-out study scores on) and
 ``cross`` trains on the 4151 LFW rows (news photos) and scores the 3499 web rows (other
-cameras, poses, light): the two errors the README quotes. Runs live under --scratch and resume;
+cameras, poses, light): the two errors the README quotes. ``balanced`` trains on every face
+with the two sources sampled equally: the web rows (the smaller source) repeated, a fixed draw
+of them twice, until they are as many as the LFW rows (4151 + 4151 rows), for as many steps as
+``ship`` (``balanced_epochs``); it is scored against ``ship`` on faces of neither source, by
+``python -m experiments.confidence --model=WORKDIR`` (300W). Runs live under --scratch and resume;
 figures go to experiments/results/ship_model/<mode>.json. MTFL is for research use only.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 from absl import flags
 
@@ -32,10 +38,11 @@ from facekp_jax.serving import predictor, scoring
 from facekp_jax.training import config as config_lib
 from facekp_jax.training import loop
 
-MODES = ("ship", "heldout", "cross")
+MODES = ("ship", "heldout", "cross", "balanced")
 LFW_ROWS = 4151  # Data rows 1-4151 of mtfl_train are LFW photos, the rest web photos.
 SHIPPED_EPOCHS = 25  # The shipped model's budget: 25 epochs of every face (the studies').
 BEFORE_26_EPOCHS = 50
+_BALANCED_DRAW = 0xBA1  # The web rows drawn a second time in ``balanced``.
 SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "facekp_jax", "ship_model")
 OUT = os.path.join(ablate.DEFAULT_OUT, "ship_model")
 
@@ -48,12 +55,34 @@ def rows_file(source: str, rows: slice, path: str) -> str:
   return path
 
 
+def balanced_rows(source: str, path: str) -> str:
+  """``source``'s rows with the web rows repeated (all of them, then a fixed draw) until they
+  are as many as the LFW rows, as ``path`` (written once): each source an equal share of an
+  epoch's draws."""
+  if not os.path.exists(path):
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    lfw, web = frame.iloc[:LFW_ROWS], frame.iloc[LFW_ROWS:]
+    if len(web) > len(lfw):
+      raise ValueError(f"{source}: {len(web)} web rows, more than its {len(lfw)} LFW rows")
+    again = np.random.default_rng(_BALANCED_DRAW).choice(len(web), len(lfw) - len(web),
+                                                         replace=False)
+    ablate.write_frame(pd.concat([lfw, web, web.iloc[np.sort(again)]]), path)
+  return path
+
+
+def balanced_epochs(faces: int, balanced_faces: int, epochs: int = SHIPPED_EPOCHS) -> int:
+  """The epochs of ``balanced_faces`` rows nearest ``epochs`` epochs of ``faces`` in steps."""
+  return max(1, round(epochs * faces / balanced_faces))
+
+
 def data_files(mode: str, mtfl_csv: str, scratch: str) -> tuple[str, str | None]:
   """(training CSV, scored CSV or None) of a mode."""
   folder = os.path.join(scratch, "data")
   os.makedirs(folder, exist_ok=True)
   if mode == "ship":
     return mtfl_csv, None
+  if mode == "balanced":
+    return balanced_rows(mtfl_csv, os.path.join(folder, "mtfl-balanced.csv")), None
   if mode == "heldout":
     base = config_lib.defaults()
     base.data.train_csv = mtfl_csv
@@ -81,6 +110,9 @@ def run(mode: str, mtfl_csv: str, scratch: str, out: str, epochs: int | None = N
         model_dir: str = predictor.SHIPPED) -> dict:
   """Trains (or resumes) the mode's run, then packs it (``ship``) or scores it."""
   train_csv, scored_csv = data_files(mode, mtfl_csv, scratch)
+  if mode == "balanced" and epochs is None:
+    epochs = balanced_epochs(len(pd.read_csv(mtfl_csv, usecols=[0])),
+                             len(pd.read_csv(train_csv, usecols=[0])))
   config = recipe(train_csv, epochs)
   workdir = os.path.join(scratch, f"{mode}-{config.num_epochs}ep")
   trained = loop.train_and_evaluate(config, workdir)
@@ -98,7 +130,7 @@ def run(mode: str, mtfl_csv: str, scratch: str, out: str, epochs: int | None = N
         "epochs": config.num_epochs, "budget_images": record["budget_images"]})
     size = sum(os.path.getsize(os.path.join(model_dir, f)) for f in os.listdir(model_dir))
     record.update(packed=model_dir, packed_bytes=size)
-  else:
+  elif scored_csv is not None:
     figures, _, _ = scoring.evaluate(model, scored_csv, tta=model.use_tta())
     record.update(scored_csv=scored_csv, scored_faces=figures["num_faces"],
                   tta=model.use_tta(), **{k: figures[k] for k in (
@@ -113,11 +145,12 @@ def run(mode: str, mtfl_csv: str, scratch: str, out: str, epochs: int | None = N
 def main(argv=None) -> dict:
   fv = cli.command_flags()
   flags.DEFINE_enum("mode", "ship", MODES, "ship: all faces, packed; heldout: 80/20; cross: "
-                    "LFW rows -> web rows", flag_values=fv)
+                    "LFW rows -> web rows; balanced: all faces, each source drawn equally",
+                    flag_values=fv)
   flags.DEFINE_string("mtfl_csv", ablate.MTFL_CSV, "MTFL's faces", flag_values=fv)
   flags.DEFINE_string("scratch", SCRATCH, "run workdirs and split files", flag_values=fv)
   flags.DEFINE_string("out", OUT, "where the mode's figures go", flag_values=fv)
-  flags.DEFINE_integer("epochs", None, "override the recipe's 50 epochs (a quick look only)",
+  flags.DEFINE_integer("epochs", None, "override the recipe's epochs (a quick look only)",
                        flag_values=fv)
   flags.DEFINE_string("model_dir", predictor.SHIPPED, "ship: where the packed model goes",
                       flag_values=fv)

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from experiments import ship_model, w300
 from facekp_jax.core import keypoints
@@ -55,3 +56,22 @@ def test_w300_trains_on_the_other_two_sources(tmp_path):
   faces, layout, names = pts.read_folder(folder)
   assert layout is keypoints.W300 and len(faces) == 4
   assert all(n.split(os.sep)[0] in ("helen", "lfpw") for n in names)
+
+
+def test_balanced_repeats_the_web_rows_until_each_source_is_half(tmp_path, monkeypatch):
+  monkeypatch.setattr(ship_model, "LFW_ROWS", 7)
+  images, coords = random_faces(11)  # 7 LFW rows, 4 web rows: 3 of them drawn again.
+  source = tmp_path / "mtfl.csv"
+  kaggle_frame(images, coords).to_csv(source, index=False)
+  train, scored = ship_model.data_files("balanced", str(source), str(tmp_path / "s"))
+  whole, rows = pd.read_csv(source), pd.read_csv(train)
+  assert scored is None and len(rows) == 14
+  pd.testing.assert_frame_equal(rows.iloc[:11], whole)
+  again = rows["Image"].iloc[11:]
+  assert set(again) <= set(whole["Image"].iloc[7:]) and again.nunique() == 3
+  # As many steps as the ship mode's 25 epochs of the 11 rows, to the nearest epoch.
+  assert ship_model.balanced_epochs(11, 14) == 20
+  assert ship_model.balanced_epochs(7650, 8302) == 23
+  monkeypatch.setattr(ship_model, "LFW_ROWS", 3)  # More web rows than LFW rows: refused.
+  with pytest.raises(ValueError, match="8 web rows, more than its 3 LFW rows"):
+    ship_model.balanced_rows(str(source), str(tmp_path / "b.csv"))
