@@ -14,7 +14,10 @@ mode alike. ``ship`` packs it (``serving.predictor.pack``: float16 weights, ~2 M
 ``facekp_jax/models/mtfl5``, what ``predict`` and ``Predictor.load()`` use without a workdir.
 ``heldout`` holds out ablate's seeded 20 % (the 1530 faces every held-out study scores on) and
 ``cross`` trains on the 4151 LFW rows (news photos) and scores the 3499 web rows (other
-cameras, poses, light): the two errors the README quotes. ``balanced`` trains on every face
+cameras, poses, light). Their committed figures (``results/ship_model/{heldout,cross}.json``)
+are the model shipped before issue 26 (50 epochs of the recipe of its day, ``recipe(before_26)``);
+today's recipe's held-out and cross-source figures, which the README quotes, are study
+``schedule``'s arm ``today`` and ``cross_source.py``'s. ``balanced`` trains on every face
 with the two sources sampled equally: the web rows (the smaller source) repeated, a fixed draw
 of them twice, until they are as many as the LFW rows (4151 + 4151 rows), for as many steps as
 ``ship`` (``balanced_epochs``); it is scored against ``ship`` on faces of neither source, by
