@@ -257,3 +257,22 @@ def test_a_white_photo_crops_to_no_more_than_white():
   white = np.ones((480, 640), np.float32)
   got = detect.crop(white, turned)
   assert got.dtype == np.float32 and got.max() <= 1.0 and got.min() == 1.0
+
+
+def test_turned_views_search_for_faces_of_min_turned_face_and_more(monkeypatch):
+  """The upright photo is searched down to the smallest face; each turned view, at half the
+  photo's size, for faces of ``MIN_TURNED_FACE`` px of the photo or more."""
+  asked = []
+
+  def search(image, min_face=detect._MIN_FACE):
+    asked.append((image.shape, min_face))
+    return np.zeros((0, 4)), np.zeros(0)
+
+  monkeypatch.setattr(detect, "_search", search)
+  assert detect.detect(np.zeros((120, 160), np.uint8)) == []
+  assert asked[0] == ((120, 160), detect._MIN_FACE)
+  assert [m for _, m in asked[1:]] == [round(detect.MIN_TURNED_FACE * detect.VIEW_SCALE)] * len(
+      detect.ROLLS)
+  asked.clear()  # A view shrunk further never asks for less than the cascade's smallest face.
+  detect.detect(np.zeros((120, 160), np.uint8), rolls=(30.0,), view_scale=0.2)
+  assert asked[1][1] == detect._MIN_FACE
