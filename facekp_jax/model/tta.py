@@ -49,12 +49,6 @@ def flip_views(predict, images, layout: keypoints.Layout, xp=np) -> list:
   return [predict(images), back]
 
 
-def flip_average(predict, images, layout: keypoints.Layout, xp=np):
-  """The mean prediction of each image and of its mirror (``flip_views``)."""
-  plain, back = flip_views(predict, images, layout, xp)
-  return 0.5 * (plain + back)
-
-
 def views(predict, images, layout: keypoints.Layout, rotations=(), xp=np) -> list:
   """Every view's predictions in the face's own frame: ``flip_views`` of the face as it is and
   turned by -a and +a degrees for each angle a of ``rotations`` (a turned view's keypoints

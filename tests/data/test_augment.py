@@ -208,8 +208,8 @@ def test_turned_tta_views_are_turned_back_onto_the_face():
     return np.array([_brightest(im) * K.num_keypoints for im in images], np.float32)
 
   flips_only = tta.average(dot_reader, faces.images, K)
-  np.testing.assert_array_equal(flips_only, tta.flip_average(dot_reader, faces.images,
-                                                                K))
+  np.testing.assert_array_equal(flips_only, np.mean(tta.flip_views(dot_reader, faces.images,
+                                                                   K), axis=0))
   turned = tta.average(dot_reader, faces.images, K,
                        rotations=(10.0, 25.0))
   np.testing.assert_allclose(turned.reshape(-1, 2), np.tile([70.0, 30.0], (15, 1)), atol=0.15)

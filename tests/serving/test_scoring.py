@@ -119,13 +119,14 @@ def test_flip_tta_of_a_symmetric_face_is_symmetric(model):
   assert np.abs(_unmirror(plain) - plain).max() > 1e-2  # Without TTA it is not: the test bites.
 
 
-def test_flip_average_maps_the_mirror_prediction_back():
+def test_the_flip_views_mean_maps_the_mirror_prediction_back():
   """An oracle that knows every face and its mirror: the average must be the truth."""
   faces = faces_lib.from_arrays(*synthetic.generate(3, seed=2))
   mirrored = geometry.hflip(faces, K)
   truth = {im.tobytes(): t for f in (faces, mirrored) for im, t in zip(f.images, f.targets)}
   oracle = lambda images: np.stack([truth[np.ascontiguousarray(im).tobytes()] for im in images])
-  np.testing.assert_allclose(tta.flip_average(oracle, faces.images, K), faces.targets, atol=1e-5)
+  np.testing.assert_allclose(np.mean(tta.flip_views(oracle, faces.images, K), axis=0),
+                             faces.targets, atol=1e-5)
   np.testing.assert_allclose(_unmirror(mirrored.targets), faces.targets, atol=1e-5)
 
 
